@@ -1,0 +1,256 @@
+"""``python -m physllm <command>``: train, sample, bench, corpora.
+
+Every field of :class:`~physllm.train.TrainConfig` and of the chosen model's
+config is a flag (``n_embd`` -> ``--n-embd``). Bad input ends with one line on
+stderr and exit status 2; nothing on disk is touched before the input is
+known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from physllm.errors import PhysllmError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()
+) -> None:
+    """One ``--flag`` per dataclass field; defaults are None so only given flags override."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind is bool:
+            parser.add_argument(
+                flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default: {default})",
+            )
+        elif kind in (int, float, str):
+            parser.add_argument(
+                flag(f.name),
+                type=kind,
+                default=None,
+                metavar=kind.__name__.upper(),
+                help=f"(default: {default})",
+            )
+
+
+def given(args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_parser(model: str) -> ArgumentParser:
+    from physllm.models import get_model_classes
+    from physllm.train import TrainConfig
+
+    parser = ArgumentParser(
+        prog="physllm train", description="Train a model; writes OUT/metrics.json and checkpoints."
+    )
+    parser.add_argument(
+        "--preset", default=None, help="a named configuration (physllm/presets.py), e.g. cpu or gpu"
+    )
+    add_dataclass_flags(parser.add_argument_group("training"), TrainConfig, skip={"model_config"})
+    add_dataclass_flags(parser.add_argument_group(f"model ({model})"), get_model_classes(model)[0])
+    return parser
+
+
+def cmd_train(argv: Sequence[str]) -> None:
+    from physllm.models import MODELS
+    from physllm.train import make_config, train
+
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="gpt")
+    known, _ = pre.parse_known_args(argv)
+    if known.model not in MODELS:
+        raise PhysllmError(f"unknown model {known.model!r}; choose from {', '.join(MODELS)}")
+    parser = train_parser(known.model)
+    args = parser.parse_args(argv)
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "model")
+    }
+    cfg = make_config(known.model, args.preset, **overrides)
+    result = train(cfg)
+    m = result.metrics
+    print(
+        f"{m['model']}: {m['params'] / 1e6:.2f}M params, {m['steps']} steps, val loss {m['val_loss']:.4f} "
+        f"({m['val_bpc']:.3f} bits/{m['bpc_unit']}), {m['ms_per_step']:.1f} ms/step -> {cfg.out_dir}/metrics.json"
+    )
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def cmd_sample(argv: Sequence[str]) -> None:
+    import torch
+
+    from physllm.checkpoint import load_checkpoint
+    from physllm.sampling import SamplingConfig, stream_generate
+    from physllm.train import resolve_device
+
+    parser = ArgumentParser(
+        prog="physllm sample", description="Continue a prompt with a trained model."
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="a run folder (uses best/) or a checkpoint folder"
+    )
+    parser.add_argument("--prompt", default="\n")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cpu")
+    add_dataclass_flags(parser.add_argument_group("sampling"), SamplingConfig)
+    args = parser.parse_args(argv)
+    knobs = SamplingConfig(
+        **given(args, {f.name for f in dataclasses.fields(SamplingConfig)})
+    ).validate()
+    if args.max_new_tokens < 0 or args.num_samples < 1:
+        raise PhysllmError("--max-new-tokens must be >= 0 and --num-samples >= 1")
+    device = resolve_device(args.device)
+    model, tokenizer, _ = load_checkpoint(args.ckpt, device)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise PhysllmError("the prompt encodes to no tokens")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    for i in range(args.num_samples):
+        if i:
+            print("\n" + "-" * 40)
+        sys.stdout.write(args.prompt)
+        idx = torch.tensor([ids], device=device)
+        pending: list[int] = []  # tokens whose text is not complete yet (split UTF-8 bytes)
+        for token in stream_generate(
+            model,
+            idx,
+            args.max_new_tokens,
+            generator=generator,
+            eos_id=tokenizer.eos_id,
+            **dataclasses.asdict(knobs),
+        ):
+            pending.append(int(token))
+            text = tokenizer.decode(pending)
+            if not text.endswith("\ufffd"):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                pending = []
+        sys.stdout.write(tokenizer.decode(pending) + "\n")
+
+
+# --------------------------------------------------------------------------- bench, corpora
+
+
+def cmd_bench(argv: Sequence[str]) -> None:
+    from physllm.bench import BenchConfig, format_table, run_bench
+    from physllm.models import MODELS
+
+    parser = ArgumentParser(
+        prog="physllm bench",
+        description=(
+            "Forward+backward tokens/s and peak memory of registered models at one shape, "
+            "measured in one run, with ratios against gpt."
+        ),
+    )
+    parser.add_argument(
+        "--models", default=None, help="comma-separated names (default: all registered)"
+    )
+    parser.add_argument("--all", action="store_true", help="every registered model (the default)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add_dataclass_flags(parser, BenchConfig, skip={"models"})
+    args = parser.parse_args(argv)
+    names = (
+        list(MODELS) if args.all or not args.models else [m.strip() for m in args.models.split(",")]
+    )
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise PhysllmError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
+        )
+    cfg = BenchConfig(
+        models=names, **given(args, {f.name for f in dataclasses.fields(BenchConfig)})
+    )
+    rows = run_bench(cfg)
+    print(format_table(rows, cfg))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, fh, indent=2)
+
+
+def cmd_corpora(argv: Sequence[str]) -> None:
+    from physllm.data import cache_dir, list_corpora
+
+    parser = ArgumentParser(
+        prog="physllm corpora", description="List corpora, where each comes from, what is cached."
+    )
+    parser.parse_args(argv)
+    rows = list_corpora()
+    width = max(len(r["corpus"]) for r in rows)
+    print(f"{'corpus':<{width}}  source  [cached tokenizers]   (cache: {cache_dir()})")
+    for r in rows:
+        cached = f"  [{r['cached']}]" if r["cached"] else ""
+        print(f"{r['corpus']:<{width}}  {r['source']}{cached}")
+    print("also: any .txt file or folder of them, and hf:<id>[:<config>]")
+
+
+# name -> ("module:function", help). Commands live beside the code they drive
+# (steering in the Hamiltonian model, chat with the context-vector model...) and
+# are imported only when called, so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("physllm.cli:cmd_train", "train a model (every config field is a --flag)"),
+    "sample": ("physllm.cli:cmd_sample", "continue a prompt with a trained model"),
+    "bench": ("physllm.cli:cmd_bench", "speed and memory of models side by side"),
+    "corpora": ("physllm.cli:cmd_corpora", "list corpora and cache state"),
+}
+
+
+def resolve_command(name: str) -> Callable[[Sequence[str]], None]:
+    import importlib
+
+    module, _, func = COMMANDS[name][0].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m physllm <command> [--help]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<9} {help_text}")
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"physllm: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        resolve_command(command)(rest)
+    except PhysllmError as err:
+        print(f"physllm {command}: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print(f"physllm {command}: interrupted", file=sys.stderr)
+        sys.exit(130)

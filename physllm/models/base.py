@@ -1,0 +1,73 @@
+"""What every physllm model shares: a config dataclass and a small module base.
+
+The contract (DESIGN section 2): ``forward(idx, targets=None) -> (logits,
+loss)`` with logits (B, T, V) and ``loss`` already including the model's own
+regularisers, whose parts go in ``self.last_aux`` (floats, for logging);
+``num_params()``; and ``decode_step`` for incremental generation, which
+:mod:`physllm.sampling` drives. Models with a cache (GPT's keys and values,
+the context vector's state) override ``decode_step``; the default recomputes
+the forward pass on the last ``block_size`` tokens, which is always correct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    block_size: int = 256  # longest context the model is trained on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+class LanguageModel(nn.Module):
+    """Base class: subclasses set ``config_class`` and implement ``forward``."""
+
+    config_class: type[ModelConfig] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.last_aux: dict[str, float] = {}
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; shared (tied) tensors counted once."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: matrices (dim >= 2) decay, biases and norm gains do not."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    @torch.no_grad()
+    def decode_step(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Feed new tokens ``idx`` (B, T_new); return next-token logits (B, V) and the new state.
+
+        Default: the state is the token history and every step recomputes the
+        forward pass on its last ``block_size`` tokens.
+        """
+        history = idx if state is None else torch.cat([state, idx], dim=1)
+        history = history[:, -self.config.block_size :]
+        logits, _ = self(history)
+        return logits[:, -1, :], history

@@ -1,0 +1,178 @@
+"""The vanilla GPT every physics model is measured against.
+
+nanoGPT's model, kept readable: pre-LayerNorm blocks, learned absolute
+positions, causal multi-head attention through
+``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU),
+a GELU MLP, the output head tied to the token embedding, GPT-2's init, and a
+key/value cache so sampling costs one token's work per step.
+
+Attention, for one head with queries Q, keys K, values V (T x hs each):
+
+    S_ij = Q_i . K_j / sqrt(hs)          similarity of position i to j
+    S_ij = -inf for j > i                the causal mask: no peeking ahead
+    A_i  = softmax_j(S_ij)               weights: a probability over the past
+    O_i  = sum_j A_ij V_j                a weighted average of past values
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm.models.base import LanguageModel, ModelConfig
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # no biases in Linear/LayerNorm: slightly better and faster (nanoGPT)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """x (B, T, C); ``cache`` the (k, v) of earlier positions, or None."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([cache[1], v], dim=2)
+        # With a cache the T new queries sit at the end: query i may see keys up
+        # to T_past + i, which is the causal mask shifted right by T_past.
+        T_past = k.size(2) - T
+        if T_past == 0:
+            mask, causal = None, True
+        else:
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(T_past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        a, cache = self.attn(self.ln_1(x), cache)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, cache
+
+
+def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):  # each residual branch adds variance: keep the sum O(1)
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+
+class GPT(LanguageModel):
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: the same vectors read and write tokens
+        init_gpt2_weights(self, config.n_layer)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V); loss if targets (B, T) given."""
+        logits, _ = self._run(idx, caches=None, start=0)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def _run(self, idx: torch.Tensor, caches: list | None, start: int) -> tuple[torch.Tensor, list]:
+        T = idx.size(1)
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            x, cache = block(x, None if caches is None else caches[i])
+            new_caches.append(cache)
+        return self.lm_head(self.ln_f(x)), new_caches
+
+    @torch.no_grad()
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """KV-cached step. The state keeps each layer's (k, v) and the token window."""
+        history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
+        if state is None or history.size(1) > self.config.block_size:
+            # Learned absolute positions: past the block, re-encode the last
+            # block_size tokens from position 0 (what uncached sampling does).
+            history = history[:, -self.config.block_size :]
+            logits, caches = self._run(history, caches=None, start=0)
+        else:
+            logits, caches = self._run(idx, caches=state["caches"], start=state["tokens"].size(1))
+        return logits[:, -1, :], {"tokens": history, "caches": caches}

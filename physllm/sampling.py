@@ -1,0 +1,149 @@
+"""Decoding: temperature, top-k, top-p, min-p, repetition penalty, streaming.
+
+Every knob is one small function on a (B, V) row of logits, applied in the
+order HF transformers uses: repetition penalty, temperature, then the
+truncations (top-k, top-p, min-p). ``temperature=0`` is greedy decoding.
+
+Repetition penalty (Keskar et al. 2019, CTRL), for every token already in the
+context with logit l and penalty r > 1:
+
+    l' = l / r   if l > 0        both cases lower the token's logit,
+    l' = l * r   if l <= 0       so its probability always goes down.
+
+(One of the seed projects multiplied positive logits, which *raises* them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from physllm.errors import PhysllmError
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off; keep the smallest set with cumulative probability >= top_p
+    min_p: float = 0.0  # 0: off; drop tokens below min_p * p(most likely token)
+    repetition_penalty: float = 1.0  # 1: off
+
+    def validate(self) -> SamplingConfig:
+        if not self.temperature >= 0:
+            raise PhysllmError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise PhysllmError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise PhysllmError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.top_k < 0:
+            raise PhysllmError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise PhysllmError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        return self
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, context: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """logits (B, V), context (B, T) token ids: lower every seen token's logit."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, 1, context)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, context, seen)
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the most likely tokens until their probability reaches ``p``."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(dim=-1)
+    # Probability mass strictly before each token; a token is kept while the
+    # mass before it is still below p, so the top token is always kept.
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below ``min_p`` times the top token's."""
+    if min_p <= 0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def next_token_distribution(
+    logits: torch.Tensor, context: torch.Tensor, cfg: SamplingConfig
+) -> torch.Tensor:
+    """Processed logits (B, V) for the next token; -inf where a token was cut."""
+    logits = apply_repetition_penalty(logits.float(), context, cfg.repetition_penalty)
+    if cfg.temperature > 0:
+        logits = logits / cfg.temperature
+    logits = apply_top_k(logits, cfg.top_k)
+    logits = apply_top_p(logits, cfg.top_p)
+    return apply_min_p(logits, cfg.min_p)
+
+
+def pick_token(
+    logits: torch.Tensor,
+    context: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One next token per row (B, 1): argmax when temperature is 0, else a sample."""
+    logits = next_token_distribution(logits, context, cfg)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def stream_generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    **knobs,
+) -> Iterator[torch.Tensor]:
+    """Yield each new token (B, 1) as soon as it is chosen.
+
+    ``idx`` (B, T) is the prompt; ``knobs`` are :class:`SamplingConfig` fields.
+    The model's ``decode_step`` carries its cache, so each step feeds only the
+    newest token.
+    """
+    cfg = SamplingConfig(**knobs).validate()
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = model.decode_step(idx, None)
+        context = idx
+        for _ in range(max_new_tokens):
+            token = pick_token(logits, context, cfg, generator)
+            context = torch.cat([context, token], dim=1)
+            yield token
+            if eos_id is not None and bool((token == eos_id).all()):
+                return
+            logits, state = model.decode_step(token, state)
+    finally:
+        model.train(was_training)
+
+
+def generate(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """Prompt (B, T) -> prompt plus up to ``max_new_tokens`` tokens (B, T + n)."""
+    new = list(stream_generate(model, idx, max_new_tokens, **kwargs))
+    return torch.cat([idx, *new], dim=1)

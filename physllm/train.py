@@ -1,0 +1,499 @@
+"""One trainer for the CLI and every notebook.
+
+``train(cfg)`` runs the loop nanoGPT made familiar: random windows from a
+token memmap, AdamW with decay groups, linear warmup then cosine decay, gradient
+accumulation and clipping, periodic evaluation on the held-out split, and
+checkpoints. Around it: AMP on CUDA, opt-in ``torch.compile``, DDP under
+``torchrun``, TensorBoard scalars, a tqdm bar, a NaN guard, and exact resume
+(weights, optimizer, step, RNG and data-sampler state).
+
+Every run writes ``OUT/metrics.json`` (what reports read), ``OUT/history.json``
+(the loss curves), ``OUT/best/`` and ``OUT/last/`` checkpoints and ``OUT/tb/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from physllm.checkpoint import (
+    load_trainer_state,
+    load_weights,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from physllm.data import TokenData, repo_root
+from physllm.errors import PhysllmError, TrainingDivergedError
+from physllm.models import LanguageModel, ModelConfig, build_model, get_model_classes
+from physllm.tokenization import Tokenizer
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the architecture (that is ``model_config``)."""
+
+    model: str = "gpt"
+    corpus: str = "default"  # "default": shakespeare if on disk, else the offline pydocs
+    tokenizer: str = "char"
+    max_chars: int = 0  # cap on corpus characters for huge hub datasets (0: the corpus's default)
+    out_dir: str = "runs/gpt"
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-batch (per process under DDP)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decays to this (nanoGPT: lr / 10)
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # 0: decay over all `steps`
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99  # 0.99 for small-token-count runs (nanoGPT's char recipe); 0.95 at scale
+    grad_clip: float = 1.0  # 0: off
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    stop_after: int = 0  # stop this invocation after N steps (time-sliced jobs); --resume continues
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+    resume: bool = False
+    threads: int = 0  # torch.set_num_threads on CPU (0: leave torch's default)
+    progress: bool = True
+    tensorboard: bool = True
+    model_config: ModelConfig | None = None  # None: the model's defaults
+
+    def __post_init__(self):
+        if self.model_config is None:
+            self.model_config = get_model_classes(self.model)[0]()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_config"}
+        d["model_config"] = self.model_config.to_dict()
+        return d
+
+
+def make_config(model: str = "gpt", preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a model name, an optional preset and field overrides.
+
+    Overrides may name TrainConfig fields or the model config's fields alike
+    (``make_config("gpt", "cpu", steps=100, n_layer=2)``); an unknown name is an error.
+    """
+    from physllm.presets import get_preset
+
+    values = {**(get_preset(model, preset) if preset else {}), **overrides}
+    config_cls, _ = get_model_classes(model)
+    train_names = {f.name for f in fields(TrainConfig)} - {"model", "model_config"}
+    model_names = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(values) - train_names - model_names)
+    if unknown:
+        raise PhysllmError(f"unknown option(s) for model {model!r}: {', '.join(unknown)}")
+    model_config = config_cls(**{k: v for k, v in values.items() if k in model_names})
+    return TrainConfig(
+        model=model,
+        model_config=model_config,
+        **{k: v for k, v in values.items() if k in train_names},
+    )
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: the trained model (best checkpoint's weights), its data and numbers."""
+
+    model: LanguageModel
+    tokenizer: Tokenizer
+    data: TokenData
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path = Path(".")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` (nanoGPT's schedule)."""
+    decay_steps = cfg.lr_decay_steps or cfg.steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    if step > decay_steps:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PhysllmError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PhysllmError("device 'cuda' asked for, but no CUDA GPU is available")
+    return device
+
+
+def autocast_context(
+    device: torch.device, dtype: str
+) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(autocast context, whether fp16 needs a GradScaler). Mixed precision on CUDA only."""
+    if device.type != "cuda" or dtype == "float32":
+        return contextlib.nullcontext(), False
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return torch.autocast(device_type="cuda", dtype=torch_dtype), torch_dtype is torch.float16
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated tensor memory. CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def git_sha() -> str:
+    root = repo_root()
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: LanguageModel,
+    data: TokenData,
+    split: str,
+    iters: int,
+    batch_size: int,
+    device: torch.device,
+    ctx: contextlib.AbstractContextManager,
+    seed: int,
+) -> tuple[float, dict[str, float]]:
+    """Mean loss over ``iters`` batches drawn with their own seed (the same batches every eval)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    losses, aux = [], {}
+    for _ in range(iters):
+        x, y = data.get_batch(split, batch_size, model.config.block_size, gen)
+        with ctx:
+            _, loss = model(x.to(device), y.to(device))
+        losses.append(loss.item())
+        for k, v in model.last_aux.items():
+            aux[k] = aux.get(k, 0.0) + v / iters
+    model.train(was_training)
+    return sum(losses) / len(losses), aux
+
+
+class Distributed:
+    """DDP under torchrun (RANK/WORLD_SIZE set), a no-op otherwise."""
+
+    def __init__(self):
+        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, cfg_device: str) -> torch.device:
+        if self.enabled and torch.cuda.is_available() and cfg_device in ("auto", "cuda"):
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return resolve_device(cfg_device)
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _prepare_model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelConfig:
+    mcfg = cfg.model_config
+    if mcfg.vocab_size == 0:
+        mcfg.vocab_size = tokenizer.vocab_size
+    elif mcfg.vocab_size < tokenizer.vocab_size:
+        raise PhysllmError(
+            f"vocab_size {mcfg.vocab_size} is smaller than tokenizer {tokenizer.name}'s {tokenizer.vocab_size}"
+        )
+    return mcfg
+
+
+def _check_resume_config(cfg: TrainConfig, last_dir: Path) -> None:
+    saved = read_checkpoint_config(last_dir)
+    if saved["model"] != cfg.model:
+        raise PhysllmError(
+            f"cannot resume: {last_dir} holds a {saved['model']!r} model, not {cfg.model!r}"
+        )
+    ours = cfg.model_config.to_dict()
+    diff = [
+        f"{k}={saved['config'].get(k)!r} (asked {v!r})"
+        for k, v in ours.items()
+        if saved["config"].get(k) != v
+    ]
+    if diff:
+        raise PhysllmError(f"cannot resume: {last_dir} was trained with {', '.join(diff[:3])}")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Train ``cfg.model`` on ``cfg.corpus``; return the model, the data and the metrics."""
+    dist = Distributed()
+    try:
+        return _train(cfg, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = dist.device(cfg.device)
+    ctx, use_scaler = autocast_context(device, cfg.dtype)
+    out_dir = Path(cfg.out_dir)
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+
+    data = TokenData.load(cfg.corpus, cfg.tokenizer, cfg.max_chars)
+    mcfg = _prepare_model_config(cfg, data.tokenizer)
+    data.check_block(mcfg.block_size)
+    if cfg.resume:
+        if not (last_dir / "config.json").exists():
+            raise PhysllmError(f"cannot resume: no checkpoint in {last_dir}")
+        _check_resume_config(cfg, last_dir)
+
+    torch.manual_seed(cfg.seed)  # same init on every rank
+    model = build_model(cfg.model, mcfg).to(device)
+    optimizer = torch.optim.AdamW(
+        model.optim_groups(cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    batch_gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # the data position
+    start_step, best_val, history = 0, float("inf"), []
+    if cfg.resume:
+        load_weights(model, last_dir)
+        state = load_trainer_state(last_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, best_val = int(state["step"]), float(state["best_val"])
+        batch_gen.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if (out_dir / "history.json").exists():
+            history = [
+                h
+                for h in json.loads((out_dir / "history.json").read_text())
+                if h["step"] < start_step
+            ]
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
+    writer = None
+    if cfg.tensorboard and dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_step if cfg.resume else None)
+
+    def checkpoint(step: int, val_loss: float, is_best: bool) -> None:
+        info = {
+            "step": step,
+            "val_loss": val_loss,
+            "corpus": data.corpus,
+            "train_config": cfg.to_dict(),
+        }
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "best_val": best_val,
+            "batch_rng": batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if device.type == "cuda":
+            trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(last_dir, raw_model, data.tokenizer, trainer_state, **info)
+        if is_best:
+            save_checkpoint(best_dir, raw_model, data.tokenizer, **info)
+        (out_dir / "history.json").write_text(json.dumps(history))
+
+    block, micro = mcfg.block_size, cfg.batch_size
+    tokens_per_step = micro * block * cfg.grad_accum * dist.world_size
+    end_step = cfg.steps if not cfg.stop_after else min(cfg.steps, start_step + cfg.stop_after)
+    progress = None
+    if cfg.progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"{cfg.model}", mininterval=1.0)
+
+    train_time, steps_run, val_loss, train_loss = 0.0, 0, float("nan"), float("nan")
+    wall_start = time.perf_counter()
+    model.train()
+    for step in range(start_step, end_step):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro_step in range(cfg.grad_accum):
+            x, y = data.get_batch("train", micro, block, batch_gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = not dist.enabled or micro_step == cfg.grad_accum - 1
+            with ctx, contextlib.nullcontext() if sync else model.no_sync():
+                _, loss = model(x, y)
+                loss = loss / cfg.grad_accum  # the mean over micro-batches, not their sum
+            scaler.scale(loss).backward()
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            if progress:
+                progress.close()
+            raise TrainingDivergedError(
+                f"loss became {loss_sum} at step {step}; stopped. The last good checkpoint is in {last_dir}"
+            )
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        train_time += time.perf_counter() - t0
+        steps_run += 1
+        train_loss = loss_sum
+        done = step + 1
+        if step % cfg.log_interval == 0 or done == end_step:
+            entry = {
+                "step": done,
+                "train_loss": train_loss,
+                "lr": lr,
+                "time_s": round(train_time, 3),
+            }
+            entry.update({f"aux_{k}": v for k, v in raw_model.last_aux.items()})
+            history.append(entry)
+            if writer:
+                for k, v in entry.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, done)
+        if progress:
+            progress.update(1)
+            if step % cfg.log_interval == 0:
+                progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}", refresh=False)
+        if done % cfg.eval_interval == 0 or done == end_step:
+            val_loss, aux = estimate_loss(
+                raw_model, data, "val", cfg.eval_iters, micro, device, ctx, cfg.seed + 10_000
+            )
+            history.append(
+                {"step": done, "val_loss": val_loss, **{f"val_aux_{k}": v for k, v in aux.items()}}
+            )
+            if writer:
+                writer.add_scalar("val/loss", val_loss, done)
+            is_best = val_loss < best_val
+            best_val = min(best_val, val_loss)
+            if dist.is_main:
+                checkpoint(done, val_loss, is_best)
+    if progress:
+        progress.close()
+    if writer:
+        writer.close()
+    wall_s = time.perf_counter() - wall_start
+
+    # Report on the best weights (what best/ holds): final numbers over more eval batches.
+    if steps_run == 0 and not (best_dir / "config.json").exists():
+        raise PhysllmError(f"nothing to do: the run in {out_dir} already reached step {cfg.steps}")
+    if (best_dir / "config.json").exists():
+        load_weights(raw_model, best_dir)
+    final_iters = max(cfg.eval_iters, 20)
+    val_loss, aux = estimate_loss(
+        raw_model, data, "val", final_iters, micro, device, ctx, cfg.seed + 20_000
+    )
+    train_eval, _ = estimate_loss(
+        raw_model, data, "train", final_iters, micro, device, ctx, cfg.seed + 30_000
+    )
+    metrics = {
+        "model": cfg.model,
+        "params": raw_model.num_params(),
+        "params_non_embedding": raw_model.num_params(non_embedding=True),
+        "corpus": data.corpus,
+        "tokenizer": data.tokenizer.name,
+        "vocab_size": mcfg.vocab_size,
+        "block_size": block,
+        "steps": end_step,
+        "tokens_seen": end_step * tokens_per_step,
+        "train_loss": train_eval,
+        "val_loss": val_loss,
+        "val_bpc": val_loss / math.log(2) / data.units_per_token("val"),
+        "bpc_unit": data.tokenizer.unit,
+        "tokens_per_sec": steps_run * tokens_per_step / train_time if train_time else None,
+        "ms_per_step": 1000 * train_time / steps_run if steps_run else None,
+        "wall_s": wall_s,
+        "peak_mem_mb": peak_memory_mb(device),
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "seed": cfg.seed,
+        "git_sha": git_sha(),
+        "world_size": dist.world_size,
+        "model_config": mcfg.to_dict(),
+        **{f"aux_{k}": v for k, v in aux.items()},
+    }
+    if dist.is_main:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out_dir / "history.json").write_text(json.dumps(history))
+    raw_model.eval()
+    return RunResult(raw_model, data.tokenizer, data, metrics, history, out_dir)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``TrainConfig.to_dict`` (checkpoints store it)."""
+    values = dict(values)
+    model = values.pop("model")
+    config_cls, _ = get_model_classes(model)
+    return TrainConfig(
+        model=model, model_config=config_cls.from_dict(values.pop("model_config")), **values
+    )
+
+
+__all__ = ["RunResult", "TrainConfig", "config_from_dict", "lr_at", "make_config", "train"]
