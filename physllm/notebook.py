@@ -1,0 +1,87 @@
+"""Small helpers every notebook uses, so no notebook carries its own copy.
+
+* :func:`setup` seeds, picks the device and the preset (``auto`` is ``gpu``
+  when CUDA is there, else ``cpu``), sets CPU threads.
+* :func:`resolve_out_dir` makes relative output folders relative to the
+  repository root, so papermill from the root, nbval from ``notebooks/`` and
+  Jupyter all write to the same place.
+* :func:`show_source` prints the real code of a physllm object, so a
+  walk-through never duplicates (and never drifts from) the package.
+* :func:`write_metrics` writes the notebook's ``metrics.json`` (what reports read).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from physllm.data import repo_root
+from physllm.errors import PhysllmError
+
+IN_COLAB = "google.colab" in sys.modules
+
+
+def pick_preset(preset: str) -> str:
+    if preset == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if preset not in ("cpu", "gpu"):
+        raise PhysllmError(f"preset must be auto, cpu or gpu, got {preset!r}")
+    return preset
+
+
+def setup(
+    seed: int = 1337, preset: str = "auto", device: str = "auto", threads: int = 0
+) -> tuple[str, str]:
+    """Seed everything; return ``(preset, device)`` resolved from ``auto``."""
+    from physllm.train import resolve_device
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    return pick_preset(preset), str(resolve_device(device))
+
+
+def resolve_out_dir(out_dir: str | os.PathLike) -> Path:
+    """A relative ``out_dir`` is taken from the repository root (from the cwd outside a checkout)."""
+    path = Path(out_dir)
+    if not path.is_absolute():
+        path = (repo_root() or Path.cwd()) / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def show_source(obj: Any) -> None:
+    """Display the source of a physllm function or class (as a code block in Jupyter)."""
+    source = inspect.getsource(obj)
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"```python\n{source}\n```"))
+    except ImportError:
+        print(source)
+
+
+def write_metrics(
+    out_dir: str | os.PathLike,
+    main: dict[str, Any],
+    runs: dict[str, dict] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``out_dir/metrics.json``: the main run's metrics at the top level (what the
+    reports index shows), every run of the notebook under ``runs``, and ``extra`` keys."""
+    payload = {**main, **extra}
+    if runs:
+        payload["runs"] = runs
+    path = Path(out_dir) / "metrics.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline data, a temporary cache, and a papermill runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Token caches go to a per-session temp folder, never into the checkout."""
+    cache = tmp_path_factory.getbasetemp() / "physllm-cache"
+    monkeypatch.setenv("PHYSLLM_CACHE_DIR", str(cache))
+
+
+@pytest.fixture
+def run_notebook(tmp_path):
+    """Execute ``notebooks/<name>.ipynb`` with papermill and the given parameters.
+
+    Returns ``(executed_notebook_path, out_dir)``; ``out_dir`` is a temp folder
+    passed as the notebook's ``out_dir`` parameter.
+    """
+    import papermill as pm
+
+    def _run(name: str, **parameters) -> tuple[Path, Path]:
+        out_dir = tmp_path / "out"
+        out_nb = tmp_path / f"{name}.ipynb"
+        pm.execute_notebook(
+            str(NOTEBOOKS / f"{name}.ipynb"),
+            str(out_nb),
+            parameters={"out_dir": str(out_dir), **parameters},
+            cwd=str(REPO),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        return out_nb, out_dir
+
+    return _run
+
+
+def shakespeare_available() -> bool:
+    from physllm.data import SHAKESPEARE_FILE, find_local_file
+
+    return find_local_file(SHAKESPEARE_FILE) is not None
