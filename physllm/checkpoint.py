@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,13 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     return meta
 
 
-def load_weights(model: LanguageModel, directory: str | Path) -> None:
-    """Load ``model.safetensors`` into ``model``; a clear error if it does not fit."""
+def load_weights(
+    model: LanguageModel, directory: str | Path, allow_missing: Callable[[str], bool] | None = None
+) -> None:
+    """Load ``model.safetensors`` into ``model``; a clear error if it does not fit.
+
+    ``allow_missing(name)`` True lets the file lack that parameter (it keeps its
+    init): how a base checkpoint loads into a model with new LoRA adapters."""
     path = Path(directory) / WEIGHTS
     if not path.exists():
         raise PhysllmError(f"no weights file at {path}")
@@ -108,6 +114,8 @@ def load_weights(model: LanguageModel, directory: str | Path) -> None:
     except RuntimeError as err:  # shape mismatch
         first = str(err).strip().splitlines()[-1].strip()
         raise PhysllmError(f"checkpoint weights {path} do not match its config: {first}") from None
+    if allow_missing is not None:
+        missing = [k for k in missing if not allow_missing(k)]
     if missing or unexpected:
         raise PhysllmError(
             f"checkpoint weights {path} do not match its config: "

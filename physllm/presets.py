@@ -56,8 +56,73 @@ GPT2_SMALL_GPU: dict[str, Any] = dict(
     compile=True,
 )
 
+# NGT (notebook 03). CPU: nanoGPT's char shape (its MLP widened to match GPT's
+# parameter count, mlp_hidden=0), fewer steps so NGT and GPT both train within
+# the notebook's three minutes. GPU: the seed's WikiText-103 run (BPE-8192,
+# d 512, C 64, 8 layers, 8 heads, MLP 2048, block 512, batch 16 x accum 2,
+# lr 3e-4, warmup 2000, cosine to 0, dropout 0.1, 15k steps, AdamW defaults).
+NGT_CPU: dict[str, Any] = dict(
+    NANOGPT_CHAR_CPU,
+    steps=1000,
+    eval_interval=200,
+    n_coord=32,
+    head_coord=16,
+)
+NGT_GPU: dict[str, Any] = dict(
+    corpus="wikitext103",
+    tokenizer="bpe:8192",
+    n_layer=8,
+    n_head=8,
+    n_embd=512,
+    n_coord=64,
+    head_coord=16,
+    mlp_hidden=2048,
+    block_size=512,
+    batch_size=16,
+    grad_accum=2,
+    steps=15_000,
+    lr=3e-4,
+    min_lr=0.0,
+    warmup_steps=2000,
+    weight_decay=0.01,
+    beta2=0.999,
+    dropout=0.1,
+    eval_interval=500,
+    eval_iters=50,
+)
+
+# CHopT (notebook 05). CPU: nanoGPT's char GPT trained briefly as the backbone
+# (stage 1, the memory empty), then the memory layer on synthetic facts with the
+# backbone frozen (stage 2, memory_* fields). GPU: Llama-3.2-3B (pretrained, so
+# no stage 1: steps=0) with LoRA, NarrativeQA summaries written to memory only.
+HOPFIELD_CPU: dict[str, Any] = dict(
+    NANOGPT_CHAR_CPU,
+    steps=600,
+    warmup_steps=50,
+    eval_interval=200,
+    eval_iters=10,
+    memory_steps=300,
+)
+HOPFIELD_GPU: dict[str, Any] = dict(
+    backbone="hf:meta-llama/Llama-3.2-3B",
+    tokenizer="hf:meta-llama/Llama-3.2-3B",
+    corpus="narrativeqa",
+    block_size=2048,
+    steps=0,
+    mem_heads=8,
+    mem_head_dim=128,
+    key_window=4,
+    n_slots=16384,
+    memory_task="narrativeqa",
+    memory_steps=3000,
+    memory_lr=1e-4,
+    memory_batch=4,
+    lora_rank=16,
+)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {"cpu": NANOGPT_CHAR_CPU, "gpu": GPT2_SMALL_GPU},
+    "ngt": {"cpu": NGT_CPU, "gpu": NGT_GPU},
 }
 
 

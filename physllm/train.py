@@ -30,10 +30,12 @@ from physllm.checkpoint import (
     load_trainer_state,
     load_weights,
     read_checkpoint_config,
+    resolve_checkpoint_dir,
     save_checkpoint,
 )
 from physllm.data import TokenData, repo_root
 from physllm.errors import PhysllmError, TrainingDivergedError
+from physllm.lora import is_lora_name
 from physllm.models import LanguageModel, ModelConfig, build_model, get_model_classes
 from physllm.tokenization import Tokenizer
 
@@ -67,6 +69,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
     resume: bool = False
+    init_from: str = ""  # fine-tune: start from this run's or checkpoint's weights (LoRA adapters it lacks keep their init)
     threads: int = 0  # torch.set_num_threads on CPU (0: leave torch's default)
     progress: bool = True
     tensorboard: bool = True
@@ -292,6 +295,8 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
 
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = build_model(cfg.model, mcfg).to(device)
+    if cfg.init_from and not cfg.resume:
+        load_weights(model, resolve_checkpoint_dir(cfg.init_from), allow_missing=is_lora_name)
     optimizer = torch.optim.AdamW(
         model.optim_groups(cfg.weight_decay),
         lr=cfg.lr,

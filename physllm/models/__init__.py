@@ -9,9 +9,11 @@ from __future__ import annotations
 from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import GPT, GPTConfig
+from physllm.models.ngt import NGT, NGTConfig
 
 MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
     "gpt": (GPTConfig, GPT),
+    "ngt": (NGTConfig, NGT),
 }
 
 

@@ -1,0 +1,466 @@
+"""Newton Gravity Transformer (NGT): attention as gravity between tokens.
+
+Each token carries a **mass** ``m = softplus(E_mass[x])`` (one number per
+vocabulary entry) and sits at a **coordinate** ``z`` in a small space of
+``n_coord`` dimensions that starts at ``z0 = E_coord[pos]`` and moves from
+layer to layer, ``z <- LN(z + W_next o)``, pushed by what attention read (o).
+Attention scores come from distances between coordinates instead of
+query-key dot products; values still come from the hidden state, and every
+block keeps its MLP, so the model is a transformer whose "who looks at whom"
+is geometric.
+
+Per head h, coordinates are projected, ``u = P_h z``, and ``d2_ij = |u_i - u_j|^2``.
+Two kernels (``kernel=``):
+
+``"seed"``: the seed project's score, kept so its behaviour can be shown::
+
+    s_ij = -gamma m_i m_j / (d2_ij + eps) + b
+
+  Newton's potential is -G m_i m_j / r, but softmax turns a *higher* score
+  into *more* weight, and this score is most negative at small distance: near
+  tokens get the least weight, far tokens the most. The kernel repels. Its
+  radius cutoffs: ``hard`` masks pairs with d2 > R^2 (a step: the radius gets no
+  gradient); ``soft`` multiplies the (negative) score by relu(1 - d2/R^2), which
+  lifts far pairs to score 0, the largest possible, so it favours what lies
+  outside the radius (inverted).
+
+``"gaussian"`` (the default): attractive, with the mass as a prior on the key::
+
+    s_ij = -gamma d2_ij + log m_j        a_ij  ∝  m_j exp(-gamma |u_i - u_j|^2)
+
+  Expanding d2 = |u_i|^2 - 2 u_i.u_j + |u_j|^2 and dropping |u_i|^2 (constant
+  along a softmax row, so it cannot change the weights) leaves a dot product
+  of augmented vectors::
+
+    q'_i = [2 gamma u_i, 1]      k'_j = [u_j, -gamma |u_j|^2 + log m_j]
+    s_ij = q'_i . k'_j  (+ a per-row constant)
+
+  so attention runs through ``F.scaled_dot_product_attention`` (flash kernels
+  on GPU) at ``scale=1`` and never builds the (T, T, C) difference tensor.
+
+``cutoff="smooth"`` adds ``-softplus((d2/R^2 - 1)/w)`` to the scores: about 0
+inside the radius, a wall rising linearly in d2 beyond it, and differentiable
+in R, so the radius learns. ``repulsion > 0`` adds ``mean m_i m_j / (d2_ij + eps)``
+over pairs of the coordinates attention reads (every layer, every head) to the
+training loss: a mean, so its weight does not depend on the batch size or on
+gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm.errors import PhysllmError
+from physllm.models.base import LanguageModel, ModelConfig
+from physllm.models.gpt import GPT, GPTConfig, LayerNorm, init_gpt2_weights
+
+KERNELS = ("gaussian", "seed")
+CUTOFFS = ("auto", "none", "hard", "soft", "smooth")
+MASS_MODES = ("logits", "values", "none")
+
+
+@dataclass
+class NGTConfig(ModelConfig):
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_coord: int = 32  # C: width of the coordinate stream z (the seed's WikiText run: 64)
+    head_coord: int = 16  # per-head coordinate dims of u = P z (the seed's default)
+    mlp_hidden: int = 0  # 0: the width that gives the vanilla GPT's parameter count
+    dropout: float = 0.0
+    bias: bool = False
+    kernel: str = (
+        "gaussian"  # "gaussian" (attractive, SDPA) or "seed" (-gamma m m / (d2 + eps) + b)
+    )
+    mass_in: str = "logits"  # "logits", "values" (v_j * m_j, the seed's option) or "none"
+    cutoff: str = "auto"  # auto (gaussian: none, seed: hard) | none | hard | soft (seed's) | smooth
+    radius_init: float = 4.0  # raw radius; softplus(4) = 4.02, the seed's initial_radius
+    cutoff_width: float = 0.1  # w of the smooth cutoff, as a fraction of R^2
+    gamma_init: float = 0.0  # raw gamma; softplus(0) = ln 2 = 0.69 (the seed's init)
+    dist_eps: float = 1e-6  # the seed's eps in 1 / (d2 + eps)
+    repulsion: float = 0.0  # weight of the repulsion term in the training loss
+    repulsion_samples: int = 64  # positions per sequence the repulsion looks at (evenly spaced)
+    repulsion_eps: float = 1e-2  # softening: 1 / (d2 + eps) stays finite when two tokens meet
+
+    def __post_init__(self):
+        for name, value, allowed in (
+            ("kernel", self.kernel, KERNELS),
+            ("cutoff", self.cutoff, CUTOFFS),
+            ("mass_in", self.mass_in, MASS_MODES),
+        ):
+            if value not in allowed:
+                raise PhysllmError(f"ngt {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise PhysllmError(f"ngt n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.kernel == "gaussian" and self.cutoff == "soft":
+            raise PhysllmError(
+                "cutoff='soft' is the seed's multiplicative cutoff: kernel='seed' only"
+            )
+
+    @property
+    def resolved_cutoff(self) -> str:
+        if self.cutoff != "auto":
+            return self.cutoff
+        return "none" if self.kernel == "gaussian" else "hard"
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def pairwise_d2(u: torch.Tensor) -> torch.Tensor:
+    """u (..., T, c) -> d2 (..., T, T) = |u_i - u_j|^2 via the Gram matrix (no (T, T, c) tensor)."""
+    sq = u.pow(2).sum(-1)  # (..., T)
+    # d2_ij = |u_i|^2 + |u_j|^2 - 2 u_i . u_j, clamped: rounding can make it slightly negative
+    return (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * u @ u.transpose(-1, -2)).clamp_min(0.0)
+
+
+def seed_scores(
+    d2: torch.Tensor,
+    gamma: torch.Tensor,
+    bias: torch.Tensor,
+    mass: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """The seed's score. d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None."""
+    g, b = gamma.view(-1, 1, 1), bias.view(-1, 1, 1)
+    mm = 1.0 if mass is None else (mass.unsqueeze(-1) * mass.unsqueeze(-2)).unsqueeze(1)
+    # s_ij = -gamma m_i m_j / (d2_ij + eps) + b
+    return -g * mm / (d2 + eps) + b
+
+
+def gaussian_scores(
+    d2: torch.Tensor, gamma: torch.Tensor, log_mass: torch.Tensor | None
+) -> torch.Tensor:
+    """The attractive score, written out. d2 (B, H, T, T); gamma (H,); log_mass (B, T) or None."""
+    # s_ij = -gamma d2_ij + log m_j
+    s = -gamma.view(-1, 1, 1) * d2
+    return s if log_mass is None else s + log_mass[:, None, None, :]
+
+
+def augmented_qk(
+    u: torch.Tensor, gamma: torch.Tensor, log_mass: torch.Tensor | None, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q', k' (B, H, T, dim) with q'_i . k'_j = -gamma d2_ij + log m_j + (a per-row constant).
+
+    u (B, H, T, c); the vectors are zero-padded to ``dim`` so SDPA's fused kernels
+    (which want equal, aligned head sizes) take them.
+    """
+    g = gamma.view(1, -1, 1, 1)
+    ones = torch.ones_like(u[..., :1])
+    # k'_j last entry: -gamma |u_j|^2 + log m_j
+    k_last = -g * u.pow(2).sum(-1, keepdim=True)
+    if log_mass is not None:
+        k_last = k_last + log_mass[:, None, :, None]
+    q = torch.cat([2 * g * u, ones], dim=-1)  # q'_i = [2 gamma u_i, 1]
+    k = torch.cat([u, k_last], dim=-1)  # k'_j = [u_j, -gamma |u_j|^2 + log m_j]
+    pad = dim - q.size(-1)
+    return F.pad(q, (0, pad)), F.pad(k, (0, pad))
+
+
+def cutoff_term(d2: torch.Tensor, radius: torch.Tensor, mode: str, width: float) -> torch.Tensor:
+    """Additive score term of the hard or smooth radius cutoff (0 inside, falling outside)."""
+    r2 = radius**2
+    if mode == "hard":  # a step: d2 > R^2 -> -inf; d(step)/dR = 0 almost everywhere
+        return torch.zeros_like(d2).masked_fill(d2 > r2, float("-inf"))
+    # smooth: -softplus((d2 / R^2 - 1) / w), about 0 inside R, linear in d2 outside
+    return -F.softplus((d2 / r2 - 1.0) / width)
+
+
+def repulsion_energy(
+    u: torch.Tensor, mass: torch.Tensor | None, samples: int, eps: float
+) -> torch.Tensor:
+    """Mean over sequences, heads and pairs i < j of m_i m_j / (d2_ij + eps).
+
+    u (B, H, T, c), mass (B, T). Looks at ``samples`` evenly spaced positions
+    (all when T is smaller): a fixed subset, so the mean of equal micro-batches
+    is the mean of their union.
+    """
+    T = u.size(2)
+    if T > samples:
+        idx = torch.linspace(0, T - 1, samples, device=u.device).round().long()
+        u = u[:, :, idx]
+        mass = None if mass is None else mass[:, idx]
+    n = u.size(2)
+    d2 = pairwise_d2(u)  # (B, H, n, n)
+    energy = 1.0 / (d2 + eps)
+    if mass is not None:  # masses weigh the pairs but are not pushed by this term
+        m = mass.detach()
+        energy = energy * (m.unsqueeze(-1) * m.unsqueeze(-2)).unsqueeze(1)
+    pairs = torch.ones(n, n, dtype=torch.bool, device=u.device).triu(1)
+    return energy[..., pairs].mean()
+
+
+# --------------------------------------------------------------------------- parts
+
+
+class GravityAttention(nn.Module):
+    """Attention whose weights come from masses and coordinates; values from the hidden state."""
+
+    def __init__(self, config: NGTConfig):
+        super().__init__()
+        C, H, c = config.n_coord, config.n_head, config.head_coord
+        self.n_head, self.head_coord = H, c
+        self.head_size = config.n_embd // H
+        self.kernel, self.mass_in = config.kernel, config.mass_in
+        self.cutoff, self.cutoff_width = config.resolved_cutoff, config.cutoff_width
+        self.dist_eps, self.dropout = config.dist_eps, config.dropout
+        # q'/k' width for SDPA: the value head size when [u, 1] fits, else padded up to a multiple of 8
+        self.qk_dim = max(self.head_size, 8 * math.ceil((c + 1) / 8))
+        self.coord_proj = nn.Linear(C, H * c, bias=config.bias)  # u = P z, every head at once
+        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.gamma_raw = nn.Parameter(torch.full((H,), config.gamma_init))  # gamma = softplus
+        self.bias = nn.Parameter(torch.zeros(H))  # the seed's b (seed kernel only)
+        self.radius_raw = nn.Parameter(torch.tensor(config.radius_init))  # R = softplus, per layer
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        return F.softplus(self.gamma_raw)
+
+    @property
+    def radius(self) -> torch.Tensor:
+        return F.softplus(self.radius_raw)
+
+    def coords(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, T, C) -> per-head coordinates u (B, H, T, c)."""
+        B, T, _ = z.shape
+        return self.coord_proj(z).view(B, T, self.n_head, self.head_coord).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, mass: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d) normalised hidden state, z (B, T, C), mass (B, T).
+
+        Returns the output (B, T, d), the coordinates u (B, H, T, c) the scores
+        read, and the attention weights (B, H, T, T) when ``need_weights``.
+        """
+        B, T, d = x.shape
+        u = self.coords(z)  # (B, H, T, c)
+        v = self.v_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, hs)
+        if self.mass_in == "values":  # heavier tokens broadcast more: v_j * m_j
+            v = v * mass[:, None, :, None]
+        score_mass = mass if self.mass_in == "logits" else None
+        dropout_p = self.dropout if self.training else 0.0
+
+        weights = None
+        if self.kernel == "gaussian" and not need_weights:
+            log_m = None if score_mass is None else score_mass.clamp_min(1e-20).log()
+            q, k = augmented_qk(u, self.gamma, log_m, self.qk_dim)  # (B, H, T, qk_dim)
+            vp = F.pad(v, (0, self.qk_dim - self.head_size))
+            if self.cutoff == "none":
+                y = F.scaled_dot_product_attention(
+                    q, k, vp, is_causal=True, dropout_p=dropout_p, scale=1.0
+                )
+            else:  # the cutoff needs d2 itself: an additive (T, T) mask, no flash kernel
+                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                extra = cutoff_term(pairwise_d2(u), self.radius, self.cutoff, self.cutoff_width)
+                mask = extra.masked_fill(~causal, float("-inf"))
+                y = F.scaled_dot_product_attention(
+                    q, k, vp, attn_mask=mask, dropout_p=dropout_p, scale=1.0
+                )
+            y = y[..., : self.head_size]
+        else:
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            weights = self.attention_weights(u, score_mass, causal)
+            y = F.dropout(weights, dropout_p, self.training) @ v  # (B, H, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, d)  # heads side by side
+        return self.resid_dropout(self.c_proj(y)), u, weights
+
+    def attention_weights(
+        self, u: torch.Tensor, mass: torch.Tensor | None, causal: torch.Tensor
+    ) -> torch.Tensor:
+        """Explicit scores -> softmax weights (B, H, T, T): the seed kernel, and traces."""
+        d2 = pairwise_d2(u)
+        if self.kernel == "seed":
+            s = seed_scores(d2, self.gamma, self.bias, mass, self.dist_eps)
+            if self.cutoff == "soft":  # the seed's: s * relu(1 - d2 / R^2) (lifts far pairs to 0)
+                s = s * F.relu(1.0 - d2 / self.radius**2)
+            elif self.cutoff in ("hard", "smooth"):
+                s = s + cutoff_term(d2, self.radius, self.cutoff, self.cutoff_width)
+        else:
+            log_m = None if mass is None else mass.clamp_min(1e-20).log()
+            s = gaussian_scores(d2, self.gamma, log_m)
+            if self.cutoff != "none":
+                s = s + cutoff_term(d2, self.radius, self.cutoff, self.cutoff_width)
+        s = s.masked_fill(~causal, float("-inf"))
+        return s.softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NGTConfig, hidden: int):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class NGTBlock(nn.Module):
+    """Identical to GPT's pre-LN block except that attention reads coordinates, which it moves."""
+
+    def __init__(self, config: NGTConfig, mlp_hidden: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = GravityAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config, mlp_hidden)
+        self.coord_next = nn.Linear(config.n_embd, config.n_coord, bias=config.bias)  # W_next
+        self.ln_z = LayerNorm(config.n_coord, config.bias)
+
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, mass: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        o, u, weights = self.attn(self.ln_1(x), z, mass, need_weights)
+        x = x + o
+        x = x + self.mlp(self.ln_2(x))
+        # z <- LN(z + W_next o): the coordinates move by what attention read
+        z = self.ln_z(z + self.coord_next(o))
+        return x, z, u, weights
+
+
+def matched_mlp_hidden(config: NGTConfig) -> int:
+    """MLP width that gives NGT the parameter count of the vanilla GPT of the same shape.
+
+    NGT has no query/key projections (2 d^2 per layer fewer) but coordinate
+    projections and a mass table; the difference goes into the MLP (2 d per unit per layer).
+    """
+    d, L = config.n_embd, config.n_layer
+    with torch.device("meta"):  # count parameters without allocating them
+        gpt = GPT(
+            GPTConfig(
+                vocab_size=config.vocab_size,
+                block_size=config.block_size,
+                n_layer=L,
+                n_head=config.n_head,
+                n_embd=d,
+                bias=config.bias,
+            )
+        )
+        probe = NGT(replace(config, mlp_hidden=4 * d))
+    deficit = gpt.num_params() - probe.num_params()
+    per_unit = L * (2 * d + (1 if config.bias else 0))
+    return max(1, 4 * d + round(deficit / per_unit))
+
+
+# --------------------------------------------------------------------------- model
+
+
+class NGT(LanguageModel):
+    config_class = NGTConfig
+
+    def __init__(self, config: NGTConfig):
+        super().__init__(config)
+        self.mlp_hidden = config.mlp_hidden or matched_mlp_hidden(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.mass_emb = nn.Embedding(config.vocab_size, 1)  # m = softplus(E_mass[x])
+        self.coord_emb = nn.Embedding(config.block_size, config.n_coord)  # z0 = E_coord[pos]
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            [NGTBlock(config, self.mlp_hidden) for _ in range(config.n_layer)]
+        )
+        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        init_gpt2_weights(self, config.n_layer)
+        nn.init.normal_(self.coord_emb.weight, std=1.0)  # unit-scale, like the LayerNormed z later
+        nn.init.zeros_(self.mass_emb.weight)  # every token starts at m = ln 2: no preference
+
+    def masses(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> m (B, T) = softplus(E_mass[x])."""
+        return F.softplus(self.mass_emb(idx)).squeeze(-1)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V); loss (cross-entropy + repulsion when training)."""
+        logits, trace = self._run(idx, need_weights=False)
+        loss = None
+        if targets is not None:
+            ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = ce
+            aux = {"ce": ce.detach()}
+            if self.config.repulsion > 0:
+                rep = torch.stack(
+                    [
+                        repulsion_energy(
+                            u,
+                            trace["mass"],
+                            self.config.repulsion_samples,
+                            self.config.repulsion_eps,
+                        )
+                        for u in trace["u"]
+                    ]
+                ).mean()
+                aux["repulsion"] = rep.detach()
+                if self.training:  # a training regulariser: validation loss stays comparable
+                    loss = ce + self.config.repulsion * rep
+            self._set_aux(aux, trace["mass"])
+        return logits, loss
+
+    def _set_aux(self, aux: dict[str, torch.Tensor], mass: torch.Tensor) -> None:
+        with torch.no_grad():
+            aux["gamma_mean"] = torch.stack([b.attn.gamma.mean() for b in self.blocks]).mean()
+            aux["radius_mean"] = torch.stack([b.attn.radius for b in self.blocks]).mean()
+            aux["mass_mean"] = mass.mean()
+            values = torch.stack([v.float() for v in aux.values()]).tolist()  # one sync
+        self.last_aux = dict(zip(aux.keys(), values))
+
+    def _run(self, idx: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, dict]:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than block_size {self.config.block_size}"
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx))  # (B, T, d): no position in the hidden state; it lives in z
+        mass = self.masses(idx)  # (B, T)
+        z = self.coord_emb(pos).expand(B, T, -1)  # (B, T, C)
+        trace = {"mass": mass, "z": [z], "u": [], "attn": []}
+        for block in self.blocks:
+            x, z, u, weights = block(x, z, mass, need_weights)
+            trace["z"].append(z)
+            trace["u"].append(u)
+            trace["attn"].append(weights)
+        return self.lm_head(self.ln_f(x)), trace
+
+    @torch.no_grad()
+    def forward_with_trace(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything the analysis plots, for idx (B, T).
+
+        ``z`` (L+1, B, T, C): coordinates entering each layer and leaving the last;
+        ``u`` (L, B, H, T, c): per-head coordinates the scores read; ``attn``
+        (L, B, H, T, T); ``mass`` (B, T); ``gamma`` (L, H); ``radius`` (L,); ``logits``.
+        """
+        logits, trace = self._run(idx, need_weights=True)
+        return {
+            "logits": logits,
+            "mass": trace["mass"],
+            "z": torch.stack(trace["z"]),
+            "u": torch.stack(trace["u"]),
+            "attn": torch.stack(trace["attn"]),
+            "gamma": torch.stack([b.attn.gamma for b in self.blocks]),
+            "radius": torch.stack([b.attn.radius for b in self.blocks]),
+        }
+
+
+__all__ = [
+    "NGT",
+    "NGTConfig",
+    "GravityAttention",
+    "augmented_qk",
+    "cutoff_term",
+    "gaussian_scores",
+    "matched_mlp_hidden",
+    "pairwise_d2",
+    "repulsion_energy",
+    "seed_scores",
+]

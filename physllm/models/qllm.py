@@ -1,0 +1,366 @@
+"""QLLM: a byte-level transformer with a phase module, global memory tokens and a coherence loss.
+
+Identical to :mod:`physllm.models.gpt` (pre-LN blocks, GELU MLP, tied head,
+GPT-2 init) except for four things.
+
+**Separate q, k, v, o projections**, so LoRA (:mod:`physllm.lora`) can adapt
+each by name.
+
+**A phase module** on every block's attention input, three forms:
+
+* ``phase="gain"``, the seed's PhaseRotator, per channel c::
+
+      y_c = x_c (cos phi_c - sin phi_c),   phi_c = pi tanh(p_c),  p = 0 at init
+
+  cos phi - sin phi = sqrt(2) cos(phi + pi/4): a real *gain* in [-sqrt 2, sqrt 2],
+  1 at init. It rescales (and may flip) each channel; it mixes nothing and
+  does not preserve the norm. It is the real part of rotating the complex
+  number x + i x, but with the imaginary part thrown away.
+* ``phase="rotation"``, a true rotation: channel pairs are complex numbers
+  z_j = x_{2j} + i x_{2j+1} multiplied by a unit complex number::
+
+      z_j' = e^{i theta_j} z_j      (theta per pair, or per (position, pair))
+
+  which preserves |x| exactly. A position-independent rotation feeding a
+  linear layer can be absorbed into that layer's weights; a per-position one
+  (``phase_per_position``) cannot: it acts like a learned RoPE.
+* ``phase="none"``: identity.
+
+**G global memory tokens** prepended to the byte sequence; logits are read only
+at byte positions.
+
+* ``globals="seed"``: G learned vectors that attend only to each other, so
+  whatever the input, they are the same: a learned constant prefix (a bias
+  every byte can attend to, never a memory of the text).
+* ``globals="recurrent"``: real memory, as in the Recurrent Memory Transformer
+  (Bulatov et al. 2022). The block of ``block_size`` bytes is cut into segments
+  of ``segment_len``; segment k sees ``[read memory m_k | bytes_k | write
+  memory]``. Bytes attend to the read copy and to earlier bytes; the write copy
+  attends to the whole segment, and its final hidden state (layer-normed, so it
+  cannot grow from segment to segment) is m_{k+1}. Information goes forward,
+  segment k -> k+1, never back; gradients flow back through the chain within a
+  training block (BPTT), and generation carries m_k past ``block_size``.
+* ``globals="off"``: a plain causal byte transformer.
+
+**The coherence loss** on the phases, weight ``coherence`` (lambda), mean over
+layers of the mean over neighbouring channels (pairs, for rotations)::
+
+    L_coh = mean_j (1 - cos(phi_{j+1} - phi_j))
+
+zero when neighbouring channels share one phase, periodic in 2 pi as a phase
+penalty must be. It is added to the training loss; in eval mode ``loss`` is the
+cross-entropy alone, so the validation bits per byte are comparable across
+lambda (the coherence value is still in ``last_aux``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm.errors import PhysllmError
+from physllm.lora import apply_lora, mark_only_lora_trainable
+from physllm.models.base import LanguageModel, ModelConfig
+from physllm.models.gpt import MLP, LayerNorm, init_gpt2_weights
+
+PHASES = ("gain", "rotation", "none")
+GLOBALS = ("seed", "recurrent", "off")
+
+
+@dataclass
+class QLLMConfig(ModelConfig):
+    vocab_size: int = 256  # bytes
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    phase: str = "rotation"  # gain (the seed's PhaseRotator) | rotation (norm-preserving) | none
+    phase_per_position: bool = False  # rotation only: one phase per (position, pair), not per pair
+    globals: str = "recurrent"  # seed (constant prefix) | recurrent (memory across segments) | off
+    n_global: int = 16  # G, the seed's number of global tokens
+    segment_len: int = (
+        64  # recurrent: bytes per segment (a block is ceil(block_size / this) segments)
+    )
+    coherence: float = 0.1  # lambda; our choice (0: off)
+    lora_r: int = 0  # 0: no adapters; > 0: LoRA on q, k, v, o and the base frozen
+    lora_alpha: float = 64.0  # update scale alpha / r
+    lora_dropout: float = 0.0
+
+
+def check_config(config: QLLMConfig) -> None:
+    if config.phase not in PHASES:
+        raise PhysllmError(f"qllm phase must be one of {PHASES}, got {config.phase!r}")
+    if config.globals not in GLOBALS:
+        raise PhysllmError(f"qllm globals must be one of {GLOBALS}, got {config.globals!r}")
+    if config.phase == "rotation" and config.n_embd % 2:
+        raise PhysllmError(
+            f"phase='rotation' pairs channels: n_embd must be even, got {config.n_embd}"
+        )
+    if config.phase_per_position and config.phase != "rotation":
+        raise PhysllmError("phase_per_position needs phase='rotation'")
+    if config.globals != "off" and config.n_global < 1:
+        raise PhysllmError(f"globals={config.globals!r} needs n_global >= 1")
+    if config.globals == "recurrent" and config.segment_len < 1:
+        raise PhysllmError(f"segment_len must be >= 1, got {config.segment_len}")
+    if config.n_embd % config.n_head:
+        raise PhysllmError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+
+
+# --------------------------------------------------------------------------- phase module
+
+
+class PhaseGain(nn.Module):
+    """The seed's PhaseRotator: a per-channel gain cos(phi) - sin(phi), phi = pi tanh(p)."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(n_embd))  # phi = 0: gain 1, the identity
+
+    def phases(self) -> torch.Tensor:
+        # phi = pi tanh(p), in (-pi, pi)
+        return math.pi * torch.tanh(self.p)  # (C,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phi = self.phases()
+        # y_c = x_c (cos phi_c - sin phi_c)
+        return x * (torch.cos(phi) - torch.sin(phi))
+
+
+class PhaseRotation(nn.Module):
+    """Rotate each channel pair (x_2j, x_2j+1) by theta_j: z_j <- e^{i theta_j} z_j."""
+
+    def __init__(self, n_embd: int, n_pos: int = 0):
+        super().__init__()
+        shape = (n_pos, n_embd // 2) if n_pos else (n_embd // 2,)
+        self.theta = nn.Parameter(torch.zeros(shape))  # theta = 0: the identity
+
+    def phases(self) -> torch.Tensor:
+        return self.theta  # (C/2,) or (L, C/2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.theta if self.theta.dim() == 1 else self.theta[: x.size(1)]
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # real and imaginary parts, (B, L, C/2) each
+        # (x1 + i x2) e^{i theta} = (x1 cos - x2 sin) + i (x1 sin + x2 cos)
+        y1 = x1 * cos - x2 * sin
+        y2 = x1 * sin + x2 * cos
+        return torch.stack((y1, y2), dim=-1).flatten(-2)  # interleave back, (B, L, C)
+
+
+class NoPhase(nn.Module):
+    def phases(self) -> None:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def make_phase(config: QLLMConfig, n_pos: int) -> nn.Module:
+    if config.phase == "gain":
+        return PhaseGain(config.n_embd)
+    if config.phase == "rotation":
+        return PhaseRotation(config.n_embd, n_pos if config.phase_per_position else 0)
+    return NoPhase()
+
+
+def coherence_loss(phases: list[torch.Tensor]) -> torch.Tensor:
+    """mean over layers of mean_j (1 - cos(phi_{j+1} - phi_j)), neighbours along the channel axis."""
+    terms = [(1 - torch.cos(phi[..., 1:] - phi[..., :-1])).mean() for phi in phases]
+    return torch.stack(terms).mean()
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a mask that may let globals see each other."""
+
+    def __init__(self, config: QLLMConfig):
+        super().__init__()
+        C = config.n_embd
+        self.q = nn.Linear(C, C, bias=config.bias)
+        self.k = nn.Linear(C, C, bias=config.bias)
+        self.v = nn.Linear(C, C, bias=config.bias)
+        self.o = nn.Linear(C, C, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.dropout = config.n_head, config.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, L, C); mask (L, L) bool, True where query i may read key j (None: causal)."""
+        B, L, C = x.shape
+        hs = C // self.n_head
+        q = self.q(x).view(B, L, self.n_head, hs).transpose(1, 2)  # (B, nh, L, hs)
+        k = self.k(x).view(B, L, self.n_head, hs).transpose(1, 2)
+        v = self.v(x).view(B, L, self.n_head, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, L, C)
+        return self.resid_dropout(self.o(y))
+
+
+class Block(nn.Module):
+    def __init__(self, config: QLLMConfig, n_pos: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.phase = make_phase(config, n_pos)
+        self.attn = Attention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.phase(self.ln_1(x)), mask)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def window_mask(n_global: int, n_bytes: int, write: bool, device=None) -> torch.Tensor | None:
+    """Who reads whom in ``[read globals (G) | bytes (S) | write globals (G if write)]``.
+
+    Read globals see only each other; byte i sees the read globals and bytes
+    0..i; write globals see everything. None (plain causal) without globals.
+    """
+    G, S = n_global, n_bytes
+    if G == 0:
+        return None
+    L = G + S + (G if write else 0)
+    mask = torch.zeros(L, L, dtype=torch.bool, device=device)
+    mask[:G, :G] = True  # read globals: a closed set
+    mask[G : G + S, :G] = True  # bytes read the globals...
+    mask[G : G + S, G : G + S] = torch.ones(
+        S, S, dtype=torch.bool, device=device
+    ).tril()  # ...and the past
+    if write:
+        mask[G + S :, :] = True  # write globals summarise the whole segment
+    return mask
+
+
+# --------------------------------------------------------------------------- model
+
+
+class QLLM(LanguageModel):
+    config_class = QLLMConfig
+
+    def __init__(self, config: QLLMConfig):
+        super().__init__(config)
+        check_config(config)
+        C = config.n_embd
+        recurrent = config.globals == "recurrent"
+        self.G = config.n_global if config.globals != "off" else 0
+        # positions restart in every segment (recurrent): the memory says where we are
+        self.S = min(config.segment_len, config.block_size) if recurrent else config.block_size
+        n_pos = self.G + self.S + (self.G if recurrent else 0)  # longest window the blocks see
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wpe = nn.Embedding(self.S, C)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, n_pos) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(C, config.bias)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in GPT
+        if self.G:
+            # seed: the constant prefix; recurrent: the memory before the first segment
+            self.memory = nn.Parameter(torch.randn(self.G, C) * 0.02)  # (G, C)
+        if recurrent:
+            self.write_embed = nn.Parameter(torch.randn(self.G, C) * 0.02)  # marks the write copy
+            self.ln_mem = LayerNorm(C, config.bias)  # keeps |m_k| from growing with k
+        init_gpt2_weights(self, config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.o.weight"):  # residual projection, as GPT's c_proj
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.lora_r > 0:
+            apply_lora(
+                self, ("q", "k", "v", "o"), config.lora_r, config.lora_alpha, config.lora_dropout
+            )
+            mark_only_lora_trainable(self)
+
+    # ---- one window: [read globals | bytes | write globals]
+
+    def segment(
+        self, idx: torch.Tensor, memory: torch.Tensor | None, write: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bytes ``idx`` (B, s) after read ``memory`` (B, G, C) -> byte hidden states
+        (B, s, C) and, if ``write``, the next memory (B, G, C)."""
+        B, s = idx.shape
+        pos = torch.arange(s, device=idx.device)
+        parts = [self.wte(idx) + self.wpe(pos)]  # (B, s, C)
+        if self.G:
+            parts.insert(0, memory)
+            if write:
+                parts.append(memory + self.write_embed)
+        x = self.drop(torch.cat(parts, dim=1))  # (B, G + s (+ G), C)
+        mask = window_mask(self.G, s, write, idx.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        hidden = x[:, self.G : self.G + s]
+        new_memory = self.ln_mem(x[:, self.G + s :]) if write else None
+        return hidden, new_memory
+
+    def initial_memory(self, batch: int) -> torch.Tensor | None:
+        return self.memory.expand(batch, -1, -1) if self.G else None
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) bytes -> (B, T, C) final hidden states at the byte positions."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise PhysllmError(
+                f"sequence of {T} is longer than block_size {self.config.block_size}"
+            )
+        memory = self.initial_memory(B)
+        if self.config.globals != "recurrent":
+            return self.segment(idx, memory, write=False)[0]
+        outs = []
+        for start in range(0, T, self.S):
+            last = start + self.S >= T  # the last segment's memory would go unread
+            hidden, new_memory = self.segment(
+                idx[:, start : start + self.S], memory, write=not last
+            )
+            outs.append(hidden)
+            memory = new_memory
+        return torch.cat(outs, dim=1)
+
+    def phases(self) -> list[torch.Tensor]:
+        return [p for b in self.blocks if (p := b.phase.phases()) is not None]
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) bytes -> logits (B, T, V) at byte positions only; loss if targets given."""
+        logits = self.lm_head(self.ln_f(self.hidden_states(idx)))
+        loss = None
+        if targets is not None:
+            lm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+            phases = self.phases()
+            coh = coherence_loss(phases) if phases else lm.new_zeros(())
+            self.last_aux = {"lm": lm.item(), "coherence": coh.item()}
+            # L = L_lm + lambda L_coh while training; eval reports the cross-entropy alone
+            loss = lm + self.config.coherence * coh if self.training else lm
+        return logits, loss
+
+    @torch.no_grad()
+    def decode_step(self, idx: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
+        """Recurrent globals: the state is (memory, bytes of the open segment); a full
+        segment writes the next memory, so the context is unbounded at constant cost.
+        Otherwise the default (recompute on the last ``block_size`` bytes)."""
+        if self.config.globals != "recurrent":
+            return super().decode_step(idx, state)
+        memory, open_seg = (
+            (self.initial_memory(idx.size(0)), idx[:, :0]) if state is None else state
+        )
+        open_seg = torch.cat([open_seg, idx], dim=1)
+        while open_seg.size(1) > self.S:  # close full segments, carrying the memory forward
+            _, memory = self.segment(open_seg[:, : self.S], memory, write=True)
+            open_seg = open_seg[:, self.S :]
+        hidden, _ = self.segment(open_seg, memory, write=False)
+        logits = self.lm_head(self.ln_f(hidden[:, -1]))
+        return logits, (memory, open_seg)
