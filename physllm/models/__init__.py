@@ -10,10 +10,12 @@ from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import GPT, GPTConfig
 from physllm.models.ngt import NGT, NGTConfig
+from physllm.models.qllm import QLLM, QLLMConfig
 
 MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
     "gpt": (GPTConfig, GPT),
     "ngt": (NGTConfig, NGT),
+    "qllm": (QLLMConfig, QLLM),
 }
 
 
