@@ -233,6 +233,10 @@ class Distributed:
             return torch.device("cuda", self.local_rank)
         return resolve_device(cfg_device)
 
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -319,7 +323,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
             history = [
                 h
                 for h in json.loads((out_dir / "history.json").read_text())
-                if h["step"] < start_step
+                if h["step"] <= start_step
             ]
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +435,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
             best_val = min(best_val, val_loss)
             if dist.is_main:
                 checkpoint(done, val_loss, is_best)
+            dist.barrier()  # other ranks may read best/ next: wait until it is written
     if progress:
         progress.close()
     if writer:

@@ -46,3 +46,51 @@ def shakespeare_available() -> bool:
     from physllm.data import SHAKESPEARE_FILE, find_local_file
 
     return find_local_file(SHAKESPEARE_FILE) is not None
+
+
+@pytest.fixture(scope="session")
+def small_text_file(tmp_path_factory) -> Path:
+    """About 60 KB of English (the stdlib's pydoc topics) as a local .txt corpus."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))[:60_000]
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+TINY_GPT = dict(
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    block_size=32,
+    batch_size=4,
+    eval_iters=2,
+    warmup_steps=2,
+    progress=False,
+    tensorboard=False,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, small_text_file) -> Path:
+    """A tiny GPT trained for 20 steps on the small corpus: a run folder with best/ and last/."""
+    import os
+
+    from physllm.train import make_config, train
+
+    os.environ.setdefault(
+        "PHYSLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "physllm-cache")
+    )
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(
+        make_config(
+            "gpt",
+            corpus=str(small_text_file),
+            steps=20,
+            eval_interval=10,
+            out_dir=str(out),
+            **TINY_GPT,
+        )
+    )
+    return out

@@ -1,0 +1,183 @@
+"""The trainer: schedule, metrics, checkpoints, exact resume, NaN guard, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from physllm.checkpoint import load_checkpoint
+from physllm.errors import PhysllmError, TrainingDivergedError
+from physllm.train import lr_at, make_config, train
+
+from .conftest import REPO, TINY_GPT
+
+DESIGN_KEYS = {
+    "model",
+    "params",
+    "corpus",
+    "tokenizer",
+    "steps",
+    "tokens_seen",
+    "train_loss",
+    "val_loss",
+    "val_bpc",
+    "tokens_per_sec",
+    "ms_per_step",
+    "wall_s",
+    "peak_mem_mb",
+    "device",
+    "torch_version",
+    "seed",
+    "git_sha",
+}
+
+
+def test_warmup_then_cosine_to_min_lr():
+    cfg = make_config("gpt", steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
+    lrs = [lr_at(s, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay after warmup
+    assert lrs[100] == pytest.approx(0.1)
+
+
+def test_run_writes_metrics_checkpoints_and_learns(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert DESIGN_KEYS <= set(metrics)
+    assert metrics["steps"] == 20 and metrics["tokens_seen"] == 20 * 4 * 32
+    for folder in ("best", "last"):
+        assert (tiny_run / folder / "model.safetensors").exists()
+        assert (tiny_run / folder / "config.json").exists()
+    assert (tiny_run / "last" / "trainer_state.pt").exists()
+    history = json.loads((tiny_run / "history.json").read_text())
+    train_losses = [h["train_loss"] for h in history if "train_loss" in h]
+    assert train_losses[-1] < train_losses[0] - 0.3  # it learns
+
+
+def test_make_config_rejects_unknown_options():
+    with pytest.raises(PhysllmError, match="unknown option"):
+        make_config("gpt", n_layers=3)
+    with pytest.raises(PhysllmError, match="unknown model"):
+        make_config("gtp")
+
+
+def run(small_text_file, out, **kw):
+    cfg = make_config("gpt", corpus=str(small_text_file), out_dir=str(out), **{**TINY_GPT, **kw})
+    return train(cfg)
+
+
+def test_deterministic_on_cpu(small_text_file, tmp_path):
+    a = run(small_text_file, tmp_path / "a", steps=8, eval_interval=4)
+    b = run(small_text_file, tmp_path / "b", steps=8, eval_interval=4)
+    untimed = lambda r: [{k: v for k, v in h.items() if k != "time_s"} for h in r.history]  # noqa: E731
+    assert untimed(a) == untimed(b)
+    assert a.metrics["val_loss"] == b.metrics["val_loss"]
+
+
+def test_resume_gives_the_same_losses(small_text_file, tmp_path):
+    kw = dict(
+        steps=12, eval_interval=4, log_interval=1, dropout=0.1
+    )  # dropout: the RNG state must resume too
+    whole = run(small_text_file, tmp_path / "whole", **kw)
+    run(
+        small_text_file, tmp_path / "split", stop_after=8, **kw
+    )  # "killed" after the step-8 checkpoint
+    resumed = run(small_text_file, tmp_path / "split", resume=True, **kw)
+    losses = lambda r: [(h["step"], h["train_loss"]) for h in r.history if "train_loss" in h]  # noqa: E731
+    assert losses(resumed) == losses(whole)
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
+
+
+def test_resume_with_another_config_is_refused(small_text_file, tiny_run):
+    with pytest.raises(PhysllmError, match="cannot resume"):
+        run(small_text_file, tiny_run, steps=30, resume=True, n_embd=64)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(small_text_file, tmp_path, monkeypatch):
+    import physllm.models.gpt as gpt_module
+
+    real = gpt_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 12 else loss
+
+    run(small_text_file, tmp_path, steps=4, eval_interval=4)  # a good checkpoint first
+    before = (tmp_path / "last" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(gpt_module.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        run(small_text_file, tmp_path, steps=20, eval_interval=100, resume=True)
+    assert (tmp_path / "last" / "model.safetensors").read_bytes() == before
+    load_checkpoint(tmp_path)  # still loadable
+
+
+DDP_SCRIPT = """
+import hashlib, os, sys, torch
+from physllm.train import make_config, train
+corpus, out = sys.argv[1], sys.argv[2]
+cfg = make_config("gpt", corpus=corpus, out_dir=out, steps=6, eval_interval=3, n_layer=1, n_head=2,
+                  n_embd=32, block_size=32, batch_size=4, eval_iters=2, progress=False, tensorboard=False)
+result = train(cfg)
+digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in result.model.parameters())).hexdigest()
+open(os.path.join(out, f"rank{os.environ['RANK']}.sha1"), "w").write(digest)
+"""
+
+
+def test_ddp_two_processes_on_cpu(small_text_file, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(small_text_file),
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hashes = {p.read_text() for p in out.glob("rank*.sha1")}
+    assert (
+        len(list(out.glob("rank*.sha1"))) == 2 and len(hashes) == 1
+    )  # both ranks hold the same weights
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name == "tb") == [
+        "best",
+        "last",
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["tokens_seen"] == 6 * 4 * 32 * 2
+    model, _, _ = load_checkpoint(out)
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_checkpoint_folder_survives_an_interrupted_save(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run, run_dir)
+    # A save killed between its two renames leaves last.old and no last: loading still works.
+    os.replace(run_dir / "last", run_dir / "last.old")
+    shutil.rmtree(run_dir / "best")
+    model, _, meta = load_checkpoint(run_dir)
+    assert meta["step"] == 20 and Path(run_dir / "last.old").exists()
