@@ -183,7 +183,7 @@ def cmd_bench(argv: Sequence[str]) -> None:
     names = (
         list(MODELS) if args.all or not args.models else [m.strip() for m in args.models.split(",")]
     )
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n.partition(":")[0] not in MODELS]  # "ngt:kernel=seed" is ngt
     if unknown:
         raise PhysllmError(
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
