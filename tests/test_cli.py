@@ -1,0 +1,259 @@
+"""The command line: every bad input is one line on stderr and exit 2, and
+leaves existing checkpoints byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+def physllm(
+    *args: str, stdin: str | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "physllm", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        env={**os.environ},
+    )
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and pattern in lines[0], lines[0]
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+TRAIN_TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "1",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--steps",
+    "2",
+    "--eval-iters",
+    "1",
+    "--no-progress",
+    "--no-tensorboard",
+]
+
+
+def test_unknown_model():
+    assert_one_line_error(
+        physllm("train", "--model", "transformerx"), "unknown model 'transformerx'"
+    )
+
+
+def test_unknown_corpus(tmp_path):
+    assert_one_line_error(
+        physllm("train", "--corpus", "nosuchcorpus", "--out-dir", str(tmp_path), *TRAIN_TINY),
+        "unknown corpus",
+    )
+
+
+def test_missing_local_file(tmp_path):
+    assert_one_line_error(
+        physllm(
+            "train",
+            "--corpus",
+            str(tmp_path / "missing.txt"),
+            "--out-dir",
+            str(tmp_path),
+            *TRAIN_TINY,
+        ),
+        "does not exist",
+    )
+
+
+def test_text_shorter_than_one_block(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short to hold a block of sixty-four characters\n")
+    assert_one_line_error(
+        physllm(
+            "train",
+            "--corpus",
+            str(short),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--block-size",
+            "64",
+            "--steps",
+            "2",
+        ),
+        "fewer than one block",
+    )
+
+
+def test_unknown_flag():
+    assert_one_line_error(physllm("train", "--n-layers", "3"), "unrecognized arguments")
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--prompt", "\u2603 snowman"], "outside this char vocabulary"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+    ],
+)
+def test_bad_sampling_input(run_copy, args, pattern):
+    before = fingerprint(run_copy)
+    assert_one_line_error(physllm("sample", "--ckpt", str(run_copy), *args), pattern)
+    assert fingerprint(run_copy) == before
+
+
+def test_truncated_checkpoint(run_copy):
+    weights = run_copy / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    before = fingerprint(run_copy)
+    assert_one_line_error(physllm("sample", "--ckpt", str(run_copy)), "corrupt or truncated")
+    assert fingerprint(run_copy) == before
+
+
+def test_checkpoint_from_a_different_model_config(run_copy):
+    config = run_copy / "best" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["config"]["n_embd"] = 64  # the weights were trained at 32
+    config.write_text(json.dumps(meta))
+    before = fingerprint(run_copy)
+    assert_one_line_error(physllm("sample", "--ckpt", str(run_copy)), "do not match its config")
+    assert fingerprint(run_copy) == before
+
+
+def test_resume_with_a_mismatched_config_leaves_the_run_alone(run_copy, small_text_file):
+    before = fingerprint(run_copy)
+    proc = physllm(
+        "train",
+        "--corpus",
+        str(small_text_file),
+        "--out-dir",
+        str(run_copy),
+        "--resume",
+        "--n-layer",
+        "3",
+        "--steps",
+        "30",
+        "--no-progress",
+    )
+    assert_one_line_error(proc, "cannot resume")
+    assert fingerprint(run_copy) == before
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(physllm("sample", "--ckpt", str(tmp_path)), "no checkpoint")
+
+
+def test_train_then_sample_end_to_end(small_text_file, tmp_path):
+    out = tmp_path / "run"
+    proc = physllm("train", "--corpus", str(small_text_file), "--out-dir", str(out), *TRAIN_TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "val loss" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        metrics["model_config"]["n_embd"] == 16 and metrics["steps"] == 2
+    )  # the flags reached the config
+    proc = physllm(
+        "sample",
+        "--ckpt",
+        str(out),
+        "--prompt",
+        "The ",
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "10",
+        "--top-p",
+        "0.9",
+        "--min-p",
+        "0.05",
+        "--repetition-penalty",
+        "1.2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("The ") and len(proc.stdout) > len("The ")
+
+
+def test_every_command_has_help():
+    top = physllm("--help")
+    assert top.returncode == 0
+    for command in ("train", "sample", "bench", "corpora"):
+        assert command in top.stdout
+        proc = physllm(command, "--help")
+        assert proc.returncode == 0 and "usage" in proc.stdout, command
+    assert "--n-embd" in physllm("train", "--help").stdout  # model fields are flags too
+
+
+def test_corpora_lists_the_registry():
+    proc = physllm("corpora")
+    assert proc.returncode == 0
+    for name in ("shakespeare", "pydocs", "wikitext103", "fineweb-edu", "ultrachat", "narrativeqa"):
+        assert name in proc.stdout
+
+
+def test_bench_prints_ratios_against_gpt(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = physllm(
+        "bench",
+        "--models",
+        "gpt,gpt:n_layer=2",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["gpt", "gpt:n_layer=2"]
+    assert rows[0]["speed_ratio"] == 1.0 and rows[1]["params"] > rows[0]["params"]
+    assert "speed x" in proc.stdout and "ratios against gpt" in proc.stdout
+
+
+def test_bench_unknown_model():
+    assert_one_line_error(physllm("bench", "--models", "gpt,nosuch"), "unknown model")
