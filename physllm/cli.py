@@ -189,7 +189,7 @@ def cmd_bench(argv: Sequence[str]) -> None:
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
         )
     cfg = BenchConfig(
-        models=names, **given(args, {f.name for f in dataclasses.fields(BenchConfig)})
+        models=names, **given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
     )
     rows = run_bench(cfg)
     print(format_table(rows, cfg))
