@@ -128,8 +128,50 @@ NGT_GPU: dict[str, Any] = dict(
     eval_iters=50,
 )
 
+CONTEXT_VECTOR_CPU: dict[str, Any] = dict(
+    # New-LLM (context_vector, notebook 02). cpu: the seed's model scaled to the
+    # nanoGPT char recipe's budget (block, batch, schedule), fewer steps since the
+    # notebook trains it beside its variants and a matched GPT.
+    {k: v for k, v in NANOGPT_CHAR_CPU.items() if k != "n_head"},
+    n_layer=1,
+    n_embd=128,
+    n_hidden=256,
+    n_context=128,
+    form="seed",
+    steps=400,
+    lr=2e-3,
+    warmup_steps=40,
+    eval_interval=100,
+)
+
+CONTEXT_VECTOR_GPU: dict[str, Any] = dict(
+    # gpu: the seed's own configuration (BPE 10k, embed 256, hidden 512, context
+    # 256, 1 layer, length 512, dropout 0.1) on UltraChat, the chat-formatted
+    # corpus the seed meant to train on, so `physllm chat` has a model to talk to.
+    corpus="ultrachat",
+    tokenizer="bpe:10000",
+    max_chars=200_000_000,
+    n_layer=1,
+    n_embd=256,
+    n_hidden=512,
+    n_context=256,
+    form="seed",
+    block_size=512,
+    batch_size=32,
+    steps=10_000,
+    lr=1e-3,
+    min_lr=1e-4,
+    warmup_steps=500,
+    weight_decay=0.1,
+    beta2=0.95,
+    dropout=0.1,
+    eval_interval=500,
+    eval_iters=50,
+)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {"cpu": NANOGPT_CHAR_CPU, "gpu": GPT2_SMALL_GPU},
+    "context_vector": {"cpu": CONTEXT_VECTOR_CPU, "gpu": CONTEXT_VECTOR_GPU},
     "ngt": {"cpu": NGT_CPU, "gpu": NGT_GPU},
     "qllm": {"cpu": QLLM_CPU, "gpu": QLLM_GPU},
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
+from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
 from physllm.models.gpt import GPT, GPTConfig
 from physllm.models.ngt import NGT, NGTConfig
 from physllm.models.qllm import QLLM, QLLMConfig
@@ -16,6 +17,7 @@ MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
     "gpt": (GPTConfig, GPT),
     "ngt": (NGTConfig, NGT),
     "qllm": (QLLMConfig, QLLM),
+    "context_vector": (ContextVectorConfig, ContextVectorModel),
 }
 
 

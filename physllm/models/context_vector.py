@@ -1,0 +1,369 @@
+"""New-LLM: a language model with no attention, only a context vector carried token to token.
+
+Per token t, each layer reads its input x_t (the token embedding for the first
+layer) and the context c_{t-1} left by the previous token, and writes c_t:
+
+    h_t   = FNN([x_t, c_{t-1}])            the hidden state; logits_t = W_o h_t
+    f_t   = sigmoid(W_f h_t)               forget gate: how much of c_{t-1} to keep
+    i_t   = sigmoid(W_i h_t)               input gate: how much of the new delta to add
+    d_t   = tanh(W_c h_t)                  the proposed change, bounded in [-1, 1]
+    c_t   = LayerNorm(f_t * c_{t-1} + i_t * d_t)
+
+There are no positions: the order of the tokens lives only in the order of the
+updates. The state is one vector per layer, so streaming a text costs the same
+memory and time per token whatever its length (against attention's growing
+key/value cache), and what is lost is exactly that: the past is squeezed into
+``n_context`` numbers, with no way to look a token up again.
+
+Two forms (``form``):
+
+* ``"seed"``: what the seed's code did. The FNN is Linear+ReLU layers without
+  residuals or normalisation, the delta has no tanh, the LayerNorm'ed context
+  is clamped to +-10, and the embedding (std 0.02) is concatenated raw with a
+  context of unit scale, so the context drowns the token at init.
+* ``"fixed"`` (default): the token embedding is LayerNorm'ed before it meets
+  the context, the FNN is residual GELU blocks with a final LayerNorm, the
+  delta is tanh-bounded (as the seed's docs say) and the forget gate starts
+  open (bias +1, the LSTM habit) so gradients reach further back.
+
+Two gatings (``gates``):
+
+* ``"hidden"`` (default, the seed's): gates and delta read h_t, which reads
+  c_{t-1}: the recurrence is nonlinear and runs as a loop over time.
+* ``"input"``: gates and delta read only the layer's input x_t. Then
+
+      c_t = f_t * c_{t-1} + i_t * d_t
+
+  is *linear* in c, and all T states come from a parallel associative scan
+  (log2 T vectorised steps, no loop over tokens). A LayerNorm on c_t would
+  break the linearity, so this variant carries the raw state (bounded anyway:
+  |c_t| <= max|d| / (1 - max f) elementwise) and normalises the *readout*:
+  h_t = FNN([x_t, LayerNorm(c_{t-1})]).
+
+Training: :func:`physllm.train.train` samples random windows, so every window
+starts from a zero context (no state is carried between windows). The state
+can be carried across consecutive blocks at evaluation time
+(:func:`carried_state_loss`) and is always carried in generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm.models.base import LanguageModel, ModelConfig
+
+State = list[torch.Tensor]  # one context vector (B, n_context) per layer
+
+
+@dataclass
+class ContextVectorConfig(ModelConfig):
+    block_size: int = 256  # training window only: the model itself has no positions
+    n_embd: int = 128  # token embedding width (seed: 256)
+    n_hidden: int = 256  # FNN width (seed: 512)
+    n_context: int = 128  # context vector size (seed: 256)
+    n_layer: int = 1  # stacked context layers, each with its own state (seed: 1)
+    ffn_depth: int = 1  # Linear layers (seed) or residual blocks (fixed) in each FNN
+    dropout: float = 0.0  # (seed: 0.1)
+    form: str = "fixed"  # "fixed" | "seed" (the seed's code, see the module docstring)
+    gates: str = "hidden"  # "hidden": gates read h (loop) | "input": gates read x (parallel scan)
+    clamp: float = 10.0  # the seed form clamps the context to +-clamp
+    forget_bias: float = (
+        1.0  # fixed form: initial forget-gate bias, sigmoid(1) = 0.73 kept per step
+    )
+
+    def __post_init__(self):
+        if self.form not in ("fixed", "seed"):
+            raise ValueError(f"form must be 'fixed' or 'seed', got {self.form!r}")
+        if self.gates not in ("hidden", "input"):
+            raise ValueError(f"gates must be 'hidden' or 'input', got {self.gates!r}")
+        if self.gates == "input" and self.form == "seed":
+            raise ValueError("gates='input' is a variant of the fixed form (form='fixed')")
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """All states of c_t = a_t * c_{t-1} + b_t, with c_{-1} = c0, by a parallel scan.
+
+    a, b (B, T, C); c0 (B, C) -> c (B, T, C). Two steps compose into one,
+
+        (a1, b1) then (a2, b2)  =  (a2 * a1, a2 * b1 + b2),
+
+    an associative operation, so Hillis-Steele's scan gets every prefix in
+    ceil(log2 T) rounds, each a vectorised op over all T: round k combines
+    each position with the one 2^k before it. No division by a product of
+    gates (which underflows on long texts), so it is stable at any length.
+    """
+    # Fold the initial state into the first step: c_0 = a_0 * c0 + b_0.
+    b = torch.cat([b[:, :1] + a[:, :1] * c0.unsqueeze(1), b[:, 1:]], dim=1)
+    T, shift = a.size(1), 1
+    while shift < T:
+        # position t absorbs the composed steps ending at t - shift
+        b = torch.cat([b[:, :shift], a[:, shift:] * b[:, :-shift] + b[:, shift:]], dim=1)
+        a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
+        shift *= 2
+    return b
+
+
+def sequential_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """The same recurrence as :func:`linear_scan`, one step at a time (the reference)."""
+    c, out = c0, []
+    for t in range(a.size(1)):
+        c = a[:, t] * c + b[:, t]
+        out.append(c)
+    return torch.stack(out, dim=1)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+class FNN(nn.Module):
+    """h = FNN([x, c]); the first Linear is split so its x half runs for all t at once.
+
+    ``W [x; c] + b = W_x x + W_c c + b``: the loop over time only has to do the
+    W_c c half. Seed: ``depth`` Linear+ReLU(+dropout) layers. Fixed: one Linear
+    on [LN(x), c], then ``depth`` residual GELU blocks and a final LayerNorm.
+    """
+
+    def __init__(self, d_in: int, d_ctx: int, cfg: ContextVectorConfig):
+        super().__init__()
+        self.d_in, self.form = d_in, cfg.form
+        H = cfg.n_hidden
+        self.inp = nn.Linear(d_in + d_ctx, H)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.form == "seed":
+            self.rest = nn.ModuleList([nn.Linear(H, H) for _ in range(cfg.ffn_depth - 1)])
+        else:
+            self.ln_x = nn.LayerNorm(d_in)
+            self.blocks = nn.ModuleList(
+                [
+                    nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+                    for _ in range(cfg.ffn_depth)
+                ]
+            )
+            self.ln_out = nn.LayerNorm(H)
+
+    def input_part(self, x: torch.Tensor) -> torch.Tensor:
+        """W_x x + b for every position: x (B, T, d_in) -> (B, T, H)."""
+        if self.form == "fixed":
+            x = self.ln_x(x)
+        return F.linear(x, self.inp.weight[:, : self.d_in], self.inp.bias)
+
+    def finish(self, xw: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """h from the precomputed input part xw (..., H) and the context c (..., C)."""
+        u = xw + F.linear(c, self.inp.weight[:, self.d_in :])  # = W [x; c] + b
+        if self.form == "seed":
+            h = self.drop(F.relu(u))
+            for layer in self.rest:
+                h = self.drop(F.relu(layer(h)))
+            return h
+        h = u
+        for block in self.blocks:
+            h = h + self.drop(block(h))  # residual: h + MLP(LN(h))
+        return self.ln_out(h)
+
+
+class ContextLayer(nn.Module):
+    """One recurrent layer: reads x (B, T, d_in) and its state c (B, C); returns h (B, T, H)."""
+
+    def __init__(self, d_in: int, cfg: ContextVectorConfig):
+        super().__init__()
+        C = cfg.n_context
+        self.cfg = cfg
+        self.fnn = FNN(d_in, C, cfg)
+        # f, i and delta in one Linear (the seed's three Linears stacked).
+        d_gate = d_in if cfg.gates == "input" else cfg.n_hidden
+        self.update = nn.Linear(d_gate, 3 * C)
+        if cfg.gates == "input":
+            self.ln_gate = nn.LayerNorm(d_in)
+            self.ln_read = nn.LayerNorm(C)  # normalise the readout, not the carried state
+        else:
+            self.ln_state = nn.LayerNorm(C)
+
+    def gates(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(f, i, delta) from the gate input's projection (..., 3C)."""
+        f, i, d = self.update(g).chunk(3, dim=-1)
+        # f = sigmoid(W_f g), i = sigmoid(W_i g), delta = tanh(W_c g) (seed: no tanh)
+        d = d if self.cfg.form == "seed" else torch.tanh(d)
+        return torch.sigmoid(f), torch.sigmoid(i), d
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, trace: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, d_in), c (B, C) -> h (B, T, H), last state (B, C).
+
+        ``trace``, if a dict, receives the states after every token and the gates (B, T, C).
+        """
+        if self.cfg.gates == "input":
+            return self._scan(x, c, trace)
+        return self._loop(x, c, trace)
+
+    def _loop(self, x, c, trace):
+        xw = self.fnn.input_part(x)  # (B, T, H): the x half of the first Linear, all t at once
+        hs, cs, fs, is_ = [], [], [], []
+        for t in range(x.size(1)):
+            h = self.fnn.finish(xw[:, t], c)  # h_t = FNN([x_t, c_{t-1}])  (B, H)
+            f, i, d = self.gates(h)
+            # c_t = LayerNorm(f * c_{t-1} + i * delta)
+            c = self.ln_state(f * c + i * d)
+            if self.cfg.form == "seed":
+                c = c.clamp(-self.cfg.clamp, self.cfg.clamp)
+            hs.append(h)
+            cs.append(c)
+            if trace is not None:
+                fs.append(f)
+                is_.append(i)
+        if trace is not None:
+            trace.update(
+                context=torch.stack(cs, 1), forget=torch.stack(fs, 1), input=torch.stack(is_, 1)
+            )
+        return torch.stack(hs, dim=1), c
+
+    def _scan(self, x, c, trace):
+        f, i, d = self.gates(self.ln_gate(x))  # (B, T, C) each, from the input alone
+        # c_t = f_t * c_{t-1} + i_t * delta_t for all t at once
+        cs = linear_scan(f, i * d, c)  # (B, T, C)
+        prev = torch.cat([c.unsqueeze(1), cs[:, :-1]], dim=1)  # c_{t-1}  (B, T, C)
+        h = self.fnn.finish(self.fnn.input_part(x), self.ln_read(prev))  # (B, T, H)
+        if trace is not None:
+            trace.update(context=cs, forget=f, input=i)
+        return h, cs[:, -1]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class ContextVectorModel(LanguageModel):
+    config_class = ContextVectorConfig
+
+    def __init__(self, config: ContextVectorConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        widths = [config.n_embd] + [config.n_hidden] * (config.n_layer - 1)
+        self.layers = nn.ModuleList([ContextLayer(d, config) for d in widths])
+        self.lm_head = nn.Linear(config.n_hidden, config.vocab_size)  # logits = W_o h
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """N(0, 0.02) weights and zero biases (the seed's init); fixed form: open forget gates."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.config.form == "fixed":
+            C = self.config.n_context
+            for layer in self.layers:
+                nn.init.constant_(layer.update.bias[:C], self.config.forget_bias)
+
+    def initial_state(self, batch_size: int, device=None) -> State:
+        """Zero context for every layer (the first token has no past)."""
+        return [torch.zeros(batch_size, self.config.n_context, device=device) for _ in self.layers]
+
+    def run(
+        self, idx: torch.Tensor, state: State | None = None, trace: list | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """idx (B, T) from ``state`` (None: zeros) -> logits (B, T, V), the state after the last token."""
+        if state is None:
+            state = self.initial_state(idx.size(0), idx.device)
+        x = self.drop(self.wte(idx))  # (B, T, n_embd); no positions
+        new_state = []
+        for layer, c in zip(self.layers, state):
+            layer_trace = {} if trace is not None else None
+            x, c = layer(x, c, layer_trace)  # (B, T, n_hidden)
+            new_state.append(c)
+            if trace is not None:
+                trace.append(layer_trace)
+        return self.lm_head(x), new_state
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V), from a zero context; loss if targets (B, T) given."""
+        logits, _ = self.run(idx)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def trace(self, idx: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per layer: the context after each token and the forget/input gates, (B, T, C) each."""
+        out: list = []
+        self.run(idx, trace=out)
+        return out
+
+    @torch.no_grad()
+    def decode_step(
+        self, idx: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """Feed tokens idx (B, T_new) from ``state``: next-token logits (B, V) and the new state.
+
+        The state is n_layer vectors of n_context numbers whatever has been read:
+        each new token costs the same time and memory.
+        """
+        logits, state = self.run(idx, state)
+        return logits[:, -1, :], state
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def carried_state_loss(
+    model: ContextVectorModel, tokens: torch.Tensor, block_size: int, n_blocks: int
+) -> tuple[float, float]:
+    """Mean loss over ``n_blocks`` consecutive blocks of ``tokens`` (1-D), (carried, reset).
+
+    ``carried``: the context flows from each block into the next (what
+    streaming sees); ``reset``: every block starts from zero (what training saw).
+    """
+    was = model.training
+    model.eval()
+    n = min(n_blocks, (tokens.numel() - 1) // block_size)
+    x = tokens[: n * block_size].view(n, block_size)
+    y = tokens[1 : n * block_size + 1].view(n, block_size)
+    state, carried = None, 0.0
+    for k in range(n):
+        logits, state = model.run(x[k : k + 1], state)
+        carried += F.cross_entropy(logits[0], y[k]).item() / n
+    logits, _ = model.run(x)
+    reset = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+    model.train(was)
+    return carried, reset
+
+
+def hidden_matching(n_params: int, **config) -> int:
+    """The ``n_hidden`` (a multiple of 16) that brings a context_vector config nearest ``n_params``."""
+
+    def count(h: int) -> int:
+        return ContextVectorModel(ContextVectorConfig(**{**config, "n_hidden": h})).num_params()
+
+    lo, hi = 1, 256  # in units of 16; the count grows with h, so bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(16 * mid) < n_params else (lo, mid)
+    return min((16 * max(1, lo - 1), 16 * lo), key=lambda h: abs(count(h) - n_params))
+
+
+def gpt_overrides_matching(
+    n_params: int, vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4
+) -> dict:
+    """GPT ``n_embd`` (a multiple of 4 * n_head) whose parameter count is nearest ``n_params``."""
+
+    def count(d: int) -> int:
+        # per block: attention 4 d^2, MLP 8 d^2, two LayerNorm gains; + embeddings + final LN
+        return n_layer * (12 * d * d + 2 * d) + (vocab_size + block_size) * d + d
+
+    step = 4 * n_head
+    best = min(range(step, 2048, step), key=lambda d: abs(count(d) - n_params))
+    return dict(n_layer=n_layer, n_head=n_head, n_embd=best)
