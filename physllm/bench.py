@@ -38,6 +38,10 @@ class BenchConfig:
     repeats: int = 3  # rounds; models take turns each round
     device: str = "auto"
     threads: int = 0  # torch threads in each measuring process (0: torch's default)
+    mode: str = "train"  # train: fwd+bwd step | generate: streaming decode (measure_generation)
+    lengths: str = "1024,8192,65536"  # generate: context lengths reached while streaming
+    timed_tokens: int = 256  # generate: tokens decoded one at a time and timed at each length
+    prefill_chunk: int = 1024  # generate: tokens per decode_step call while building the context
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -192,5 +196,177 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
         lines.append(
             f"{r['model']:<28} {r['params']:>10,} {r['tokens_per_sec']:>10,.0f} {r['speed_ratio']:>8.2f} "
             f"{r['ms_per_step']:>9.1f} {r['peak_mem_mb']:>9.1f} {r['mem_ratio']:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def parse_lengths(lengths: str) -> list[int]:
+    try:
+        values = [int(v) for v in lengths.split(",") if v.strip()]
+    except ValueError:
+        raise PhysllmError(f"bad --lengths {lengths!r}: comma-separated integers") from None
+    if not values or min(values) < 2:
+        raise PhysllmError(f"bad --lengths {lengths!r}: each length must be >= 2")
+    return values
+
+
+def _tensor_kb(obj: Any) -> float:
+    """Kilobytes held by the tensors in a (nested) cache/state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size() / 2**10
+    if isinstance(obj, dict):
+        return sum(_tensor_kb(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_kb(v) for v in obj)
+    return 0.0
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: restart the process's peak-RSS watermark (VmHWM) from its current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Streaming decode at one context length (``cfg.lengths`` holds one number), in this process.
+
+    The context is built by feeding ``length - timed_tokens`` random tokens
+    through the model's own cache path (``decode_step``) in chunks of
+    ``prefill_chunk``; then ``timed_tokens`` tokens are generated one at a
+    time (greedy) and timed. Peak memory is measured over that generation phase
+    only (the watermark is reset after the prefill): CUDA max allocated, or on
+    Linux CPU the process's peak resident set. ``state_kb`` is the exact size
+    of the cache (GPT: keys and values; context_vector: its state vectors).
+    """
+    from physllm.models import build_model
+    from physllm.train import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    (length,) = parse_lengths(cfg.lengths)
+    torch.manual_seed(0)
+    name, mcfg = model_config_for(spec, cfg)
+    model = build_model(name, mcfg).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    prefill = max(1, length - cfg.timed_tokens)
+    logits, state, done = None, None, 0
+    while done < prefill:
+        n = min(cfg.prefill_chunk, prefill - done)
+        ids = torch.randint(mcfg.vocab_size, (1, n), generator=gen).to(device)
+        logits, state = model.decode_step(ids, state)
+        done += n
+    timed = length - done
+    token = logits.argmax(dim=-1, keepdim=True)
+    logits, state = model.decode_step(token, state)  # warm-up step, not timed
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    reset = device.type == "cuda" or _reset_peak_rss()
+    t0 = time.perf_counter()
+    for _ in range(timed - 1):
+        token = logits.argmax(dim=-1, keepdim=True)
+        logits, state = model.decode_step(token, state)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    return {
+        "model": spec,
+        "length": length,
+        "params": model.num_params(),
+        "timed_tokens": timed - 1,
+        "tokens_per_sec": (timed - 1) / elapsed,
+        "ms_per_token": 1000 * elapsed / (timed - 1),
+        "peak_mem_mb": peak,
+        "peak_scope": "cuda allocated"
+        if device.type == "cuda"
+        else ("process RSS, generation phase" if reset else "process RSS, whole run"),
+        "state_kb": _tensor_kb(state),
+    }
+
+
+def _generation_child(spec: str, cfg: BenchConfig, queue) -> None:
+    try:
+        queue.put(measure_generation(spec, cfg))
+    except Exception as err:  # report, do not hang the parent
+        queue.put({"model": spec, "error": f"{type(err).__name__}: {err}"})
+
+
+def generation_config(cfg: BenchConfig) -> BenchConfig:
+    """The benchmark's config for generation: GPT's positions must reach the longest length."""
+    longest = max(parse_lengths(cfg.lengths))
+    if cfg.timed_tokens < 2:
+        raise PhysllmError("--timed-tokens must be >= 2")
+    return dataclasses.replace(cfg, block_size=max(cfg.block_size, longest))
+
+
+def run_generation_bench(cfg: BenchConfig, child=_generation_child) -> list[dict[str, Any]]:
+    """Every model at every length, each in a fresh process; best tokens/s of ``repeats``.
+
+    Rows also carry each model's growth from its shortest length:
+    ``mem_growth`` (peak memory ratio) and ``speed_ratio`` (tokens/s ratio).
+    """
+    cfg = generation_config(cfg)
+    for spec in cfg.models:
+        model_config_for(spec, cfg)  # fail fast on a bad name or override
+    lengths = parse_lengths(cfg.lengths)
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for _ in range(cfg.repeats):
+        for spec in cfg.models:
+            for length in lengths:
+                row = run_isolated(child, spec, dataclasses.replace(cfg, lengths=str(length)))
+                prev = best.get((spec, length))
+                if prev is not None:
+                    row["peak_mem_mb"] = max(row["peak_mem_mb"], prev["peak_mem_mb"])
+                    if prev["tokens_per_sec"] > row["tokens_per_sec"]:
+                        row.update({k: prev[k] for k in ("tokens_per_sec", "ms_per_token")})
+                best[(spec, length)] = row
+    rows = []
+    for spec in cfg.models:
+        first = best[(spec, lengths[0])]
+        for length in lengths:
+            row = best[(spec, length)]
+            row["mem_growth"] = row["peak_mem_mb"] / first["peak_mem_mb"]
+            row["speed_ratio"] = row["tokens_per_sec"] / first["tokens_per_sec"]
+            rows.append(row)
+    return rows
+
+
+def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    cfg = generation_config(cfg)
+    lines = [
+        f"# streaming generation, batch 1: context built to each length through the cache, then "
+        f"{cfg.timed_tokens} tokens decoded one at a time and timed; best of {cfg.repeats}",
+        f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware()}",
+        f"# peak memory: {rows[0]['peak_scope'] if rows else ''}; growth and speed vs each model's shortest length",
+        f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>9} {'speed x':>8} "
+        f"{'peak MB':>9} {'growth':>7} {'cache KB':>10}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<28} {r['length']:>7} {r['params']:>10,} {r['tokens_per_sec']:>9,.0f} "
+            f"{r['speed_ratio']:>8.2f} {r['peak_mem_mb']:>9.1f} {r['mem_growth']:>7.3f} {r['state_kb']:>10,.1f}"
         )
     return "\n".join(lines)

@@ -191,8 +191,16 @@ def cmd_bench(argv: Sequence[str]) -> None:
     cfg = BenchConfig(
         models=names, **given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
     )
-    rows = run_bench(cfg)
-    print(format_table(rows, cfg))
+    if cfg.mode == "generate":  # streaming decode at several lengths (physllm.bench)
+        from physllm.bench import format_generation_table, run_generation_bench
+
+        rows = run_generation_bench(cfg)
+        print(format_generation_table(rows, cfg))
+    elif cfg.mode == "train":
+        rows = run_bench(cfg)
+        print(format_table(rows, cfg))
+    else:
+        raise PhysllmError(f"--mode must be train or generate, got {cfg.mode!r}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, fh, indent=2)
