@@ -1,0 +1,670 @@
+"""``python -m physllm report``: run notebooks with papermill into ``reports/``, rebuild the index.
+
+One run of one notebook is one folder::
+
+    reports/<notebook>/<run>/
+        <notebook>.ipynb    the executed notebook (papermill), a header cell on top
+        <notebook>.html     the same, self-contained (nbconvert, images embedded)
+        metrics.json        written by the notebook itself (``out_dir`` points here)
+        *.png, *.html       the notebook's figures
+        run.json            what the report command knows: parameters, status, times, hardware
+
+The notebook gets ``out_dir=reports/<notebook>/<run>`` as a papermill parameter,
+so whatever it saves lands in the report. Checkpoints and data do not belong
+there: after the run, every ``best/``, ``last/`` and ``tb/`` folder and every
+``*.safetensors``, ``*.pt``, ``*.pth``, ``*.ckpt`` and ``*.bin`` file under the
+run folder is deleted (:data:`HEAVY_DIRS`, :data:`HEAVY_SUFFIXES`).
+
+The run name defaults to the hardware (``cpu`` or ``gpu``) followed by the
+overridden parameters (``-p steps 20`` on a CPU: ``cpu-steps20``), so the same
+command reruns into the same folder. A failed notebook still leaves its
+executed notebook and HTML (papermill marks the failing cell), ``run.json``
+says ``failed``, and the command exits with status 1. It never deletes an
+older good run: when a rerun of the same name fails, the failed report goes to
+``<run>-failed`` and the good one stays.
+
+``reports/README.md`` is rebuilt from every ``run.json`` and ``metrics.json``
+after each command (:func:`rebuild_index`); it is generated, never edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from physllm.data import repo_root
+from physllm.errors import PhysllmError
+
+NOTEBOOKS_ENV = "PHYSLLM_NOTEBOOKS_DIR"  # where notebooks are looked up (tests point it elsewhere)
+HEAVY_DIRS = ("best", "last", "tb")  # checkpoints and TensorBoard logs
+HEAVY_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # weights, token memmaps
+WARN_MB = 10.0  # a report folder bigger than this gets a warning: reports are committed
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
+INDEX_NAME = "README.md"
+
+
+class ReportFailedError(PhysllmError):
+    """A notebook raised; its report is written and the command exits with status 1."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def default_notebooks_dir() -> Path:
+    """``$PHYSLLM_NOTEBOOKS_DIR``, else the checkout's ``notebooks/``, else ``./notebooks``."""
+    if os.environ.get(NOTEBOOKS_ENV):
+        return Path(os.environ[NOTEBOOKS_ENV])
+    root = repo_root()
+    return (root or Path.cwd()) / "notebooks"
+
+
+def default_reports_dir() -> Path:
+    root = repo_root()
+    return (root or Path.cwd()) / "reports"
+
+
+def available_notebooks(notebooks_dir: Path) -> list[str]:
+    """Stems of the runnable notebooks (``NN_name`` for ``NN_name.ipynb``), sorted."""
+    return sorted(p.stem for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def resolve_names(names: Sequence[str], notebooks_dir: Path) -> list[str]:
+    """``all`` or stems (``00_foundations``; a path or ``.ipynb``/``.py`` suffix is dropped)."""
+    known = available_notebooks(notebooks_dir)
+    out: list[str] = []
+    for raw in names:
+        if raw == "all":
+            out.extend(n for n in known if n not in out)
+            continue
+        stem = Path(raw).name.removesuffix(".ipynb").removesuffix(".py")
+        if stem not in known:
+            choices = ", ".join(known) or "none found"
+            raise PhysllmError(
+                f"unknown notebook {raw!r} in {notebooks_dir}; choose from {choices}, or all"
+            )
+        if stem not in out:
+            out.append(stem)
+    if not out:
+        raise PhysllmError(f"no notebooks to run in {notebooks_dir}")
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """papermill's ``-p`` typing, YAML-tolerant: True/False/None (any case, also null), int, float, str."""
+    low = text.lower()
+    if low == "true":
+        return True
+    if low == "false":
+        return False
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_parameters(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``[["steps", "20"], ...]`` -> ``{"steps": 20}``; names must be Python identifiers."""
+    params: dict[str, Any] = {}
+    for key, value in pairs:
+        if not key.isidentifier():
+            raise PhysllmError(f"parameter name {key!r} is not a Python identifier (-p NAME VALUE)")
+        if key == "out_dir":
+            raise PhysllmError("out_dir is set by the report command (reports/<notebook>/<run>)")
+        params[key] = parse_value(value)
+    return params
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
+    """Unknown names are an error when the notebook has a ``parameters`` cell (a typo otherwise
+    runs the defaults silently)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if declared and unknown:
+        raise PhysllmError(
+            f"{notebook.stem} has no parameter(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(declared)}"
+        )
+
+
+def hardware_tag() -> str:
+    """``gpu`` when CUDA is available to this process, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def hardware_description() -> str:
+    """The same words as ``metrics.json``'s ``device`` (used when a notebook wrote none)."""
+    import torch
+
+    from physllm.train import device_description
+
+    return device_description(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def default_run_name(parameters: dict[str, Any], hardware: str | None = None) -> str:
+    """``cpu`` / ``gpu``, then ``-keyvalue`` per parameter (sorted); a preset equal to the
+    hardware (or ``auto``) is implied and left out: ``{"steps": 20}`` -> ``cpu-steps20``."""
+    hardware = hardware or hardware_tag()
+    parts = [hardware]
+    for key in sorted(parameters):
+        value = parameters[key]
+        if key == "preset" and str(value) in (hardware, "auto"):
+            continue
+        parts.append(re.sub(r"[^A-Za-z0-9.+=]", "_", f"{key}{value}"))
+    return "-".join(parts)[:100]
+
+
+def validate_run_name(name: str) -> str:
+    if not RUN_NAME.match(name) or name.endswith(".previous"):
+        raise PhysllmError(
+            f"run name {name!r} must be a plain folder name (letters, digits, . _ + = -)"
+        )
+    return name
+
+
+def git_sha() -> str:
+    """The checkout's short commit (``-dirty`` when tracked files changed), or ``unknown``."""
+    root = repo_root()
+    if root is None:
+        return "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "physllm", "notebooks"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def execute(
+    notebook: Path,
+    output: Path,
+    parameters: dict[str, Any],
+    kernel_name: str = "python3",
+    progress: bool = False,
+    log_output: bool = False,
+) -> str | None:
+    """Run ``notebook`` with papermill into ``output`` from the repository root.
+
+    Returns None on success, else one line saying where and why it failed
+    (papermill has still written ``output``, with the failing cell marked).
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=str(repo_root() or Path.cwd()),
+            kernel_name=kernel_name,
+            progress_bar=progress,
+            log_output=log_output,
+        )
+    except PapermillExecutionError as err:
+        return f"cell In [{err.exec_count}]: {err.ename}: {first_line(err.evalue)}".rstrip(": ")
+    except Exception as err:  # a dead kernel, a missing kernel spec, a timeout...
+        return f"{type(err).__name__}: {first_line(err)}".rstrip(": ")
+    return None
+
+
+def first_line(text: Any, limit: int = 300) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def report_command(record: dict[str, Any]) -> str:
+    """The command line that reproduces a run."""
+    parts = ["python -m physllm report", record["notebook"]]
+    parts += [f"-p {k} {v}" for k, v in record["parameters"].items()]
+    return " ".join(parts + [f"--run-name {record['run']}"])
+
+
+def header_markdown(record: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The cell put on top of an executed notebook: what ran, where, how long, how it ended."""
+    status = (
+        f"**FAILED** at {record['error']}"
+        if record["status"] == "failed"
+        else "finished without errors"
+    )
+    steps = f", {metrics['steps']} training steps" if "steps" in metrics else ""
+    return (
+        f"> **Report `{record['notebook']}` / `{record['run']}`**, generated by "
+        f"`{report_command(record)}` on {record['hardware']}{steps}; notebook wall time "
+        f"{format_seconds(record['wall_s'])}; started {record['started']}; "
+        f"physllm {record['git_sha']}. Status: {status}."
+    )
+
+
+def add_header(notebook_path: Path, text: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = ["report-header"]
+    nb.cells.insert(0, cell)
+    nbformat.write(nb, notebook_path)
+
+
+def export_html(notebook_path: Path, html_path: Path) -> None:
+    """A self-contained HTML page of the executed notebook (images embedded)."""
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(embed_images=True).from_filename(str(notebook_path))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def error_html(html_path: Path, notebook: str, error: str) -> None:
+    """Used when papermill could not even write the executed notebook."""
+    import html
+
+    html_path.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{notebook}: failed</title>"
+        f"<h1>{notebook}: FAILED</h1><pre>{html.escape(error)}</pre>",
+        encoding="utf-8",
+    )
+
+
+def clean_run_dir(folder: Path) -> list[Path]:
+    """Delete checkpoints, TensorBoard logs and data files under ``folder``; return what went."""
+    removed: list[Path] = []
+    for parent, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if d in HEAVY_DIRS]:
+            shutil.rmtree(Path(parent) / name)
+            removed.append(Path(parent) / name)
+            dirs.remove(name)  # do not walk into what is gone
+        for name in files:
+            if name.endswith(HEAVY_SUFFIXES):
+                (Path(parent) / name).unlink()
+                removed.append(Path(parent) / name)
+    return sorted(removed)
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _restore_interrupted(final: Path, backup: Path) -> None:
+    """A previous command was killed mid-run: put the run it had moved aside back."""
+    if not backup.exists():
+        return
+    if (final / "run.json").exists():
+        shutil.rmtree(backup)
+    else:
+        if final.exists():
+            shutil.rmtree(final)
+        backup.rename(final)
+
+
+def run_one(
+    name: str,
+    parameters: dict[str, Any],
+    run_name: str,
+    reports_dir: Path,
+    notebooks_dir: Path,
+    kernel_name: str = "python3",
+    progress: bool = False,
+    log_output: bool = False,
+) -> dict[str, Any]:
+    """Execute one notebook into ``reports_dir/name/run_name``; return its ``run.json`` record."""
+    final = reports_dir / name / run_name
+    backup = final.with_name(f".{run_name}.previous")
+    _restore_interrupted(final, backup)
+    if final.exists():  # keep the older run aside until this one is known to be good
+        final.rename(backup)
+    final.mkdir(parents=True)
+
+    root = repo_root()
+    try:  # a path inside the checkout is passed relative to its root: reports read the same anywhere
+        out_dir = str(final.resolve().relative_to(root)) if root else str(final.resolve())
+    except ValueError:
+        out_dir = str(final.resolve())
+    executed = final / f"{name}.ipynb"
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    error = execute(
+        notebooks_dir / f"{name}.ipynb",
+        executed,
+        {**parameters, "out_dir": out_dir},
+        kernel_name=kernel_name,
+        progress=progress,
+        log_output=log_output,
+    )
+    wall_s = time.perf_counter() - t0
+    removed = clean_run_dir(final)
+
+    metrics = read_json(final / "metrics.json")
+    record = {
+        "notebook": name,
+        "run": run_name,
+        "parameters": parameters,
+        "status": "failed" if error else "ok",
+        "error": error,
+        "started": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "wall_s": round(wall_s, 1),
+        "hardware": metrics.get("device") or hardware_description(),
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "removed": [str(p.relative_to(final)) for p in removed],
+    }
+    if executed.exists():
+        add_header(executed, header_markdown(record, metrics))
+        export_html(executed, final / f"{name}.html")
+    else:
+        error_html(final / f"{name}.html", name, error or "no output notebook")
+
+    if error and backup.exists() and read_json(backup / "run.json").get("status", "ok") == "ok":
+        # the older run was good: it stays where it was, the failure goes beside it
+        failed = final.with_name(f"{run_name}-failed")
+        if failed.exists():
+            shutil.rmtree(failed)
+        final.rename(failed)
+        backup.rename(final)
+        final = failed
+        record["run"] = failed.name
+    elif backup.exists():
+        shutil.rmtree(backup)
+    (final / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    record["path"] = str(final)
+    record["metrics"] = metrics
+    record["size_mb"] = folder_mb(final)
+    return record
+
+
+def run_report(
+    names: Sequence[str],
+    parameters: dict[str, Any] | None = None,
+    run_name: str | None = None,
+    reports_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+    kernel_name: str = "python3",
+    progress: bool = False,
+    log_output: bool = False,
+) -> list[dict[str, Any]]:
+    """Run each notebook in ``names`` into ``reports_dir/<name>/<run>/`` and rebuild the index.
+
+    Returns one record per notebook (``run.json``'s content plus ``path``,
+    ``metrics`` and ``size_mb``); a failed notebook has ``status == "failed"``.
+    All input is checked before anything runs or is written.
+    """
+    parameters = dict(parameters or {})
+    if "out_dir" in parameters:
+        raise PhysllmError("out_dir is set by the report command (reports/<notebook>/<run>)")
+    nb_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
+    out_root = Path(reports_dir) if reports_dir else default_reports_dir()
+    if out_root.exists() and not out_root.is_dir():
+        raise PhysllmError(f"reports folder {out_root} is a file")
+    stems = resolve_names(names, nb_dir)
+    for stem in stems:
+        check_parameters(nb_dir / f"{stem}.ipynb", parameters)
+    run_name = validate_run_name(run_name or default_run_name(parameters))
+
+    records = [
+        run_one(stem, parameters, run_name, out_root, nb_dir, kernel_name, progress, log_output)
+        for stem in stems
+    ]
+    rebuild_index(out_root)
+    return records
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def collect_runs(reports_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every run under ``reports_dir`` (a folder with ``run.json`` or ``metrics.json``),
+    sorted by notebook then run: ``run.json``'s fields plus ``metrics`` (the dict), and
+    ``html``, ``ipynb``, ``json`` (paths relative to ``reports_dir``, or None)."""
+    root = Path(reports_dir)
+    rows = []
+    for folder in sorted(root.glob("*/*")):
+        if not folder.is_dir() or folder.name.startswith(".") or folder.parent.name.startswith("."):
+            continue
+        run = read_json(folder / "run.json")
+        metrics = read_json(folder / "metrics.json")
+        if not run and not metrics:
+            continue
+        notebook = folder.parent.name
+        row = {
+            "notebook": notebook,
+            "run": folder.name,
+            "status": "ok",
+            "parameters": {},
+            **run,
+            "metrics": metrics,
+        }
+        row["run"] = folder.name  # the folder is the truth (a failed rerun was renamed)
+        for kind in ("html", "ipynb"):
+            path = folder / f"{notebook}.{kind}"
+            row[kind] = path.relative_to(root).as_posix() if path.exists() else None
+        has_metrics = (folder / "metrics.json").exists()
+        row["json"] = (
+            (folder / "metrics.json").relative_to(root).as_posix() if has_metrics else None
+        )
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _millions(n: float | None) -> str:
+    """Parameter counts as papers write them: 0.80M, 12.5M, 124M."""
+    if not isinstance(n, (int, float)):
+        return ""
+    m = n / 1e6
+    return f"{m:.2f}M" if m < 10 else f"{m:.1f}M" if m < 100 else f"{m:.0f}M"
+
+
+def index_row(row: dict[str, Any]) -> list[str]:
+    m = row["metrics"]
+    val = m.get("val_loss")
+    bpc = m.get("val_bpc")
+    unit = m.get("bpc_unit", "token")
+    status = "ok" if row["status"] == "ok" else "**FAILED**"
+    targets = {"html": row.get("html"), "ipynb": row.get("ipynb"), "metrics.json": row.get("json")}
+    links = " · ".join(f"[{label}]({path})" for label, path in targets.items() if path)
+    started = row.get("started") or ""
+    return [
+        row["notebook"],
+        row["run"],
+        status,
+        _cell(m.get("model")),
+        _millions(m.get("params")),
+        _cell(m.get("corpus")),
+        _cell(m.get("steps")),
+        f"{val:.4f}" if isinstance(val, (int, float)) else "",
+        f"{bpc:.3f} /{unit}" if isinstance(bpc, (int, float)) else "",
+        f"{m['tokens_per_sec']:,.0f}" if isinstance(m.get("tokens_per_sec"), (int, float)) else "",
+        _cell(m.get("device") or row.get("hardware")),
+        started[:10],
+        format_seconds(row.get("wall_s", m.get("wall_s"))),
+        links,
+    ]
+
+
+INDEX_COLUMNS = [
+    "notebook",
+    "run",
+    "status",
+    "model",
+    "params",
+    "corpus",
+    "steps",
+    "val loss",
+    "bits per char/byte",
+    "tokens/s",
+    "hardware",
+    "date",
+    "wall time",
+    "report",
+]
+
+
+def rebuild_index(reports_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``reports_dir/README.md``: one table row per run (see :func:`collect_runs`)."""
+    root = Path(reports_dir) if reports_dir else default_reports_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    rows = collect_runs(root)
+    lines = [
+        "# Reports",
+        "",
+        "<!-- Generated by `python -m physllm report`; do not edit by hand. -->",
+        "",
+        "Generated by `python -m physllm report` from every `<notebook>/<run>/run.json` and "
+        "`metrics.json` in this folder: **do not edit by hand**. Rerun a notebook with "
+        "`python -m physllm report NOTEBOOK [-p key value ...]`; rebuild this page alone with "
+        "`python -m physllm report`.",
+        "",
+        "Each run folder holds the executed notebook, a self-contained HTML copy, the notebook's "
+        "`metrics.json` and figures, and `run.json` (parameters, status, hardware, wall time). "
+        "Model, params, steps, losses and tokens/s are the notebook's main run (its `metrics.json`); "
+        "wall time is the whole notebook's. Checkpoints are not kept.",
+        "",
+    ]
+    if rows:
+        lines.append("| " + " | ".join(INDEX_COLUMNS) + " |")
+        lines.append("|" + "|".join("---" for _ in INDEX_COLUMNS) + "|")
+        lines.extend("| " + " | ".join(index_row(r)) + " |" for r in rows)
+        failed = [r for r in rows if r["status"] != "ok"]
+        if failed:
+            lines += ["", "Failed runs:", ""]
+            lines += [f"- `{r['notebook']}/{r['run']}`: {_cell(r.get('error'))}" for r in failed]
+    else:
+        lines.append("No runs yet.")
+    path = root / INDEX_NAME
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cmd_report(argv: Sequence[str]) -> None:
+    from physllm.cli import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="physllm report",
+        description=(
+            "Run notebooks with papermill into reports/<notebook>/<run>/ (executed .ipynb, "
+            "self-contained .html, metrics.json, figures; checkpoints removed) and rebuild "
+            "reports/README.md. With no NAMES, only the index is rebuilt."
+        ),
+    )
+    parser.add_argument("names", nargs="*", metavar="NAMES", help="notebook stems, or all")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a notebook parameter (typed like papermill: int, float, True/False, None, str)",
+    )
+    parser.add_argument(
+        "--run-name", default=None, help="run folder name (default: cpu|gpu[-keyvalue...])"
+    )
+    parser.add_argument("--reports-dir", default=None, help="default: <repo>/reports")
+    parser.add_argument(
+        "--notebooks-dir", default=None, help=f"default: ${NOTEBOOKS_ENV} or <repo>/notebooks"
+    )
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="papermill's cell progress bar (default: when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--log-output", action="store_true", help="stream cell outputs to stderr as they run"
+    )
+    args = parser.parse_args(argv)
+    reports_dir = Path(args.reports_dir) if args.reports_dir else default_reports_dir()
+    if not args.names:
+        if args.parameter or args.run_name:
+            raise PhysllmError("-p and --run-name need notebook NAMES (or all)")
+        print(f"index: {rebuild_index(reports_dir)}")
+        return
+    if args.log_output:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    records = run_report(
+        args.names,
+        parse_parameters(args.parameter),
+        run_name=args.run_name,
+        reports_dir=reports_dir,
+        notebooks_dir=args.notebooks_dir,
+        kernel_name=args.kernel,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        log_output=args.log_output,
+    )
+    for r in records:
+        m = r["metrics"]
+        numbers = (
+            f", val loss {m['val_loss']:.4f}" if isinstance(m.get("val_loss"), (int, float)) else ""
+        )
+        print(
+            f"{r['notebook']}/{r['run']}: {r['status']}{numbers}, {format_seconds(r['wall_s'])}, "
+            f"{r['size_mb']:.1f} MB -> {r['path']}/{r['notebook']}.html"
+        )
+        if r["size_mb"] > WARN_MB:
+            print(
+                f"warning: {r['path']} holds {r['size_mb']:.1f} MB; reports are committed, keep "
+                "them small (plotly: write_html(..., include_plotlyjs='cdn'))",
+                file=sys.stderr,
+            )
+    print(f"index: {reports_dir / INDEX_NAME}")
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        raise ReportFailedError(
+            f"{len(failed)} of {len(records)} notebook(s) failed: "
+            + "; ".join(f"{r['notebook']} at {r['error']} (report: {r['path']})" for r in failed)
+        )
