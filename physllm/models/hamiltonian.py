@@ -1,0 +1,399 @@
+"""Hamiltonian LLM: tokens as particles with a position q and a momentum p.
+
+Two variants of one model (DESIGN section 6):
+
+``variant="symplectic"`` (default) is the physics the seed's README describes.
+Every token t carries a position q_t and a momentum p_t, both from
+embeddings. Layer l is one leapfrog (velocity Verlet) step of size dt_l of
+
+    H_l(q, p) = sum_t |p_t|^2 / 2m + V_l(q; context)
+
+where the context c_t (what token t "feels" from the tokens before it) is
+computed once per layer from the layer's input positions and then held
+fixed during the step, so each layer is *exactly* a symplectic map. The
+context adds two causal branches:
+
+    guide:  c^attn_t  = causal self-attention over LN(q)        long range, semantic
+    local:  c^local_t = sum_{k<K} a exp(-lambda k) * LN(q)_{t-k}  grammar; influence decays
+                                                                  as exp(-lambda k), lambda learned
+                                                                  per channel
+
+The force on token t is, in ``mode="direct"`` (fast), an MLP output
+
+    F_t = W_2 gelu(W_1 (LN(q_t) + c_t))
+
+and in ``mode="conservative"`` exactly minus the gradient of a scalar
+potential (autograd), so that H is defined and conserved by the exact flow:
+
+    V_t(q_t) = kappa |q_t|^2 / 2 + v . gelu(W_1 (LN(q_t) + c_t))      F_t = -dV_t/dq_t
+
+(the confining kappa |q|^2 / 2 keeps trajectories bounded). Logits read out
+where each token is heading, q + tau p, through the tied embedding:
+
+    logits_t = E . LN(q_t^L + tau p_t^L)
+
+Steering is an extra constant force s * u on every momentum at every layer,
+u the unit direction of the target word's token embeddings: a linear
+potential -s u.q tilting the landscape toward (s > 0) or away from (s < 0)
+the word.
+
+``variant="seed"`` is what the seed's code actually does (no integrator): a
+GPT whose input is q + EMA_0.9(p_t - p_{t-1}) (halved at end-of-text), with a
+causal depthwise conv (kernel 3, SiLU) beside RoPE attention that subtracts a
+learned distance penalty softplus(g(x_i)) * min(|i - j|, 64) * 0.1. Its
+steering adds s * E[target] to the embeddings at every position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm.integrators import force_from_potential, leapfrog_step
+from physllm.models.base import LanguageModel, ModelConfig
+from physllm.models.gpt import CausalSelfAttention, init_gpt2_weights
+
+
+@dataclass
+class HamiltonianConfig(ModelConfig):
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    variant: str = "symplectic"  # symplectic | seed
+    # symplectic
+    mode: str = "direct"  # direct (force network) | conservative (F = -dV/dq by autograd)
+    mlp_ratio: int = 4  # hidden width of the force / potential network, in units of n_embd
+    dt: float = 1.0  # initial step size of every layer
+    learn_dt: bool = True
+    mass: float = 1.0
+    decay_kernel: int = 16  # length K of the local exp(-lambda k) kernel
+    decay_init: float = 0.5  # initial lambda
+    kappa_init: float = 0.1  # conservative: initial confinement kappa
+    steer_scale: float = 1.0  # force per unit strength, in units of the mean embedding norm
+    # seed
+    conv_kernel: int = 3
+    ema_beta: float = 0.9
+    eos_id: int = -1  # end-of-text token: momentum halved there (-1: none)
+    gravity_max: int = 64
+    gravity_scale: float = 0.1
+
+    def __post_init__(self):
+        if self.variant not in ("symplectic", "seed"):
+            raise ValueError(f"variant must be symplectic or seed, got {self.variant!r}")
+        if self.mode not in ("direct", "conservative"):
+            raise ValueError(f"mode must be direct or conservative, got {self.mode!r}")
+
+
+# --------------------------------------------------------------------------- symplectic parts
+
+
+class DecayConv(nn.Module):
+    """Causal depthwise convolution whose kernel is a_c exp(-lambda_c k), k = 0..K-1.
+
+    lambda_c = softplus(raw_c) > 0 is learned per channel, so the influence of
+    token t-k on token t is exactly a_c exp(-lambda_c k).
+    """
+
+    def __init__(self, channels: int, kernel: int, decay_init: float):
+        super().__init__()
+        self.kernel = kernel
+        # softplus^{-1}(x) = log(exp(x) - 1)
+        self.raw_decay = nn.Parameter(torch.full((channels,), math.log(math.expm1(decay_init))))
+        self.gain = nn.Parameter(torch.full((channels,), 0.1))
+
+    @property
+    def decay(self) -> torch.Tensor:
+        """lambda (C,)"""
+        return F.softplus(self.raw_decay)
+
+    def weights(self) -> torch.Tensor:
+        """w[c, k] = a_c exp(-lambda_c k): (C, K)"""
+        k = torch.arange(self.kernel, device=self.raw_decay.device, dtype=self.raw_decay.dtype)
+        return self.gain[:, None] * torch.exp(-self.decay[:, None] * k[None, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> y (B, T, C), y_t = sum_k w_k x_{t-k}."""
+        w = self.weights().flip(-1).unsqueeze(1)  # (C, 1, K): conv1d correlates, so flip
+        xt = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, C, K-1+T), causal
+        return F.conv1d(xt, w, groups=x.size(-1)).transpose(1, 2)
+
+
+class SymplecticLayer(nn.Module):
+    """One leapfrog step of H = |p|^2/2m + V(q; c), the context c fixed during the step."""
+
+    def __init__(self, config: HamiltonianConfig):
+        super().__init__()
+        C, H = config.n_embd, config.mlp_ratio * config.n_embd
+        self.mode, self.mass = config.mode, config.mass
+        self.ln_ctx = nn.LayerNorm(C, bias=config.bias)
+        self.guide = CausalSelfAttention(config)  # type: ignore[arg-type]  (same fields as GPTConfig)
+        self.local = DecayConv(C, config.decay_kernel, config.decay_init)
+        self.ln_q = nn.LayerNorm(C, bias=config.bias)
+        self.c_fc = nn.Linear(C, H, bias=config.bias)
+        if config.mode == "direct":
+            self.c_proj = nn.Linear(H, C, bias=config.bias)
+        else:
+            self.v = nn.Parameter(torch.zeros(H))
+            self.raw_kappa = nn.Parameter(torch.tensor(math.log(math.expm1(config.kappa_init))))
+        dt = torch.tensor(float(config.dt))
+        if config.learn_dt:
+            self.dt = nn.Parameter(dt)
+        else:
+            self.register_buffer("dt", dt)
+
+    def context(self, q: torch.Tensor) -> torch.Tensor:
+        """c = guide(LN q) + local(LN q): (B, T, C), what each token feels from its past."""
+        x = self.ln_ctx(q)
+        return self.guide(x)[0] + self.local(x)
+
+    def potential(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Conservative mode: V_t = kappa |q_t|^2 / 2 + v . gelu(W_1 (LN q_t + c_t)), (B, T)."""
+        kappa = F.softplus(self.raw_kappa)
+        return 0.5 * kappa * (q * q).sum(-1) + F.gelu(self.c_fc(self.ln_q(q) + c)) @ self.v
+
+    def force(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """F(q) at fixed context c: (B, T, C)."""
+        if self.mode == "direct":
+            # F_t = W_2 gelu(W_1 (LN q_t + c_t))
+            return self.c_proj(F.gelu(self.c_fc(self.ln_q(q) + c)))
+        # F_t = -dV_t/dq_t (tokens interact only through the fixed c)
+        grad = force_from_potential(
+            lambda x: self.potential(x, c), create_graph=torch.is_grad_enabled()
+        )
+        return grad(q)
+
+    def forward(
+        self, q: torch.Tensor, p: torch.Tensor, steer: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.context(q)
+
+        def force(x: torch.Tensor) -> torch.Tensor:
+            f = self.force(x, c)
+            return f if steer is None else f + steer  # steering: a constant extra force
+
+        return leapfrog_step(q, p, force, self.dt, self.mass)
+
+
+# --------------------------------------------------------------------------- seed parts
+
+
+def ema_scan(velocity: torch.Tensor, beta: float, reset: torch.Tensor) -> torch.Tensor:
+    """m_t = (beta m_{t-1} + (1 - beta) v_t) (1 - r_t): velocity (B, T, C), reset (B, T, 1)."""
+    m = torch.zeros_like(velocity[:, 0])
+    out = []
+    for t in range(velocity.size(1)):
+        m = (beta * m + (1.0 - beta) * velocity[:, t]) * (1.0 - reset[:, t])
+        out.append(m)
+    return torch.stack(out, dim=1)
+
+
+def rope(x: torch.Tensor) -> torch.Tensor:
+    """Rotary positions (the seed's half-split form) on x (B, nh, T, hs)."""
+    T, hs = x.size(-2), x.size(-1)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device).float() / hs))
+    freqs = torch.outer(torch.arange(T, device=x.device).float(), inv_freq)
+    angle = torch.cat([freqs, freqs], dim=-1).to(x.dtype)  # (T, hs)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * angle.cos() + torch.cat([-x2, x1], dim=-1) * angle.sin()
+
+
+class GravityAttention(nn.Module):
+    """RoPE attention minus a learned per-head distance penalty (the seed's "gravity")."""
+
+    def __init__(self, config: HamiltonianConfig):
+        super().__init__()
+        C = config.n_embd
+        self.n_head, self.cap, self.scale = config.n_head, config.gravity_max, config.gravity_scale
+        self.c_attn = nn.Linear(C, 3 * C, bias=False)
+        self.c_proj = nn.Linear(C, C, bias=False)
+        self.gravity = nn.Linear(C, config.n_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = rope(q), rope(k)  # (B, nh, T, hs)
+        # S_ij = q_i.k_j / sqrt(hs) - softplus(g(x_i)) * min(|i - j|, 64) * 0.1
+        g = F.softplus(self.gravity(x)).transpose(1, 2).unsqueeze(-1)  # (B, nh, T, 1)
+        pos = torch.arange(T, device=x.device)
+        dist = (pos[:, None] - pos[None, :]).abs().clamp(max=self.cap).to(x.dtype)  # (T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        bias = (-g * dist * self.scale).masked_fill(~mask, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class SeedBlock(nn.Module):
+    """x + attn(LN x) + SiLU(conv3(x)), then x + MLP(LN x): the seed's block."""
+
+    def __init__(self, config: HamiltonianConfig):
+        super().__init__()
+        C = config.n_embd
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.attn = GravityAttention(config)
+        self.k = config.conv_kernel
+        self.reflex = nn.Conv1d(C, C, self.k, padding=self.k - 1, groups=C)
+        self.c_fc = nn.Linear(C, 4 * C, bias=False)
+        self.c_proj = nn.Linear(4 * C, C, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.size(1)
+        reflex = F.silu(self.reflex(x.transpose(1, 2))[:, :, :T]).transpose(1, 2)  # causal
+        x = x + self.attn(self.ln1(x)) + reflex
+        return x + self.c_proj(F.gelu(self.c_fc(self.ln2(x))))
+
+
+# --------------------------------------------------------------------------- model
+
+
+class HamiltonianLM(LanguageModel):
+    config_class = HamiltonianConfig
+
+    def __init__(self, config: HamiltonianConfig):
+        super().__init__(config)
+        C, V = config.n_embd, config.vocab_size
+        self.wte = nn.Embedding(V, C)  # q (tied to the head)
+        self.wpe_p = nn.Embedding(V, C)  # p
+        self.lm_head = nn.Linear(C, V, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.drop = nn.Dropout(config.dropout)
+        if config.variant == "symplectic":
+            self.wpe = nn.Embedding(config.block_size, C)
+            self.layers = nn.ModuleList([SymplecticLayer(config) for _ in range(config.n_layer)])
+            self.ln_f = nn.LayerNorm(C, bias=config.bias)
+            self.tau = nn.Parameter(torch.tensor(1.0))
+        else:
+            self.layers = nn.ModuleList([SeedBlock(config) for _ in range(config.n_layer)])
+            self.ln_f = nn.LayerNorm(C)
+        init_gpt2_weights(self, config.n_layer)
+        if config.variant == "symplectic" and config.mode == "conservative":
+            for layer in self.layers:
+                nn.init.normal_(layer.v, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    # ----------------------------------------------------------------- forward passes
+
+    def initial_state(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symplectic: q_0 = E_q[x] + P[t], p_0 = E_p[x]; both (B, T, C)."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        return self.drop(self.wte(idx) + self.wpe(pos)), self.drop(self.wpe_p(idx))
+
+    def seed_embedding(self, idx: torch.Tensor) -> torch.Tensor:
+        """Seed: x = E_q[x_t] + EMA_beta(E_p[x_t] - E_p[x_{t-1}]), halved at end-of-text."""
+        p = self.wpe_p(idx)
+        velocity = torch.cat([torch.zeros_like(p[:, :1]), p[:, 1:] - p[:, :-1]], dim=1)
+        reset = ((idx == self.config.eos_id).to(p.dtype) * 0.5).unsqueeze(-1)
+        return self.wte(idx) + ema_scan(velocity, self.config.ema_beta, reset)
+
+    def run(
+        self, idx: torch.Tensor, steer: torch.Tensor | None = None, trace: bool = False
+    ) -> dict[str, Any]:
+        """Full pass. Returns logits (B, T, V), hidden (B, T, C) (what the head reads) and,
+        with ``trace``, the per-layer states (symplectic: lists of q and p; seed: x).
+
+        ``steer`` (C,): symplectic, a force added to every layer's kicks; seed, an
+        offset added to the embeddings.
+        """
+        out: dict[str, Any] = {}
+        if self.config.variant == "symplectic":
+            q, p = self.initial_state(idx)
+            qs, ps = [q], [p]
+            for layer in self.layers:
+                q, p = layer(q, p, steer)
+                if trace:
+                    qs.append(q)
+                    ps.append(p)
+            # logits = E . LN(q + tau p): read out where the token is heading
+            hidden = self.ln_f(q + self.tau * p)
+            if trace:
+                out.update(qs=qs, ps=ps)
+        else:
+            x = self.seed_embedding(idx)
+            if steer is not None:
+                x = x + steer
+            x = self.drop(x)
+            xs = [x]
+            for block in self.layers:
+                x = block(x)
+                xs.append(x)
+            hidden = self.ln_f(x)
+            if trace:
+                out.update(xs=xs)
+        out.update(logits=self.lm_head(hidden), hidden=hidden)
+        return out
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        steer: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V); cross-entropy loss if targets (B, T) given."""
+        logits = self.run(idx, steer)["logits"]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+            if self.config.variant == "symplectic":
+                self.last_aux = {
+                    "dt_mean": float(torch.stack([la.dt.detach() for la in self.layers]).mean())
+                }
+        return logits, loss
+
+    @torch.no_grad()
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Recompute on the last ``block_size`` tokens (every layer's context depends on
+        the whole causal past). ``state["steer"]`` (C,), when set, steers every step."""
+        state = state or {}
+        history = idx if "tokens" not in state else torch.cat([state["tokens"], idx], dim=1)
+        history = history[:, -self.config.block_size :]
+        logits = self.run(history, state.get("steer"))["logits"]
+        return logits[:, -1, :], {**state, "tokens": history}
+
+    # ----------------------------------------------------------------- steering and analysis
+
+    def steer_vector(self, token_ids: list[int], strength: float) -> torch.Tensor:
+        """The steering term (C,) toward (strength > 0) or away from (< 0) a word's tokens.
+
+        Every token of the word counts: u is the mean of their embeddings. Seed:
+        strength * u (the seed used the first token's embedding only). Symplectic:
+        a force strength * steer_scale * |E|_mean * u/|u| on every momentum kick.
+        """
+        if not token_ids:
+            raise ValueError("the target word encodes to no tokens")
+        E = self.wte.weight.detach()
+        u = E[torch.tensor(token_ids, device=E.device)].mean(0)
+        if self.config.variant == "seed":
+            return strength * u
+        scale = self.config.steer_scale * E.norm(dim=-1).mean()
+        return strength * scale * u / u.norm().clamp_min(1e-12)
+
+    def layer_energies(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Conservative mode: each layer's H_l = T + V_l before and after its step, per token.
+
+        Returns kinetic, potential_in, potential_out, H_in, H_out, each (L, B, T).
+        """
+        if self.config.variant != "symplectic" or self.config.mode != "conservative":
+            raise ValueError("energies are defined in the symplectic variant's conservative mode")
+        q, p = self.initial_state(idx)
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("kinetic", "V_in", "V_out")}
+        rows["kinetic_out"] = []
+        for layer in self.layers:
+            c = layer.context(q).detach()
+            rows["kinetic"].append(0.5 * (p * p).sum(-1) / layer.mass)
+            rows["V_in"].append(layer.potential(q, c))
+            q, p = layer(q, p)
+            rows["V_out"].append(layer.potential(q, c))
+            rows["kinetic_out"].append(0.5 * (p * p).sum(-1) / layer.mass)
+        out = {k: torch.stack(v).detach() for k, v in rows.items()}
+        out["H_in"] = out["kinetic"] + out["V_in"]
+        out["H_out"] = out["kinetic_out"] + out["V_out"]
+        return out
