@@ -369,14 +369,20 @@ def run_one(
     executed = final / f"{name}.ipynb"
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    error = execute(
-        notebooks_dir / f"{name}.ipynb",
-        executed,
-        {**parameters, "out_dir": out_dir},
-        kernel_name=kernel_name,
-        progress=progress,
-        log_output=log_output,
-    )
+    try:
+        error = execute(
+            notebooks_dir / f"{name}.ipynb",
+            executed,
+            {**parameters, "out_dir": out_dir},
+            kernel_name=kernel_name,
+            progress=progress,
+            log_output=log_output,
+        )
+    except BaseException:  # Ctrl-C: drop the half-run, put the older run back
+        shutil.rmtree(final, ignore_errors=True)
+        if backup.exists():
+            backup.rename(final)
+        raise
     wall_s = time.perf_counter() - t0
     removed = clean_run_dir(final)
 
@@ -396,7 +402,10 @@ def run_one(
     }
     if executed.exists():
         add_header(executed, header_markdown(record, metrics))
-        export_html(executed, final / f"{name}.html")
+        try:
+            export_html(executed, final / f"{name}.html")
+        except Exception as err:  # nbconvert trouble must not lose the run
+            error_html(final / f"{name}.html", name, f"HTML export failed: {err}")
     else:
         error_html(final / f"{name}.html", name, error or "no output notebook")
 
@@ -489,6 +498,19 @@ def collect_runs(reports_dir: str | os.PathLike) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def latest_runs(reports_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The newest successful run of each notebook (by ``run.json``'s start time), for
+    README tables that link each notebook to its latest report."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in collect_runs(reports_dir or default_reports_dir()):
+        if row["status"] != "ok" or not row.get("html"):
+            continue
+        best = latest.get(row["notebook"])
+        if best is None or (row.get("started") or "") > (best.get("started") or ""):
+            latest[row["notebook"]] = row
+    return latest
 
 
 def _cell(value: Any) -> str:

@@ -14,6 +14,7 @@ from physllm.errors import PhysllmError
 from physllm.reports import (
     collect_runs,
     default_run_name,
+    latest_runs,
     parse_parameters,
     parse_value,
     rebuild_index,
@@ -210,6 +211,7 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
     metrics = json.loads((reports / "01_tiny" / "same" / "metrics.json").read_text())
     assert metrics["steps"] == 5
     assert [p.name for p in (reports / "01_tiny").iterdir()] == ["same"]  # no backup left behind
+    assert latest_runs(reports)["01_tiny"]["html"] == "01_tiny/same/01_tiny.html"
 
 
 @pytest.mark.parametrize(
