@@ -230,6 +230,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("physllm.cli:cmd_sample", "continue a prompt with a trained model"),
     "bench": ("physllm.cli:cmd_bench", "speed and memory of models side by side"),
     "corpora": ("physllm.cli:cmd_corpora", "list corpora and cache state"),
+    "steer": (
+        "physllm.steering:cmd_steer",
+        "steer generation toward or away from a word (Hamiltonian)",
+    ),
     "report": (
         "physllm.reports:cmd_report",
         "run notebooks with papermill into reports/ and rebuild the index",

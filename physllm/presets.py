@@ -169,8 +169,42 @@ CONTEXT_VECTOR_GPU: dict[str, Any] = dict(
     eval_iters=50,
 )
 
+# Hamiltonian LLM (notebook 01). CPU: nanoGPT's char shape, fewer steps, since the
+# notebook trains the symplectic model (direct and conservative force), the seed
+# variant and a matched GPT. GPU: the seed's run (d 640, 12 layers, 10 heads,
+# context 1024, batch 8 x accum 16, 10k steps, constant lr 6e-4, FineWeb-Edu,
+# gpt2 tokens, end-of-text 50256), here with a held-out validation loss.
+HAMILTONIAN_CPU: dict[str, Any] = dict(
+    NANOGPT_CHAR_CPU,
+    steps=300,
+    warmup_steps=30,
+    eval_interval=100,
+    eval_iters=10,
+)
+HAMILTONIAN_GPU: dict[str, Any] = dict(
+    corpus="fineweb-edu",
+    tokenizer="tiktoken:gpt2",
+    n_layer=12,
+    n_head=10,
+    n_embd=640,
+    block_size=1024,
+    batch_size=8,
+    grad_accum=16,
+    steps=10_000,
+    lr=6e-4,
+    min_lr=6e-4,
+    warmup_steps=0,
+    weight_decay=0.1,
+    beta2=0.95,
+    dropout=0.0,
+    eos_id=50256,
+    eval_interval=500,
+    eval_iters=50,
+)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {"cpu": NANOGPT_CHAR_CPU, "gpu": GPT2_SMALL_GPU},
+    "hamiltonian": {"cpu": HAMILTONIAN_CPU, "gpu": HAMILTONIAN_GPU},
     "context_vector": {"cpu": CONTEXT_VECTOR_CPU, "gpu": CONTEXT_VECTOR_GPU},
     "ngt": {"cpu": NGT_CPU, "gpu": NGT_GPU},
     "qllm": {"cpu": QLLM_CPU, "gpu": QLLM_GPU},

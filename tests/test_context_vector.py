@@ -1,0 +1,216 @@
+"""context_vector (New-LLM): the scan, streaming, constant state, forms, bench --mode generate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from physllm.bench import BenchConfig, measure_generation
+from physllm.models import GPT, GPTConfig, build_model
+from physllm.models.context_vector import (
+    ContextVectorConfig,
+    ContextVectorModel,
+    carried_state_loss,
+    gpt_overrides_matching,
+    hidden_matching,
+    linear_scan,
+    sequential_scan,
+)
+from physllm.train import make_config
+
+from .conftest import REPO
+
+TINY = dict(vocab_size=40, n_embd=16, n_hidden=32, n_context=12)
+VARIANTS = [
+    dict(form="seed"),
+    dict(form="fixed"),
+    dict(form="fixed", gates="input"),
+    dict(form="seed", n_layer=2, ffn_depth=2),
+    dict(form="fixed", gates="input", n_layer=3, ffn_depth=2),
+]
+
+
+def tiny(**kw) -> ContextVectorModel:
+    torch.manual_seed(0)
+    return ContextVectorModel(ContextVectorConfig(**{**TINY, **kw})).eval()
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 64, 1000])
+def test_parallel_scan_equals_the_sequential_loop(T):
+    torch.manual_seed(T)
+    a = torch.rand(3, T, 5)  # gates in (0, 1)
+    b = torch.randn(3, T, 5)
+    c0 = torch.randn(3, 5)
+    assert (linear_scan(a, b, c0) - sequential_scan(a, b, c0)).abs().max() < 1e-5
+
+
+def test_scan_gradients_equal_the_loop():
+    torch.manual_seed(0)
+    a = torch.rand(2, 50, 4, requires_grad=True)
+    b = torch.randn(2, 50, 4, requires_grad=True)
+    c0 = torch.randn(2, 4)
+    grads = []
+    for scan in (linear_scan, sequential_scan):
+        (scan(a, b, c0) ** 2).sum().backward()
+        grads.append((a.grad.clone(), b.grad.clone()))
+        a.grad, b.grad = None, None
+    assert (grads[0][0] - grads[1][0]).abs().max() < 1e-4
+    assert (grads[0][1] - grads[1][1]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_streaming_one_token_at_a_time_equals_the_block_forward(kw):
+    model = tiny(**kw)
+    x = torch.randint(0, 40, (2, 30))
+    full, _ = model(x)
+    state, steps = None, []
+    for t in range(30):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        steps.append(logits)
+    assert (torch.stack(steps, dim=1) - full).abs().max() < 1e-5
+    # a prompt then single tokens: the same again
+    logits, state = model.decode_step(x[:, :17], None)
+    for t in range(17, 30):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+    assert (logits - full[:, -1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kw", VARIANTS[:3], ids=str)
+def test_the_state_has_the_same_size_whatever_the_length(kw):
+    model = tiny(**kw)
+    _, short = model.decode_step(torch.randint(0, 40, (1, 5)), None)
+    _, long = model.decode_step(torch.randint(0, 40, (1, 2000)), None)
+    assert [s.shape for s in short] == [s.shape for s in long] == [(1, 12)] * model.config.n_layer
+
+
+def test_no_positions_and_no_attention():
+    model = tiny()
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("wpe" in n or "attn" in n for n in names)
+    # the context is the only path between tokens: with it zeroed every step,
+    # a token's logits do not depend on what came before.
+    x = torch.randint(0, 40, (1, 10))
+    y = x.clone()
+    y[0, :9] = torch.randint(0, 40, (9,))
+    la, _ = model.decode_step(x[:, -1:], None)
+    lb, _ = model.decode_step(y[:, -1:], None)
+    assert torch.equal(la, lb)
+    full_x, _ = model(x)
+    full_y, _ = model(y)
+    assert not torch.allclose(full_x[0, -1], full_y[0, -1])
+
+
+def test_seed_form_is_the_seeds_code():
+    seed, fixed = tiny(form="seed"), tiny(form="fixed")
+    assert not hasattr(seed.layers[0].fnn, "ln_x") and hasattr(fixed.layers[0].fnn, "ln_x")
+    assert not any(isinstance(m, torch.nn.GELU) for m in seed.modules())
+    # the seed's LayerNorm'ed context is clamped to +-10; big LayerNorm gains make it bite
+    big = tiny(form="seed", n_context=400)
+    with torch.no_grad():
+        big.layers[0].ln_state.weight.fill_(5.0)
+    trace = big.trace(torch.randint(0, 40, (1, 20)))
+    assert trace[0]["context"].abs().max() == pytest.approx(10.0)
+    # fixed form: the forget gate starts open (bias +1)
+    C = fixed.config.n_context
+    assert torch.all(fixed.layers[0].update.bias[:C] == 1.0)
+    with pytest.raises(ValueError, match="fixed"):
+        ContextVectorConfig(form="seed", gates="input")
+
+
+def test_trace_shapes_and_gate_ranges():
+    model = tiny(n_layer=2)
+    trace = model.trace(torch.randint(0, 40, (2, 9)))
+    assert len(trace) == 2
+    for layer in trace:
+        for key in ("context", "forget", "input"):
+            assert layer[key].shape == (2, 9, 12)
+        assert 0 < layer["forget"].min() and layer["forget"].max() < 1
+
+
+@pytest.mark.parametrize("kw", [dict(form="seed"), dict(gates="input")], ids=str)
+def test_learns_a_fixed_batch(kw):
+    torch.manual_seed(0)
+    model = ContextVectorModel(ContextVectorConfig(**{**TINY, **kw}))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(0, 40, (4, 32))
+    y = torch.roll(x, -1, dims=1)
+    first = None
+    for _ in range(60):
+        _, loss = model(x, y)
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_carried_state_loss():
+    model = tiny()
+    tokens = torch.randint(0, 40, (500,))
+    carried, reset = carried_state_loss(model, tokens, block_size=50, n_blocks=4)
+    assert torch.isfinite(torch.tensor([carried, reset])).all()
+    assert carried != reset  # the state really flows across blocks
+
+
+def test_matched_sizes():
+    cfg = dict(vocab_size=65, block_size=64, n_embd=128, n_hidden=256, n_context=128)
+    target = ContextVectorModel(ContextVectorConfig(form="seed", **cfg)).num_params()
+    gpt_cfg = gpt_overrides_matching(target, vocab_size=65, block_size=64)
+    gpt = GPT(GPTConfig(vocab_size=65, block_size=64, **gpt_cfg))
+    assert abs(gpt.num_params() - target) / target < 0.15
+    h = hidden_matching(target, **{**cfg, "gates": "input"})
+    scan = ContextVectorModel(ContextVectorConfig(gates="input", **{**cfg, "n_hidden": h}))
+    assert abs(scan.num_params() - target) / target < 0.1
+
+
+def test_presets_build():
+    for preset in ("cpu", "gpu"):
+        cfg = make_config("context_vector", preset)
+        assert cfg.model_config.form == "seed"
+    assert make_config("context_vector", "gpu").model_config.n_context == 256
+    model = build_model("context_vector", dict(vocab_size=65, block_size=64))
+    assert isinstance(model, ContextVectorModel)
+
+
+def test_generation_bench_state_is_constant_for_context_vector_and_grows_for_gpt():
+    cfg = BenchConfig(
+        n_layer=1, n_head=1, n_embd=16, vocab_size=32, block_size=600, timed_tokens=8, threads=1
+    )
+    rows = {}
+    for spec in ("gpt", "context_vector:n_hidden=32+n_context=8+gates=input"):
+        for length in (100, 600):
+            cfg.lengths = str(length)
+            rows[spec.split(":")[0], length] = measure_generation(spec, cfg)
+    cv100, cv600 = rows["context_vector", 100], rows["context_vector", 600]
+    assert cv100["state_kb"] == cv600["state_kb"] == 8 * 4 / 1024
+    assert rows["gpt", 600]["state_kb"] > 5 * rows["gpt", 100]["state_kb"]
+    assert cv600["timed_tokens"] == 7 and cv600["tokens_per_sec"] > 0
+
+
+def test_bench_cli_generate_mode():
+    proc = subprocess.run(
+        [sys.executable, "-m", "physllm", "bench", "--mode", "generate"]
+        + ["--models", "gpt,context_vector:gates=input", "--lengths", "64,256"]
+        + ["--timed-tokens", "8", "--repeats", "1", "--n-layer", "1", "--n-embd", "16"]
+        + ["--n-head", "1", "--vocab-size", "32", "--threads", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith("#")]
+    assert len(lines) == 5 and "growth" in lines[0]  # header + 2 models x 2 lengths
+    bad = subprocess.run(
+        [sys.executable, "-m", "physllm", "bench", "--mode", "nosuch"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "mode" in bad.stderr
