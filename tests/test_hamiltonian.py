@@ -1,0 +1,176 @@
+"""The Hamiltonian model: both variants, both force modes, training, decoding, energies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from physllm.models import MODELS, build_model
+from physllm.models.hamiltonian import HamiltonianConfig, HamiltonianLM, ema_scan
+from physllm.sampling import generate
+from tests.conftest import TINY_GPT
+
+KINDS = {
+    "symplectic-direct": dict(variant="symplectic", mode="direct"),
+    "symplectic-conservative": dict(variant="symplectic", mode="conservative"),
+    "seed": dict(variant="seed"),
+}
+
+
+def tiny(**kw) -> HamiltonianLM:
+    torch.manual_seed(0)
+    cfg = HamiltonianConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16, **kw)
+    return HamiltonianLM(cfg)
+
+
+def test_registered():
+    assert MODELS["hamiltonian"] == (HamiltonianConfig, HamiltonianLM)
+    with pytest.raises(ValueError):
+        HamiltonianConfig(variant="nope")
+    with pytest.raises(ValueError):
+        HamiltonianConfig(mode="nope")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_backward_and_causality(kind):
+    model = tiny(**KINDS[kind])
+    idx = torch.randint(0, 30, (3, 12))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 12, 30)
+    assert math.isfinite(loss.item())
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "gravity" not in n)
+    # changing token 8 must not change the logits before it
+    other = idx.clone()
+    other[:, 8] = (other[:, 8] + 1) % 30
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(other)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_step_matches_forward_and_generates(kind):
+    model = tiny(**KINDS[kind]).eval()
+    idx = torch.randint(0, 30, (2, 10))
+    logits, state = model.decode_step(idx[:, :6], None)
+    for t in range(6, 10):
+        logits, state = model.decode_step(idx[:, t : t + 1], state)
+    with torch.no_grad():
+        full, _ = model(idx)
+    assert torch.allclose(logits, full[:, -1], atol=1e-5)
+    out = generate(model, idx[:, :4], 20, temperature=1.0)  # past block_size: a sliding window
+    assert out.shape == (2, 24)
+
+
+def test_conservative_force_is_gradient_of_potential():
+    model = tiny(mode="conservative").double()
+    layer = model.layers[1]
+    q = torch.randn(2, 5, 16, dtype=torch.float64)
+    c = layer.context(q).detach()
+    qr = q.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(layer.potential(qr, c).sum(), qr)
+    assert torch.allclose(layer.force(q, c), -grad)
+
+
+def test_energy_along_layers_is_conserved_to_second_order():
+    """Each layer conserves its own H_l = T + V_l up to the leapfrog error: one step's
+    error is O(dt^3), so halving dt shrinks it by about 8 (at least 4 here)."""
+    errors = []
+    for dt in (0.2, 0.1):
+        model = tiny(mode="conservative", dt=dt, learn_dt=False).double()
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.v.normal_(std=1.0)
+            for emb in (model.wte, model.wpe, model.wpe_p):
+                emb.weight.normal_(std=1.0)
+        e = model.layer_energies(torch.randint(0, 30, (2, 10)))
+        assert e["H_in"].shape == (2, 2, 10)
+        errors.append(float(((e["H_out"] - e["H_in"]).abs() / e["H_in"].abs()).max()))
+    assert errors[0] < 1e-3
+    assert errors[0] / errors[1] > 4.0
+    with pytest.raises(ValueError):
+        tiny().layer_energies(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_seed_momentum_is_ema_halved_at_eos():
+    v = torch.randn(1, 6, 4)
+    m = ema_scan(v, 0.9, torch.zeros(1, 6, 1))
+    expected = torch.zeros(4)
+    for t in range(6):
+        expected = 0.9 * expected + 0.1 * v[0, t]
+    assert torch.allclose(m[0, -1], expected, atol=1e-6)
+    reset = torch.zeros(1, 6, 1)
+    reset[0, 3] = 0.5
+    halved = ema_scan(v, 0.9, reset)
+    assert torch.allclose(halved[0, 3], 0.5 * m[0, 3], atol=1e-6)
+    # the model: an end-of-text token changes the embedding from there on
+    model = tiny(variant="seed", eos_id=7)
+    idx = torch.tensor([[1, 2, 7, 3, 4]])
+    plain = tiny(variant="seed", eos_id=-1)
+    plain.load_state_dict(model.state_dict())
+    a, b = model.seed_embedding(idx), plain.seed_embedding(idx)
+    assert torch.allclose(a[:, :2], b[:, :2]) and not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+@pytest.mark.parametrize("variant", ["symplectic", "seed"])
+def test_steer_vector_uses_every_token(variant):
+    model = tiny(variant=variant)
+    v1 = model.steer_vector([3, 4], 1.0)
+    with torch.no_grad():
+        model.wte.weight[4] += 1.0  # the second token matters
+    v2 = model.steer_vector([3, 4], 1.0)
+    assert not torch.allclose(v1, v2)
+    assert torch.allclose(model.steer_vector([3, 4], -0.5), -0.5 * v2)
+    if variant == "seed":
+        assert torch.allclose(v2, model.wte.weight[[3, 4]].mean(0))
+    # steering changes the logits, and strength 0 does nothing
+    idx = torch.randint(0, 30, (1, 8))
+    with torch.no_grad():
+        base = model.run(idx)["logits"]
+        assert torch.allclose(model.run(idx, model.steer_vector([3], 0.0))["logits"], base)
+        assert not torch.allclose(model.run(idx, model.steer_vector([3], 1.0))["logits"], base)
+
+
+@pytest.mark.parametrize("kind", ["symplectic-direct", "seed"])
+def test_trains_through_physllm_train(kind, small_text_file, tmp_path):
+    from physllm.checkpoint import load_checkpoint
+    from physllm.train import make_config, train
+
+    cfg = make_config(
+        "hamiltonian",
+        corpus=str(small_text_file),
+        steps=30,
+        eval_interval=30,
+        lr=3e-3,
+        out_dir=str(tmp_path),
+        **TINY_GPT,
+        **KINDS[kind],
+    )
+    result = train(cfg)
+    first, last = result.history[0], result.metrics
+    assert last["val_loss"] < first["train_loss"] - 0.3
+    model, _, meta = load_checkpoint(tmp_path)
+    assert meta["config"]["variant"] == KINDS[kind]["variant"]
+    idx = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.allclose(model(idx)[0], result.model.eval()(idx)[0], atol=1e-6)
+
+
+def test_gpu_preset_is_the_seeds_configuration():
+    from physllm.train import make_config
+
+    cfg = make_config("hamiltonian", "gpu")
+    m = cfg.model_config
+    assert (m.n_embd, m.n_layer, m.n_head, m.block_size) == (640, 12, 10, 1024)
+    assert (cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.lr) == (8, 16, 10_000, 6e-4)
+    assert (cfg.corpus, cfg.tokenizer) == ("fineweb-edu", "tiktoken:gpt2")
+    m.vocab_size = 50257
+    with torch.device("meta"):
+        for variant in ("symplectic", "seed"):
+            m.variant = variant
+            n = build_model("hamiltonian", m).num_params()
+            assert 115e6 < n < 130e6, (variant, n)  # the seed's "124M"
