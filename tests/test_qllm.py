@@ -245,3 +245,27 @@ def test_lora_finetune_through_the_trainer(tmp_path):
     assert meta["config"]["lora_r"] == 4
     metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert metrics["model"] == "qllm" and metrics["bpc_unit"] == "byte"
+
+
+def test_notebook_runs_with_20_steps(run_notebook):
+    _, out_dir = run_notebook("04_qllm", steps=20)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["model"] == "qllm" and metrics["steps"] == 20
+    assert metrics["tokenizer"] == "byte" and metrics["bpc_unit"] == "byte"
+    assert {"qllm", "gpt", "qllm_lora"} <= set(metrics["runs"])
+    ablation = [k for k in metrics["runs"] if k.startswith("ablation/")]
+    assert len(ablation) >= 8
+    assert all(metrics["runs"][k]["steps"] == 20 for k in ablation)
+    assert metrics["lora"]["loss_after"] < metrics["lora"]["loss_before"]
+    assert math.isfinite(metrics["val_bpc"]) and math.isfinite(metrics["gpt_val_bpc"])
+    assert (out_dir / "ablation.png").exists() and (out_dir / "loss_curves.png").exists()
+
+
+def test_phases_are_not_weight_decayed():
+    model = tiny(phase="rotation", phase_per_position=True)
+    decay, no_decay = model.optim_groups(0.1)
+    thetas = {id(b.phase.theta) for b in model.blocks}
+    assert thetas <= {id(p) for p in no_decay["params"]}
+    assert not thetas & {id(p) for p in decay["params"]}
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -329,6 +329,17 @@ class QLLM(LanguageModel):
             memory = new_memory
         return torch.cat(outs, dim=1)
 
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """As the base, except phases never decay: the coherence loss is their only regulariser."""
+        groups = super().optim_groups(weight_decay)
+        phase_ids = {id(p) for n, p in self.named_parameters() if ".phase." in n}
+        decay = [p for p in groups[0]["params"] if id(p) not in phase_ids]
+        moved = [p for p in groups[0]["params"] if id(p) in phase_ids]
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": groups[1]["params"] + moved, "weight_decay": 0.0},
+        ]
+
     def phases(self) -> list[torch.Tensor]:
         return [p for b in self.blocks if (p := b.phase.phases()) is not None]
 
