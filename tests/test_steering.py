@@ -1,0 +1,152 @@
+"""Steering and the seed's four decoders; the steer command and its interactive loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from physllm.steering import (
+    DecodeConfig,
+    continuation_nll,
+    decode,
+    repetition_rate,
+    steering_curve,
+    target_rates,
+)
+from tests.conftest import REPO, TINY_GPT
+
+
+@pytest.fixture(scope="module")
+def ham_run(tmp_path_factory, small_text_file) -> Path:
+    """A tiny symplectic Hamiltonian model trained 40 steps on the small corpus."""
+    from physllm.train import make_config, train
+
+    out = tmp_path_factory.mktemp("ham_run")
+    train(
+        make_config(
+            "hamiltonian",
+            corpus=str(small_text_file),
+            steps=40,
+            eval_interval=40,
+            lr=3e-3,
+            out_dir=str(out),
+            **TINY_GPT,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(ham_run):
+    from physllm.checkpoint import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(ham_run)
+    return model, tokenizer
+
+
+def steer_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "physllm", "steer", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_steering_moves_the_target_rate(loaded):
+    """Over 50 samples per strength: the target's tokens get more frequent with positive
+    strength and rarer with negative strength than unsteered."""
+    model, tokenizer = loaded
+    rows = steering_curve(
+        model, tokenizer, ["the"], strengths=(-2.0, 0.0, 2.0), n_samples=50, max_new_tokens=16
+    )
+    rate = {r["strength"]: r["token_rate"] for r in rows}
+    assert rate[-2.0] < rate[0.0] < rate[2.0]
+    assert all(r["n"] == 50 and r["ppl"] > 1 for r in rows)
+
+
+def test_decoders_pick_among_the_top_candidates(loaded):
+    model, tokenizer = loaded
+    idx = torch.tensor([tokenizer.encode("The "), tokenizer.encode("and ")])
+    for mode in ("least-action", "flow"):
+        cont = decode(model, idx, 5, mode=mode)
+        assert cont.shape == (2, 5)
+        for t in range(5):
+            with torch.no_grad():
+                logits = model.run(torch.cat([idx, cont[:, :t]], dim=1))["logits"][:, -1]
+            top = logits.topk(5, dim=-1).indices
+            assert (top == cont[:, t : t + 1]).any(-1).all(), mode
+    # least action with a huge repeat cost never picks a token from its recent window
+    cfg = DecodeConfig(repeat_cost_action=1e6, repeat_window_action=3, lookahead=1)
+    cont = decode(model, idx, 6, mode="least-action", cfg=cfg)
+    full = torch.cat([idx, cont], dim=1)
+    for t in range(idx.size(1), full.size(1)):
+        window = full[:, t - 3 : t]
+        assert not (window == full[:, t : t + 1]).any(-1).all()
+
+
+def test_measurements_match_their_definitions(loaded):
+    model, _ = loaded
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    cont = torch.randint(0, model.config.vocab_size, (2, 4))
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, cont], 1)[:, :-1])[0][:, -4:]
+    manual = torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont, reduction="none")
+    assert torch.allclose(continuation_nll(model, prompt, cont), manual.mean(-1), atol=1e-5)
+    assert repetition_rate(torch.tensor([[1, 2, 1, 2, 1, 2]]), n=2) == pytest.approx(3 / 5)
+    word_rate, token_rate = target_rates(
+        ["a The b", "xyz"], torch.tensor([[1, 2], [3, 3]]), "the", [3]
+    )
+    assert word_rate == 0.5 and token_rate == 0.5
+
+
+def test_steer_command(ham_run):
+    r = steer_cli(
+        "--ckpt", str(ham_run), "--prompt", "The ", "--target", "the", "--strength", "0.5",
+        "--max-new-tokens", "20",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "steering toward 'the'" in r.stdout
+    assert "The " in r.stdout
+    for mode in ("3", "flow"):  # the interactive test runs all four
+        r = steer_cli("--ckpt", str(ham_run), "--prompt", "The ", "--mode", mode,
+                      "--max-new-tokens", "5")  # fmt: skip
+        assert r.returncode == 0, (mode, r.stderr)
+
+
+def test_steer_interactive_loop_with_piped_input(ham_run):
+    script = "1\nThe \n2\nThe \nthe\n-0.5\n3\nAnd \n4\nAnd \n9\n2\nThe \nthe\nlots\nq\n"
+    r = steer_cli("--ckpt", str(ham_run), "--max-new-tokens", "6", stdin=script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Select Mode (1-4/q): ") == 7
+    assert "steering away from 'the'" in r.stdout
+    assert "unknown mode '9'" in r.stdout
+    assert "strength must be a number" in r.stdout
+    # end of input without q: a clean exit too
+    r = steer_cli("--ckpt", str(ham_run), "--max-new-tokens", "4", stdin="1\nThe \n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Select Mode") == 2
+
+
+def test_steer_bad_input_is_one_line_and_exit_2(ham_run, tiny_run):
+    cases = [
+        ("--ckpt", str(ham_run), "--prompt", "x", "--mode", "7"),
+        ("--ckpt", str(ham_run), "--prompt", "x", "--target", "\u2603"),  # not in the vocab
+        ("--ckpt", str(ham_run), "--prompt", "x", "--strength", "nan", "--target", "the"),
+        ("--ckpt", str(tiny_run), "--prompt", "x"),  # a GPT checkpoint: no steering
+        ("--ckpt", str(ham_run / "nope"), "--prompt", "x"),
+    ]
+    for args in cases:
+        r = steer_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
