@@ -37,6 +37,9 @@ Two kernels (``kernel=``):
 
   so attention runs through ``F.scaled_dot_product_attention`` (flash kernels
   on GPU) at ``scale=1`` and never builds the (T, T, C) difference tensor.
+  (Under bf16 autocast, k's last entry is rounded to 8 bits of mantissa: a
+  per-key score error of about gamma |u_j|^2 / 256, small while the
+  LayerNormed coordinates keep |u| moderate.)
 
 ``cutoff="smooth"`` adds ``-softplus((d2/R^2 - 1)/w)`` to the scores: about 0
 inside the radius, a wall rising linearly in d2 beyond it, and differentiable
@@ -253,6 +256,7 @@ class GravityAttention(nn.Module):
         if self.kernel == "gaussian" and not need_weights:
             log_m = None if score_mass is None else score_mass.clamp_min(1e-20).log()
             q, k = augmented_qk(u, self.gamma, log_m, self.qk_dim)  # (B, H, T, qk_dim)
+            q, k = q.to(v.dtype), k.to(v.dtype)  # gamma is float32: match v under autocast
             vp = F.pad(v, (0, self.qk_dim - self.head_size))
             if self.cutoff == "none":
                 y = F.scaled_dot_product_attention(

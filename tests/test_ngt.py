@@ -1,0 +1,321 @@
+"""NGT: the kernels' algebra, their direction, the radius gradient, repulsion
+under accumulation, generation, checkpoints, the benchmark and the notebook."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from physllm.errors import PhysllmError
+from physllm.models import build_model
+from physllm.models.gpt import GPT, GPTConfig
+from physllm.models.ngt import (
+    NGT,
+    GravityAttention,
+    NGTConfig,
+    augmented_qk,
+    gaussian_scores,
+    pairwise_d2,
+    repulsion_energy,
+)
+
+TINY = dict(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=32, n_coord=8, head_coord=4)
+
+
+def tiny(**overrides) -> NGT:
+    torch.manual_seed(0)
+    return NGT(NGTConfig(**{**TINY, **overrides}))
+
+
+def line_coords(distances: list[float], c: int = 4) -> torch.Tensor:
+    """u (1, 1, T, c): keys on a line at the given distances from the last position (the query)."""
+    u = torch.zeros(1, 1, len(distances) + 1, c, dtype=torch.float64)
+    u[0, 0, :-1, 0] = torch.tensor(distances, dtype=torch.float64)
+    return u
+
+
+def last_row_weights(kernel: str, distances: list[float], cutoff: str = "none") -> torch.Tensor:
+    attn = GravityAttention(NGTConfig(**{**TINY, "n_head": 1, "kernel": kernel, "cutoff": cutoff}))
+    attn = attn.double()
+    u = line_coords(distances)
+    T = u.size(2)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    mass = torch.ones(1, T, dtype=torch.float64)
+    return attn.attention_weights(u, mass, causal)[0, 0, -1, :-1]  # weight on each key
+
+
+# --------------------------------------------------------------------------- the gaussian kernel
+
+
+def test_augmented_dot_product_is_the_gaussian_score_up_to_a_row_constant():
+    torch.manual_seed(0)
+    u = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    gamma = torch.rand(3, dtype=torch.float64) + 0.1
+    log_m = torch.randn(2, 7, dtype=torch.float64)
+    q, k = augmented_qk(u, gamma, log_m, dim=8)
+    dot = q @ k.transpose(-1, -2)
+    exact = gaussian_scores(pairwise_d2(u), gamma, log_m)
+    diff = dot - exact  # must be +gamma |u_i|^2: the same for every j
+    assert torch.allclose(diff, diff[..., :1].expand_as(diff), atol=1e-10)
+    assert torch.allclose(diff[..., 0], gamma.view(1, -1, 1) * u.pow(2).sum(-1), atol=1e-10)
+
+
+@pytest.mark.parametrize("cutoff", ["none", "smooth", "hard"])
+@pytest.mark.parametrize("mass_in", ["logits", "values"])
+def test_gaussian_through_sdpa_equals_explicit_formula(cutoff, mass_in):
+    model = tiny(cutoff=cutoff, mass_in=mass_in, radius_init=0.5).double().eval()
+    idx = torch.randint(0, 17, (3, 16))
+    with torch.no_grad():
+        # coordinates large enough that gamma d2 and the cutoff matter
+        model.blocks[0].attn.coord_proj.weight.normal_(0, 0.5)
+        model.mass_emb.weight.normal_(0, 1)
+        fast, _ = model(idx)  # SDPA with augmented q', k'
+        slow = model.forward_with_trace(idx)["logits"]  # softmax(-gamma d2 + log m_j) written out
+    assert (fast - slow).abs().max().item() < 1e-5
+
+
+def test_gaussian_weight_falls_with_distance_and_seed_weight_rises():
+    distances = [4.0, 3.0, 2.0, 1.0, 0.5]  # key j sits at distance distances[j] from the query
+    gaussian = last_row_weights("gaussian", distances)
+    seed = last_row_weights("seed", distances)
+    # gaussian: nearer keys (later in the list) get more weight
+    assert bool((gaussian.diff() > 0).all()), gaussian
+    # seed: -gamma m m / (d2 + eps) is most negative near: the far key gets the most weight
+    assert bool((seed.diff() < 0).all()), seed
+    assert seed.argmax().item() == 0 and gaussian.argmax().item() == len(distances) - 1
+
+
+def test_seed_soft_cutoff_favours_pairs_outside_the_radius():
+    # R = softplus(4) = 4.02: the key at distance 6 is outside, the others inside
+    weights = last_row_weights("seed", [6.0, 3.0, 1.0], cutoff="soft")
+    # relu(1 - d2/R^2) = 0 outside: that score is lifted to 0, the largest possible,
+    # so the pair a cutoff should remove gets the most weight of all
+    assert weights.argmax().item() == 0
+    assert weights[0] > 1.0 / len(weights)
+
+
+def test_seed_hard_cutoff_masks_pairs_beyond_the_radius():
+    weights = last_row_weights("seed", [6.0, 3.0, 1.0], cutoff="hard")
+    assert weights[0].item() == 0.0 and weights[1:].sum() > 0.99
+
+
+# --------------------------------------------------------------------------- radius and bias gradients
+
+
+def _grads(model: NGT) -> None:
+    idx = torch.randint(0, 17, (2, 16))
+    with torch.no_grad():
+        for block in model.blocks:  # spread the tokens so some pairs straddle the radius
+            block.attn.coord_proj.weight.normal_(0, 0.5)
+    _, loss = model(idx, idx)
+    loss.backward()
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "seed"])
+def test_smooth_cutoff_gives_the_radius_a_gradient(kernel):
+    model = tiny(kernel=kernel, cutoff="smooth", radius_init=1.0)
+    _grads(model)
+    for block in model.blocks:
+        grad = block.attn.radius_raw.grad
+        assert grad is not None and grad.abs().item() > 0
+
+
+def test_seed_hard_cutoff_gives_the_radius_no_gradient():
+    model = tiny(kernel="seed")  # the seed's default: hard cutoff
+    assert model.config.resolved_cutoff == "hard"
+    _grads(model)
+    for block in model.blocks:
+        grad = block.attn.radius_raw.grad
+        assert grad is None or grad.abs().item() == 0
+        # the seed's b is a per-row constant: softmax ignores it
+        b = block.attn.bias.grad
+        assert b is None or b.abs().max().item() < 1e-7
+
+
+# --------------------------------------------------------------------------- repulsion
+
+
+def test_repulsion_is_a_mean_the_same_with_and_without_accumulation():
+    model = tiny(repulsion=0.5, repulsion_samples=8)
+    torch.manual_seed(1)
+    idx = torch.randint(0, 17, (8, 16))
+    params = dict(model.named_parameters())
+
+    model.zero_grad()
+    _, loss = model(idx, idx)
+    loss.backward()
+    rep_full = model.last_aux["repulsion"]
+    full = {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
+
+    model.zero_grad()
+    reps = []
+    for half in idx.chunk(2):  # two micro-batches, each loss / grad_accum as the trainer does
+        _, loss = model(half, half)
+        (loss / 2).backward()
+        reps.append(model.last_aux["repulsion"])
+    accum = {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
+
+    assert rep_full > 0
+    assert abs(rep_full - sum(reps) / 2) < 1e-5 * rep_full
+    assert full.keys() == accum.keys()
+    for k in full:
+        assert torch.allclose(full[k], accum[k], atol=1e-6, rtol=1e-4), k
+    # and the repulsion really reaches the coordinates attention reads
+    model.zero_grad()
+    trace_u = model.blocks[0].attn.coords(model.coord_emb.weight[None])
+    repulsion_energy(trace_u, None, 8, 1e-2).backward()
+    assert model.blocks[0].attn.coord_proj.weight.grad.abs().sum() > 0
+
+
+def test_repulsion_is_training_only_in_the_loss():
+    model = tiny(repulsion=10.0)
+    idx = torch.randint(0, 17, (2, 16))
+    model.eval()
+    _, loss = model(idx, idx)
+    assert abs(loss.item() - model.last_aux["ce"]) < 1e-6  # validation loss is cross-entropy
+    model.train()
+    _, loss = model(idx, idx)
+    expected = model.last_aux["ce"] + 10.0 * model.last_aux["repulsion"]
+    assert abs(loss.item() - expected) < 1e-4 * expected
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_parameters_match_the_vanilla_gpt():
+    for shape in (
+        dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+        dict(vocab_size=256, block_size=256, n_layer=6, n_head=8, n_embd=256),
+    ):
+        gpt = GPT(GPTConfig(**shape)).num_params()
+        ngt = NGT(NGTConfig(**shape)).num_params()
+        assert abs(ngt - gpt) / gpt < 0.005, (ngt, gpt)
+
+
+def test_trace_shapes_and_weights():
+    model = tiny().eval()
+    idx = torch.randint(0, 17, (2, 10))
+    tr = model.forward_with_trace(idx)
+    assert tr["z"].shape == (3, 2, 10, 8)
+    assert tr["u"].shape == (2, 2, 2, 10, 4)
+    assert tr["attn"].shape == (2, 2, 2, 10, 10)
+    assert tr["mass"].shape == (2, 10) and bool((tr["mass"] > 0).all())
+    assert torch.allclose(tr["attn"].sum(-1), torch.ones(2, 2, 2, 10), atol=1e-5)
+    assert bool((tr["attn"].triu(1) == 0).all())  # causal
+    logits, _ = model(idx)
+    assert torch.allclose(logits, tr["logits"], atol=1e-4)
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    model = tiny().eval()
+    idx = torch.randint(0, 17, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 17
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(PhysllmError, match="kernel"):
+        build_model("ngt", {**TINY, "kernel": "newton"})
+    with pytest.raises(PhysllmError, match="soft"):
+        NGTConfig(**TINY, cutoff="soft")
+
+
+def test_generation_and_checkpoint_round_trip(tmp_path):
+    from physllm.checkpoint import load_checkpoint, save_checkpoint
+    from physllm.sampling import generate
+    from physllm.tokenization import CharTokenizer
+
+    tok = CharTokenizer.fit("abcdefghijklmnopq")
+    model = tiny(kernel="gaussian", repulsion=0.1).eval()
+    prompt = torch.tensor([tok.encode("abc")])
+    out = generate(model, prompt, 20, temperature=0)  # longer than block_size: the window slides
+    assert out.shape == (1, 23)
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    loaded, tok2, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta["model"] == "ngt" and meta["config"]["repulsion"] == 0.1
+    idx = torch.randint(0, 17, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], loaded(idx)[0])
+    assert torch.equal(generate(loaded, prompt, 20, temperature=0), out)
+
+
+def test_bench_takes_ngt_specs():
+    from physllm.bench import BenchConfig, measure_training, model_config_for
+
+    cfg = BenchConfig(
+        models=["ngt:kernel=seed"],
+        batch_size=2,
+        block_size=16,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        vocab_size=17,
+        steps=1,
+        warmup=1,
+    )
+    name, mcfg = model_config_for("ngt:kernel=seed+mass_in=values", cfg)
+    assert name == "ngt" and mcfg.kernel == "seed" and mcfg.mass_in == "values"
+    assert mcfg.block_size == 16 and mcfg.n_embd == 32
+    row = measure_training("ngt:kernel=seed", cfg)
+    assert row["tokens_per_sec"] > 0
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def test_coordinate_plots_and_projector(tmp_path):
+    from physllm.analysis.coordinates import (
+        export_projector,
+        kernel_weight_vs_distance,
+        pca_3d,
+        plot_coordinates_3d,
+    )
+
+    model = tiny().eval()
+    tr = model.forward_with_trace(torch.randint(0, 17, (1, 12)))
+    z = tr["z"][:, 0]  # (L+1, T, C)
+    p = pca_3d(z[1])
+    assert p.shape == (12, 3)
+    # the first component carries the most variance
+    assert p.var(0)[0] >= p.var(0)[1] >= p.var(0)[2]
+    tokens = list("abcdefghijkl")
+    fig = plot_coordinates_3d(z, tokens, tr["mass"][0])
+    assert len(fig.data) == 3 and len(fig.layout.sliders[0].steps) == 3
+    assert [t.visible for t in fig.data] == [True, False, False]
+    out = export_projector(tmp_path / "proj", z, tokens, tr["mass"][0])
+    config = (out / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 3 and "metadata_path" in config
+    r = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    assert bool((kernel_weight_vs_distance(r, "seed").diff() > 0).all())
+    assert bool((kernel_weight_vs_distance(r, "gaussian").diff() < 0).all())
+
+
+# --------------------------------------------------------------------------- the notebook
+
+
+def test_notebook_runs_with_few_steps(run_notebook, monkeypatch):
+    from tests.conftest import shakespeare_available
+
+    if not shakespeare_available():
+        pytest.skip("TinyShakespeare not on disk (set PHYSLLM_DATA_DIR)")
+    _, out_dir = run_notebook("03_ngt", steps=20, bench_repeats=1)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["model"] == "ngt" and metrics["steps"] == 20
+    assert set(metrics["runs"]) >= {"ngt", "gpt"}
+    assert metrics["runs"]["gpt"]["steps"] == 20
+    assert (
+        abs(
+            metrics["val_loss_gap_nats"]
+            - (metrics["val_loss"] - metrics["runs"]["gpt"]["val_loss"])
+        )
+        < 1e-9
+    )
+    assert metrics["speed_ratio_vs_gpt"] > 0
+    assert (out_dir / "coordinates_3d.html").exists()
+    assert (out_dir / "projector" / "projector_config.pbtxt").exists()
