@@ -602,7 +602,9 @@ def rebuild_index(reports_dir: str | os.PathLike | None = None) -> Path:
     else:
         lines.append("No runs yet.")
     path = root / INDEX_NAME
-    path.write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")  # atomic: reports may run side by side
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
     return path
 
 
