@@ -142,6 +142,7 @@ CONTEXT_VECTOR_CPU: dict[str, Any] = dict(
     lr=2e-3,
     warmup_steps=40,
     eval_interval=100,
+    threads=1,  # a per-token loop of tiny ops: extra threads only add synchronisation
 )
 
 CONTEXT_VECTOR_GPU: dict[str, Any] = dict(
