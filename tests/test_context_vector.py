@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from physllm.bench import BenchConfig, measure_generation
+from physllm.errors import PhysllmError
 from physllm.models import GPT, GPTConfig, build_model
 from physllm.models.context_vector import (
     ContextVectorConfig,
@@ -117,8 +118,10 @@ def test_seed_form_is_the_seeds_code():
     # fixed form: the forget gate starts open (bias +1)
     C = fixed.config.n_context
     assert torch.all(fixed.layers[0].update.bias[:C] == 1.0)
-    with pytest.raises(ValueError, match="fixed"):
+    with pytest.raises(PhysllmError, match="fixed"):
         ContextVectorConfig(form="seed", gates="input")
+    with pytest.raises(PhysllmError, match="gates"):
+        make_config("context_vector", gates="nope")
 
 
 def test_trace_shapes_and_gate_ranges():
@@ -214,3 +217,29 @@ def test_bench_cli_generate_mode():
         timeout=120,
     )
     assert bad.returncode == 2 and "mode" in bad.stderr
+
+
+def test_notebook_runs_with_few_steps(run_notebook):
+    import json
+
+    from .conftest import shakespeare_available
+
+    _, out = run_notebook(
+        "02_context_vector",
+        steps=20,
+        bench_lengths="256,1024",
+        bench_timed_tokens=16,
+        chat_steps=10,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "context_vector" and metrics["steps"] == 20
+    assert metrics["notebook"] == "02_context_vector"
+    assert {"seed", "scan", "gpt"} <= set(metrics["runs"])
+    assert ("chat" in metrics["runs"]) == shakespeare_available()
+    assert metrics["streaming_mem_growth_context_vector"] < 1.05
+    assert (
+        metrics["streaming"]["gpt@1024"]["state_kb"] > metrics["streaming"]["gpt@256"]["state_kb"]
+    )
+    for name in ("loss_curves", "context_heatmap", "gate_stats", "streaming_bench"):
+        assert (out / f"{name}.png").exists()
+    assert (out / "hf" / "config.json").exists() and (out / "hf" / "tokenizer.json").exists()

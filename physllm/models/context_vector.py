@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 
 State = list[torch.Tensor]  # one context vector (B, n_context) per layer
@@ -77,11 +78,11 @@ class ContextVectorConfig(ModelConfig):
 
     def __post_init__(self):
         if self.form not in ("fixed", "seed"):
-            raise ValueError(f"form must be 'fixed' or 'seed', got {self.form!r}")
+            raise PhysllmError(f"form must be 'fixed' or 'seed', got {self.form!r}")
         if self.gates not in ("hidden", "input"):
-            raise ValueError(f"gates must be 'hidden' or 'input', got {self.gates!r}")
+            raise PhysllmError(f"gates must be 'hidden' or 'input', got {self.gates!r}")
         if self.gates == "input" and self.form == "seed":
-            raise ValueError("gates='input' is a variant of the fixed form (form='fixed')")
+            raise PhysllmError("gates='input' is a variant of the fixed form (form='fixed')")
 
 
 # --------------------------------------------------------------------------- the scan
