@@ -61,6 +61,7 @@ from physllm.sampling import generate
 from physllm.tokenization import BPETokenizer, ByteTokenizer, CharTokenizer
 from physllm.train import make_config, train
 
+# NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
@@ -98,6 +99,7 @@ print(splits["train"][:300])
 # Each must give back exactly the text it was given.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 sample = splits["val"][:400]
 tokenizers = {
     "char": CharTokenizer.fit(splits["train"] + splits["val"]),
