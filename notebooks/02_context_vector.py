@@ -22,9 +22,9 @@
 # token reads one fixed-size **context vector** left by the token before it,
 # and writes the next one through LSTM-like gates. Memory at inference is then
 # constant whatever the length of the text. This notebook derives the
-# recurrence, shows the code, trains the seed's form and a fast variant whose
-# recurrence is linear (so it trains with a parallel scan) next to a vanilla
-# GPT of the same size, looks inside the context vector, measures streaming
+# recurrence, shows the code, trains the seed's form, a repaired form and a
+# fast variant whose recurrence is linear (so it trains with a parallel scan)
+# next to a vanilla GPT of the same size, looks inside the context vector, measures streaming
 # generation to 64k tokens against GPT's growing key/value cache, and ends
 # with the HF transformers wrapper and a chat demo.
 #
@@ -51,7 +51,7 @@ tokenizer = "char"  # (gpu preset: its own)
 device = "auto"
 seed = 1337
 out_dir = "runs/02_context_vector"
-variants = "seed,scan"  # runs besides gpt: seed (the preset), scan (input gates), fixed (fixed form, a loop: slower)
+variants = "seed,fixed,scan"  # runs besides gpt: seed (the preset), fixed (fixed form, a loop), scan (input gates)
 bench_lengths = "1024,8192,65536"  # streaming benchmark: context lengths
 bench_timed_tokens = 128  # tokens generated one at a time and timed at each length
 chat_steps = 150  # steps of the chat demo's model (0: skip the chat demo)
@@ -185,13 +185,18 @@ for form, gates in [("seed", "hidden"), ("fixed", "hidden"), ("fixed", "input")]
     assert err < 1e-5
 
 # %% [markdown]
-# ## 3. Training: the seed's form, the scan variant and GPT at matched size
+# ## 3. Training: the seed's form, the fixed form, the scan variant and GPT at matched size
 #
 # All runs use the same trainer, data, batch, block and steps (the preset's).
 # The `cpu` preset is the seed's model scaled to nanoGPT's Shakespeare-char
 # CPU recipe: embedding 128, hidden 256, context 128, one layer, block 64,
-# batch 12. The scan variant's hidden width and GPT's width are chosen so all
-# have about the same number of parameters.
+# batch 12. The other runs change one thing each: `fixed` is the repaired
+# form (normalised embedding, residual GELU FNN, tanh delta, open forget
+# gates, no clamp), `scan` is the fixed form with input-only gates trained by
+# the parallel scan. Their hidden widths and GPT's width are chosen so all
+# have about the same number of parameters, and all share one thread (the
+# preset's: the loop is many tiny operations, where more threads only add
+# synchronisation).
 #
 # One honest caveat: `physllm.train` samples *random* windows, so every
 # training window starts from a zero context. Truncated backpropagation
@@ -238,15 +243,26 @@ for name, m in metrics.items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig = plot_loss_curves({k: r.history for k, r in results.items()}, title=f"{metrics['seed']['corpus']}, {metrics['seed']['steps']} steps, {metrics['seed']['device']}")
-save_figure(fig, out_dir, "loss_curves")
+_ = save_figure(fig, out_dir, "loss_curves")
 fig = plot_loss_curves({k: r.history for k, r in results.items()}, x="time_s", title="the same runs against training time")
-save_figure(fig, out_dir, "loss_vs_time")
+_ = save_figure(fig, out_dir, "loss_vs_time")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 table = loss_table(metrics)
 table["speed_vs_gpt"] = [m["tokens_per_sec"] / metrics["gpt"]["tokens_per_sec"] for m in metrics.values()]
 table
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# What the runs say, computed from their metrics.
+g = metrics["gpt"]
+for name, m in metrics.items():
+    if name != "gpt":
+        print(f"{name:<6} vs gpt: val loss {m['val_loss'] - g['val_loss']:+.3f} nats, training speed x{m['tokens_per_sec'] / g['tokens_per_sec']:.2f}")
+if "scan" in metrics:
+    s_, q_ = metrics["seed"], metrics["scan"]
+    print(f"scan vs seed loop: training speed x{q_['tokens_per_sec'] / s_['tokens_per_sec']:.2f}, val loss {q_['val_loss'] - s_['val_loss']:+.3f} nats")
 
 # %% [markdown]
 # The context-free baseline (unigram frequencies) tells whether a model uses
@@ -294,7 +310,7 @@ text = data.tokenizer.decode(val_ids[:80].tolist())
 ids = torch.tensor([tok.encode(text)])
 tr = results["seed"].model.trace(ids)[0]
 fig = plot_context_heatmap(tr["context"][0], [tok.decode([i]) for i in ids[0].tolist()], title="seed form: context c_t (first layer) over a validation line")
-save_figure(fig, out_dir, "context_heatmap")
+_ = save_figure(fig, out_dir, "context_heatmap")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -302,7 +318,7 @@ batch = val_ids[: 16 * mc.block_size].view(16, mc.block_size)
 traces = {name: results[name].model.trace(batch)[0] for name in results if name != "gpt"}
 gates = {name: gate_summary(t) for name, t in traces.items()}
 fig = plot_gate_stats(traces)
-save_figure(fig, out_dir, "gate_stats")
+_ = save_figure(fig, out_dir, "gate_stats")
 for name, g in gates.items():
     print(name, {k: round(v, 3) for k, v in g.items()})
 
@@ -333,7 +349,7 @@ bench_cfg = BenchConfig(
 bench_rows = run_generation_bench(bench_cfg)
 print(format_generation_table(bench_rows, bench_cfg))
 fig = plot_streaming_bench(bench_rows)
-save_figure(fig, out_dir, "streaming_bench")
+_ = save_figure(fig, out_dir, "streaming_bench")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

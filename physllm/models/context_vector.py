@@ -72,9 +72,7 @@ class ContextVectorConfig(ModelConfig):
     form: str = "fixed"  # "fixed" | "seed" (the seed's code, see the module docstring)
     gates: str = "hidden"  # "hidden": gates read h (loop) | "input": gates read x (parallel scan)
     clamp: float = 10.0  # the seed form clamps the context to +-clamp
-    forget_bias: float = (
-        1.0  # fixed form: initial forget-gate bias, sigmoid(1) = 0.73 kept per step
-    )
+    forget_bias: float = 1.0  # fixed form: forget gates start at sigmoid(1) = 0.73
 
     def __post_init__(self):
         if self.form not in ("fixed", "seed"):
@@ -127,8 +125,8 @@ class FNN(nn.Module):
     """h = FNN([x, c]); the first Linear is split so its x half runs for all t at once.
 
     ``W [x; c] + b = W_x x + W_c c + b``: the loop over time only has to do the
-    W_c c half. Seed: ``depth`` Linear+ReLU(+dropout) layers. Fixed: one Linear
-    on [LN(x), c], then ``depth`` residual GELU blocks and a final LayerNorm.
+    W_c c half. Seed: ``ffn_depth`` Linear+ReLU(+dropout) layers. Fixed: one
+    Linear on [LN(x), c], then ``ffn_depth`` residual GELU blocks and a final LayerNorm.
     """
 
     def __init__(self, d_in: int, d_ctx: int, cfg: ContextVectorConfig):
