@@ -1,0 +1,492 @@
+"""CHopT: a modern Hopfield memory after a transformer, persisting across calls.
+
+A backbone (a physllm GPT, or any transformers causal LM) runs as usual; at
+one layer (after the last by default) a Hopfield memory layer reads a bank of
+stored patterns and adds what it retrieves to the hidden state. The bank is
+written *at inference*: every call stores, for each of its tokens s, the
+pair
+
+    key_s   = W_k [h_{s-w+1} ... h_s]    what the context looked like (a causal
+                                          window of w hidden states)
+    value_s = W_v e(x_{s+1})             what came next (its token embedding)
+
+so a later call, its context cleared, that finds itself in a similar
+context (``the code of bolek is``) retrieves what followed (the code). The
+read is the modern Hopfield update of :mod:`physllm.hopfield_functional`,
+per head h with its own inverse temperature beta_h:
+
+    q_t   = W_q [h_{t-w+1} ... h_t]                   state pattern
+    xi   <- K softmax(beta_h K^T xi)  (n_updates times; energy never rises)
+    r_t   = V softmax(beta_h K^T xi)                  read-out, heads side by side
+    h'_t  = h_t + g_t W_o r_t                          combine: add | gated | concat
+
+with g_t = sigmoid(w_g [h_t; W_o r_t]) for the gated form. An empty bank
+leaves the backbone untouched, exactly, which is the "no memory" baseline.
+
+The bank holds ``n_slots`` slots; when full, new writes replace the oldest
+(``fifo``) or the least read (``least_used``, by accumulated attention).
+``reset()``, ``save(path)`` and ``load(path)`` (safetensors) manage it.
+Training (``physllm.hopfield_tasks.train_memory``) freezes the backbone and
+fits W_k, W_q, W_v, W_o, the gate and the betas on "facts, then questions"
+episodes whose questions run in a second call that sees only the memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from physllm import hopfield_functional as hf
+from physllm.errors import PhysllmError
+from physllm.models.base import LanguageModel, ModelConfig
+from physllm.models.gpt import GPT, GPTConfig
+
+
+@dataclass
+class HopfieldConfig(ModelConfig):
+    block_size: int = 64
+    backbone: str = (
+        "gpt"  # "gpt": a physllm GPT of the sizes below; "hf:<id or path>": transformers
+    )
+    # GPT backbone (ignored for hf:)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    # the memory layer
+    mem_heads: int = 4
+    mem_head_dim: int = 32
+    key_window: int = (
+        12  # keys see the last 12 hidden states: " NAME is ab" fits, whatever the name
+    )
+    n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
+    beta_init: float = (
+        0.5  # per-head inverse temperature; keys are unit-RMS so beta*d_head sets the gap
+    )
+    combine: str = "gated"  # add | gated | concat
+    mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
+    n_slots: int = 4096  # slot bank size: 150 facts of 27 characters
+    replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
+    # stage-2 training of the memory (physllm.hopfield_tasks.train_memory)
+    memory_task: str = "facts"  # facts | narrativeqa
+    memory_steps: int = 150  # the facts task converges in about 60 steps (CPU preset)
+    memory_lr: float = 1e-2  # a small layer on frozen features: a large step is safe
+    memory_batch: int = 8  # episodes per step
+    memory_facts: int = 16  # facts per episode at most (the number is drawn per step)
+    lora_rank: int = 0  # LoRA on the backbone during memory training (0: off)
+
+    def __post_init__(self):
+        if self.combine not in ("add", "gated", "concat"):
+            raise ValueError(f"combine must be add, gated or concat, got {self.combine!r}")
+        if self.replacement not in ("fifo", "least_used"):
+            raise ValueError(f"replacement must be fifo or least_used, got {self.replacement!r}")
+        if self.n_updates < 1:
+            raise ValueError(f"n_updates must be >= 1, got {self.n_updates}")
+
+
+class MemoryState(NamedTuple):
+    """Stored patterns as the read sees them: keys (B, H, S, dk), values (B, H, S, dv), valid (B, S)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+class GPTBackbone(nn.Module):
+    """A physllm GPT run block by block, with the memory read after block ``layer``."""
+
+    def __init__(self, gpt: GPT, layer: int = -1):
+        super().__init__()
+        self.gpt = gpt
+        self.layer = layer % len(gpt.blocks)
+        self.n_embd = gpt.config.n_embd
+        self.block_size = gpt.config.block_size
+        self.lora_targets = ("c_attn", "c_proj")  # LoRA: attention in and out, MLP out
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.gpt.wte(idx)
+
+    def forward(
+        self, idx: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """idx (B, T) -> (logits (B, T, V), hidden (B, T, C) where the memory reads)."""
+        g = self.gpt
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = g.drop(g.wte(idx) + g.wpe(pos))
+        h = x
+        for i, block in enumerate(g.blocks):
+            x, _ = block(x)
+            if i == self.layer:
+                h = x
+                x = read(x) if read is not None else x
+        return g.lm_head(g.ln_f(x)), h
+
+
+class HFBackbone(nn.Module):
+    """Any transformers causal LM: the memory reads its final (normed) hidden state."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.n_embd = model.config.hidden_size
+        self.block_size = getattr(model.config, "max_position_embeddings", 2048)
+        self.lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(idx)
+
+    def forward(
+        self, idx: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.model.base_model(input_ids=idx).last_hidden_state  # (B, T, C)
+        x = read(h) if read is not None else h
+        return self.model.get_output_embeddings()(x), h
+
+
+def build_backbone(config: HopfieldConfig) -> nn.Module:
+    if config.backbone == "gpt":
+        gpt_fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+        gpt = GPT(GPTConfig(**{k: getattr(config, k) for k in gpt_fields}))
+        return GPTBackbone(gpt, config.mem_layer)
+    if config.backbone.startswith("hf:"):
+        from transformers import AutoModelForCausalLM
+
+        try:  # never trust_remote_code: only architectures transformers ships
+            model = AutoModelForCausalLM.from_pretrained(config.backbone[3:])
+        except (OSError, ValueError) as err:  # not found, not reachable, not a model
+            err = str(err).strip().splitlines()[0][:200]
+            raise PhysllmError(f"cannot load backbone {config.backbone!r}: {err}") from None
+        return HFBackbone(model)
+    raise PhysllmError(f"backbone must be 'gpt' or 'hf:<id>', got {config.backbone!r}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class CausalWindow(nn.Module):
+    """A linear map of the last ``w`` vectors: a causal conv1d (B, T, C) -> (B, T, out)."""
+
+    def __init__(self, n_in: int, n_out: int, window: int):
+        super().__init__()
+        self.window = window
+        self.conv = nn.Conv1d(n_in, n_out, window, bias=False)
+        nn.init.normal_(self.conv.weight, std=1.0 / math.sqrt(n_in * window))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # (B, C, w - 1 + T): no peeking ahead
+        return self.conv(x).transpose(1, 2)
+
+
+class HopfieldMemory(nn.Module):
+    """The read/write projections, per-head betas and the combination with the hidden state."""
+
+    def __init__(self, config: HopfieldConfig, n_embd: int):
+        super().__init__()
+        H, dk = config.mem_heads, config.mem_head_dim
+        if n_embd % H:
+            raise ValueError(f"hidden size {n_embd} is not divisible by mem_heads {H}")
+        self.H, self.dk, self.dv = H, dk, n_embd // H
+        self.n_updates, self.combine = config.n_updates, config.combine
+        self.norm = nn.LayerNorm(n_embd)
+        self.write_key = CausalWindow(n_embd, H * dk, config.key_window)  # W_k
+        self.read_query = CausalWindow(n_embd, H * dk, config.key_window)  # W_q
+        # The query starts as the key: equal contexts match from step 0 (auto-association).
+        self.read_query.load_state_dict(self.write_key.state_dict())
+        self.write_value = nn.Linear(n_embd, n_embd, bias=False)  # W_v
+        self.out = nn.Linear(n_embd, n_embd, bias=False)  # W_o
+        self.log_beta = nn.Parameter(torch.full((H,), math.log(config.beta_init)))
+        if config.combine == "gated":
+            self.gate = nn.Linear(2 * n_embd, 1)
+        elif config.combine == "concat":
+            self.mix = nn.Linear(2 * n_embd, n_embd, bias=False)
+            with torch.no_grad():  # starts as h + W_o r: identity on h
+                self.mix.weight.zero_()
+                self.mix.weight[:, :n_embd].copy_(torch.eye(n_embd))
+                self.mix.weight[:, n_embd:].copy_(torch.eye(n_embd))
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return self.log_beta.exp()  # (H,)
+
+    def _heads(self, x: torch.Tensor, d: int) -> torch.Tensor:
+        """(B, T, H*d) -> (B, H, T, d), each head unit-RMS (keys and queries on one scale)."""
+        B, T, _ = x.shape
+        x = x.view(B, T, self.H, d).transpose(1, 2)
+        return F.rms_norm(x, (d,))
+
+    def entries(
+        self, h: torch.Tensor, next_emb: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> MemoryState:
+        """What a call writes: h (B, T, C) hidden states, next_emb (B, T-1, C) embeddings of x_{s+1}."""
+        B, T, C = h.shape
+        keys = self._heads(self.write_key(self.norm(h))[:, :-1], self.dk)  # (B, H, T-1, dk)
+        values = self._heads(self.write_value(next_emb), self.dv)  # (B, H, T-1, dv), unit RMS
+        if valid is None:
+            valid = torch.ones(B, T - 1, dtype=torch.bool, device=h.device)
+        return MemoryState(keys, values, valid)
+
+    def state_pattern(self, h: torch.Tensor) -> torch.Tensor:
+        """The probes a read starts from: h (B, T, C) -> q (B, H, T, dk)."""
+        return self._heads(self.read_query(self.norm(h)), self.dk)
+
+    def read(self, h: torch.Tensor, memory: MemoryState) -> tuple[torch.Tensor, dict]:
+        """h (B', T, C) -> combined hidden (B', T, C). B' = B * g: g rows share each memory."""
+        Bq, T, C = h.shape
+        Bm = memory.keys.size(0)
+        q = self.state_pattern(h)  # (B', H, T, dk)
+        # Rows that share a memory become one longer probe sequence: (Bm, H, g*T, dk)
+        q = (
+            q.view(Bm, Bq // Bm, self.H, T, self.dk)
+            .transpose(1, 2)
+            .reshape(Bm, self.H, -1, self.dk)
+        )
+        r, assoc, energies = hf.retrieve(
+            q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values
+        )
+        r = r.view(Bm, self.H, Bq // Bm, T, self.dv).permute(0, 2, 3, 1, 4).reshape(Bq, T, C)
+        m = self.out(r)  # (B', T, C)
+        if self.combine == "add":
+            out = h + m
+        elif self.combine == "gated":
+            # h' = h + sigmoid(w_g [h; W_o r]) W_o r: the layer decides when to trust the memory
+            out = h + torch.sigmoid(self.gate(torch.cat([h, m], dim=-1))) * m
+        else:
+            out = self.mix(torch.cat([h, r], dim=-1))
+        return out, {"association": assoc, "energies": energies}
+
+
+class MemoryBank(nn.Module):
+    """Slots that outlive a call: keys (S, H, dk), values (S, H, dv), and bookkeeping.
+
+    Buffers are not part of the model's weights (``persistent=False``): a
+    checkpoint holds what the model learned, ``save``/``load`` what it has seen.
+    """
+
+    def __init__(self, n_slots: int, heads: int, dk: int, dv: int, replacement: str = "fifo"):
+        super().__init__()
+        self.replacement = replacement
+        self.register_buffer("keys", torch.zeros(n_slots, heads, dk), persistent=False)
+        self.register_buffer("values", torch.zeros(n_slots, heads, dv), persistent=False)
+        self.register_buffer("valid", torch.zeros(n_slots, dtype=torch.bool), persistent=False)
+        self.register_buffer("age", torch.zeros(n_slots, dtype=torch.long), persistent=False)
+        self.register_buffer("usage", torch.zeros(n_slots), persistent=False)
+        self.clock = 0  # writes so far: ages order the slots for fifo
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def n_slots(self) -> int:
+        return self.valid.numel()
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self.valid.zero_()
+        self.usage.zero_()
+        self.age.zero_()
+        self.clock = 0
+
+    def state(self) -> MemoryState | None:
+        """The stored patterns in the read's layout, or None when empty."""
+        if not bool(self.valid.any()):
+            return None
+        return MemoryState(
+            self.keys.transpose(0, 1).unsqueeze(0),  # (1, H, S, dk)
+            self.values.transpose(0, 1).unsqueeze(0),  # (1, H, S, dv)
+            self.valid.unsqueeze(0),  # (1, S)
+        )
+
+    @torch.no_grad()
+    def write(self, entries: MemoryState) -> None:
+        """Store every valid entry (all batch rows into this one bank), evicting when full."""
+        keys = entries.keys.transpose(1, 2)[entries.valid]  # (n, H, dk)
+        values = entries.values.transpose(1, 2)[entries.valid]  # (n, H, dv)
+        keys, values = (
+            keys[-self.n_slots :],
+            values[-self.n_slots :],
+        )  # more than fits: keep the last
+        n = keys.size(0)
+        free = (~self.valid).nonzero().squeeze(1)[:n]
+        if free.numel() < n:
+            # fifo: the oldest write goes first; least_used: the least read (ties: oldest)
+            score = self.age.double() if self.replacement == "fifo" else self.usage.double()
+            score = score + self.age.double() / (self.clock + 1) * 1e-6
+            score = score.masked_fill(~self.valid, float("inf"))
+            score[free] = float("inf")
+            victims = score.argsort()[: n - free.numel()]
+            free = torch.cat([free, victims])
+        self.keys[free] = keys.to(self.keys.dtype)
+        self.values[free] = values.to(self.values.dtype)
+        self.valid[free] = True
+        self.usage[free] = 0.0
+        self.age[free] = self.clock + torch.arange(n, device=self.age.device)
+        self.clock += n
+
+    @torch.no_grad()
+    def touch(self, association: torch.Tensor) -> None:
+        """Accumulate the attention each slot received (least_used replacement reads it)."""
+        self.usage += association.float().sum(dim=(0, 1, 2))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank to a safetensors file."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {
+            k: getattr(self, k).detach().cpu().contiguous()
+            for k in ("keys", "values", "valid", "age", "usage")
+        }
+        meta = {"clock": str(self.clock), "replacement": self.replacement}
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Read a bank written by ``save``; its shapes must match this one."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise PhysllmError(f"cannot read memory file {path}: {err}") from None
+        for name in ("keys", "values", "valid", "age", "usage"):
+            mine = getattr(self, name)
+            if name not in tensors or tensors[name].shape != mine.shape:
+                got = tuple(tensors[name].shape) if name in tensors else "missing"
+                raise PhysllmError(
+                    f"memory file {path} does not fit this bank: {name} {got} vs {tuple(mine.shape)}"
+                )
+            mine.copy_(tensors[name])
+        self.clock = int(meta.get("clock", 0))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class HopfieldLM(LanguageModel):
+    """Backbone + Hopfield memory layer + a slot bank that persists across calls."""
+
+    config_class = HopfieldConfig
+
+    def __init__(self, config: HopfieldConfig, backbone: nn.Module | None = None):
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else build_backbone(config)
+        if config.lora_rank:
+            self.add_lora(config.lora_rank)
+        C = self.backbone.n_embd
+        self.memory_layer = HopfieldMemory(config, C)
+        self.memory = MemoryBank(
+            config.n_slots, config.mem_heads, config.mem_head_dim, C // config.mem_heads,
+            config.replacement,
+        )  # fmt: skip
+
+    def add_lora(self, rank: int) -> None:
+        """LoRA adapters (alpha = 2 r) on the backbone's attention; idempotent."""
+        from physllm.lora import LoRALinear, apply_lora
+
+        if not any(isinstance(m, LoRALinear) for m in self.backbone.modules()):
+            apply_lora(self.backbone, self.backbone.lora_targets, r=rank, alpha=2.0 * rank)
+        self.config.lora_rank = rank
+
+    @classmethod
+    def from_hf(cls, model: nn.Module, **overrides) -> HopfieldLM:
+        """Wrap an instantiated transformers causal LM (tests: a tiny random Llama)."""
+        config = HopfieldConfig(
+            vocab_size=model.config.vocab_size,
+            block_size=getattr(model.config, "max_position_embeddings", 2048),
+            backbone="hf:" + str(getattr(model.config, "_name_or_path", "") or "local"),
+            **overrides,
+        )
+        return cls(config, backbone=HFBackbone(model))
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        memory: MemoryState | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V), reading ``memory`` (default: the bank; empty: no read)."""
+        from_bank = memory is None
+        memory = self.memory.state() if from_bank else memory
+        info: dict = {}
+
+        def read(h: torch.Tensor) -> torch.Tensor:
+            out, found = self.memory_layer.read(h, memory)
+            info.update(found)
+            return out
+
+        logits, _ = self.backbone(idx, read if memory is not None else None)
+        self.last_aux = {}
+        if info:
+            energies = info["energies"].detach().float().mean(dim=(1, 2, 3))  # per step
+            self.last_aux = {"energy_probe": energies[0].item(), "energy_read": energies[-1].item()}
+            if from_bank and not self.training:
+                self.memory.touch(info["association"])
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The hidden states where the memory reads and writes, for a call of any length.
+
+        Longer than the block: overlapping windows, each position keeping at
+        least half a block of left context.
+        """
+        block, T = self.config.block_size, idx.size(1)
+        if T <= block:
+            return self.backbone(idx)[1]
+        stride, pieces = block // 2, []
+        for start in range(0, T, stride):
+            end = min(T, start + stride)
+            lo = max(0, end - block)  # the window ends at the segment's end
+            pieces.append(self.backbone(idx[:, lo:end])[1][:, start - lo :])
+        return torch.cat(pieces, dim=1)
+
+    def entries_for(self, idx: torch.Tensor, valid: torch.Tensor | None = None) -> MemoryState:
+        """Keys and values a call ``idx`` (B, T) writes; ``valid`` (B, T) masks padding."""
+        h = self.hidden(idx)
+        mask = None if valid is None else valid[:, :-1] & valid[:, 1:]
+        return self.memory_layer.entries(h, self.backbone.embed(idx[:, 1:]), mask)
+
+    @torch.no_grad()
+    def memorize(self, idx: torch.Tensor, valid: torch.Tensor | None = None) -> int:
+        """Write call ``idx`` into the bank; returns the number of slots written."""
+        entries = self.entries_for(idx, valid)
+        self.memory.write(entries)
+        return int(entries.valid.sum())
+
+    @torch.no_grad()
+    def call(
+        self, idx: torch.Tensor, max_new_tokens: int = 0, write: bool = True, **sampling
+    ) -> torch.Tensor:
+        """One inference call: generate from ``idx`` reading the memory, then write the call into it."""
+        from physllm.sampling import generate
+
+        out = generate(self, idx, max_new_tokens, **sampling) if max_new_tokens else idx
+        if write:
+            self.memorize(out)
+        return out
+
+
+__all__ = [
+    "GPTBackbone",
+    "HFBackbone",
+    "HopfieldConfig",
+    "HopfieldLM",
+    "HopfieldMemory",
+    "MemoryBank",
+    "MemoryState",
+]

@@ -1,0 +1,338 @@
+"""CHopT: the Hopfield update, the persistent memory, the HF backbone, the tasks, the notebook."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from physllm import hopfield_functional as hf
+from physllm.errors import PhysllmError
+from physllm.hopfield_tasks import (
+    FactsTask,
+    NarrativeQATask,
+    is_heldout,
+    load_narrativeqa_records,
+    narrativeqa_eval,
+    recall,
+    token_f1,
+    train_memory,
+)
+from physllm.models import build_model
+from physllm.models.hopfield import HopfieldConfig, HopfieldLM
+
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\nQA:?"))
+STOI = {c: i for i, c in enumerate(CHARS)}
+
+
+def encode(text: str) -> list[int]:
+    return [STOI[c] for c in text]
+
+
+def tiny_model(**overrides) -> HopfieldLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=len(CHARS), block_size=32, n_layer=1, n_head=2, n_embd=32)
+    cfg.update(mem_heads=2, mem_head_dim=16, key_window=8, n_slots=256)
+    cfg.update(overrides)
+    return build_model("hopfield", cfg).eval()
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def test_energy_never_increases_over_updates():
+    gen = torch.Generator().manual_seed(0)
+    stored = torch.randn(2, 3, 40, 16, generator=gen, dtype=torch.float64)
+    state = torch.randn(2, 3, 5, 16, generator=gen, dtype=torch.float64)
+    beta = torch.tensor([0.1, 1.0, 4.0], dtype=torch.float64)
+    mask = torch.rand(2, 40, generator=gen) > 0.3
+    _, _, energies = hf.retrieve(state, stored, beta, update_steps_max=12, mask=mask)
+    assert energies.shape == (13, 2, 3, 5)
+    steps = energies[1:] - energies[:-1]
+    assert steps.max() <= 1e-9, steps.max()
+    assert steps.min() < -1e-3  # and it does descend
+
+
+def test_one_update_is_attention():
+    gen = torch.Generator().manual_seed(1)
+    keys, values = torch.randn(1, 2, 9, 8, generator=gen), torch.randn(1, 2, 9, 4, generator=gen)
+    q = torch.randn(1, 2, 3, 8, generator=gen)
+    out, _, _ = hf.retrieve(q, keys, 0.5, 1, pattern_projection=values)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=0.5)
+    torch.testing.assert_close(out, ref)
+
+
+def test_noisy_pattern_retrieves_stored_pattern_with_large_beta():
+    gen = torch.Generator().manual_seed(2)
+    X = torch.randn(1, 1, 64, 32, generator=gen)
+    noisy = X[:, :, 17:18] + 0.5 * torch.randn(1, 1, 1, 32, generator=gen)
+    out, _, _ = hf.retrieve(noisy, X, beta=8.0, update_steps_max=1)
+    torch.testing.assert_close(out, X[:, :, 17:18], atol=1e-4, rtol=0)
+    blurred, _, _ = hf.retrieve(noisy, X, beta=1e-3, update_steps_max=1)  # small beta: an average
+    assert (blurred - X[:, :, 17:18]).abs().max() > 0.5
+
+
+# --------------------------------------------------------------------------- memory bank
+
+
+def test_writes_persist_across_calls_and_reset_empties():
+    model = tiny_model()
+    x = torch.tensor([encode("the code of bolek is xqzt.\n")])
+    prompt = torch.tensor([encode("the code of bolek is ")])
+    baseline, _ = model(prompt)
+    assert len(model.memory) == 0
+    n = model.memorize(x)
+    assert n == x.size(1) - 1 and len(model.memory) == n
+    with_memory, _ = model(prompt)  # a separate call: only the prompt, the memory read
+    assert not torch.allclose(with_memory, baseline)
+    assert model.last_aux["energy_read"] <= model.last_aux["energy_probe"] + 1e-5
+    model.memory.reset()
+    assert len(model.memory) == 0
+    after_reset, _ = model(prompt)
+    torch.testing.assert_close(after_reset, baseline)  # exactly the no-memory model
+
+
+def test_fifo_replaces_oldest_and_least_used_keeps_read_slots():
+    model = tiny_model(n_slots=30)
+    a = torch.tensor([encode("the code of bolek is xqzt.\n")])  # 26 slots
+    model.memorize(a)
+    first_keys = model.memory.keys.clone()
+    model.memorize(torch.tensor([encode("abcdefghijk")]))  # 10 more: 6 evictions
+    assert len(model.memory) == 30
+    evicted = (model.memory.keys != first_keys).flatten(1).any(-1)
+    assert evicted.sum() == 10  # 4 free slots filled, then the 6 oldest replaced
+    assert evicted[:6].all() and not evicted[6:26].any()
+
+    model = tiny_model(n_slots=30, replacement="least_used")
+    model.memorize(a)
+    model(torch.tensor([encode("the code of bolek is ")]))  # reading marks slots as used
+    usage = model.memory.usage.clone()
+    model.memorize(torch.tensor([encode("abcdefghijk")]))
+    kept = usage[:26].argsort(descending=True)[:20]
+    assert (model.memory.age[kept] < 26).all()  # the most read slots survived
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    model.memorize(torch.tensor([encode("the code of bolek is xqzt.\n")]))
+    prompt = torch.tensor([encode("the code of bolek is ")])
+    logits, _ = model(prompt)
+    path = model.memory.save(tmp_path / "memory.safetensors")
+    other = tiny_model()  # same weights (same seed), empty bank
+    other.memory.load(path)
+    assert len(other.memory) == len(model.memory)
+    torch.testing.assert_close(other(prompt)[0], logits)
+    with pytest.raises(PhysllmError):
+        tiny_model(n_slots=64).memory.load(path)  # shapes do not fit
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PhysllmError):
+        other.memory.load(tmp_path / "bad.safetensors")
+
+
+def test_long_call_hidden_matches_windows():
+    model = tiny_model()
+    x = torch.randint(0, len(CHARS), (2, 100))
+    h = model.hidden(x)
+    assert h.shape == (2, 100, 32)
+    torch.testing.assert_close(h[:, :32], model.backbone(x[:, :32])[1])
+    torch.testing.assert_close(h[:, 64:80], model.backbone(x[:, 48:80])[1][:, 16:])
+
+
+@pytest.mark.parametrize("combine", ["add", "gated", "concat"])
+def test_combine_modes_and_placement(combine):
+    model = tiny_model(combine=combine, n_layer=2, mem_layer=0, n_updates=3)
+    model.memorize(torch.tensor([encode("the code of bolek is xqzt.\n")]))
+    logits, loss = model(
+        torch.tensor([encode("the code of")]), torch.zeros(1, 11, dtype=torch.long)
+    )
+    assert logits.shape == (1, 11, len(CHARS)) and torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- calls and tasks
+
+
+def test_second_call_never_sees_first_calls_tokens():
+    model = tiny_model()
+    task = FactsTask(encode)
+    seen: list[torch.Tensor] = []
+    forward = model.backbone.forward
+
+    def spy(idx, read=None):
+        seen.append(idx.clone())
+        return forward(idx, read)
+
+    model.memory.reset()
+    facts = task.facts(3, random.Random(0), "heldout")
+    write = torch.tensor([encode(task.write_text(facts))])
+    model.call(write)  # call 1
+    model.backbone.forward = spy
+    prompts = task.prompts(facts)
+    out = model.call(prompts, max_new_tokens=task.code_len, write=False, temperature=0)  # call 2
+    assert out.shape == (3, prompts.size(1) + task.code_len)
+    assert seen, "call 2 ran the backbone"
+    for idx in seen:  # no row of call 2 holds any fact's code, nor the whole of call 1
+        for row in idx.tolist():
+            for _, code in facts:
+                code_ids = encode(" " + code + ".")
+                assert not any(row[i : i + len(code_ids)] == code_ids for i in range(len(row)))
+            assert len(row) < write.size(1)
+
+
+def test_facts_task_heldout_split_is_disjoint():
+    task = FactsTask(encode)
+    rng = random.Random(0)
+    train = task.facts(200, rng, "train")
+    held = task.facts(200, rng, "heldout")
+    assert all(not is_heldout(n) and not is_heldout(c) for n, c in train)
+    assert all(is_heldout(n) and is_heldout(c) for n, c in held)
+    ep = task.episode(3, 4, rng)
+    assert ep.write_ids.shape == (3, 4 * 27)
+    assert ep.read_ids.shape == (12, 24) and ep.read_targets.shape == (12, 24)
+    assert ((ep.read_targets >= 0).sum(1) == 4).all()  # the code's 4 characters are scored
+
+
+def test_memory_training_learns_recall_and_reset_drops_it():
+    """Sixty steps on a tiny random backbone: recall with memory beats without."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    task = FactsTask(encode)
+    hist = train_memory(model, task, steps=60, batch_size=8, max_facts=4, progress=False)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    with_memory = recall(model, task, 4, trials=8)
+    without = recall(model, task, 4, trials=8, use_memory=False)
+    assert with_memory["char_accuracy"] > without["char_accuracy"] + 0.3, (with_memory, without)
+    assert without["exact_match"] < 0.05
+    assert len(model.memory) == 0  # recall resets after itself
+
+
+# --------------------------------------------------------------------------- HF backbone
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(CHARS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_hf_backbone_forward_generate_and_memory():
+    from physllm.sampling import generate
+
+    model = HopfieldLM.from_hf(tiny_llama(), mem_heads=2, mem_head_dim=8, key_window=4).eval()
+    x = torch.tensor([encode("the code of bolek is ")])
+    logits, loss = model(x, x)
+    assert logits.shape == (1, x.size(1), len(CHARS)) and torch.isfinite(loss)
+    reference = model.backbone.model(input_ids=x).logits
+    torch.testing.assert_close(logits, reference)  # empty memory: the HF model unchanged
+    out = generate(model, x, 5, temperature=0)
+    assert out.shape == (1, x.size(1) + 5)
+    model.memorize(torch.tensor([encode("the code of bolek is xqzt.\n")]))
+    assert not torch.allclose(model(x)[0], reference)
+    records = [{"summary": "abc def.", "question": "what", "answers": ["def"]}]
+    task = NarrativeQATask(encode, records)
+    hist = train_memory(model, task, steps=2, batch_size=2, progress=False, lora_rank=2)
+    assert len(hist) == 2 and any("lora_" in n for n, _ in model.backbone.named_parameters())
+    decode = lambda ids: "".join(CHARS[i] for i in ids)  # noqa: E731
+    scores = narrativeqa_eval(model, task, decode, records, max_new_tokens=3)
+    assert scores["questions"] == 1 and 0.0 <= scores["token_f1"] <= 1.0
+    assert len(model.memory) == 0
+
+
+def test_hf_backbone_from_local_checkpoint(tmp_path):
+    llama = tiny_llama()
+    llama.save_pretrained(tmp_path / "llama")
+    cfg = dict(vocab_size=len(CHARS), block_size=64, backbone=f"hf:{tmp_path / 'llama'}")
+    model = build_model("hopfield", {**cfg, "mem_heads": 2, "mem_head_dim": 8}).eval()
+    x = torch.tensor([encode("abc")])
+    torch.testing.assert_close(model(x)[0], llama(input_ids=x).logits)
+    with pytest.raises(PhysllmError):
+        build_model("hopfield", {**cfg, "backbone": f"hf:{tmp_path / 'missing'}"})
+
+
+def test_token_f1():
+    assert token_f1("The old Man", ["an old man"]) == 1.0
+    assert token_f1("old", ["an old man", "x"]) == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert token_f1("", ["a b"]) == 0.0
+
+
+# --------------------------------------------------------------------------- NarrativeQA
+
+
+def test_narrativeqa_records_from_local_parquet(tmp_path, monkeypatch):
+    import pandas as pd
+
+    folder = tmp_path / "narrativeqa"
+    folder.mkdir()
+    rows = [
+        {
+            "document": {"id": str(i), "summary": {"text": f" story {i} summary. "}},
+            "question": {"text": f"who is {i}? "},
+            "answers": [{"text": f"answer {i}"}, {"text": "other"}],
+        }
+        for i in range(3)
+    ]
+    pd.DataFrame(rows).to_parquet(folder / "validation-00000-of-00001.parquet")
+    monkeypatch.setenv("PHYSLLM_DATA_DIR", str(tmp_path))
+    records = load_narrativeqa_records("validation")
+    assert records[1] == {
+        "summary": "story 1 summary.",
+        "question": "who is 1?",
+        "answers": ["answer 1", "other"],
+    }
+    chars = sorted(set("".join(json.dumps(r) for r in records)) | {" ", "\n", ":", "Q", "A"})
+    enc = {c: i for i, c in enumerate(chars)}
+    task = NarrativeQATask(lambda s: [enc[c] for c in s], records, pad_id=0)
+    ep = task.episode(2, 0, random.Random(0))
+    for b, record in enumerate(ep.items):
+        summary = [enc[c] for c in record["summary"]]
+        row = ep.read_ids[b].tolist()
+        assert not any(row[i : i + len(summary)] == summary for i in range(len(row)))
+        scored = ep.read_targets[b][ep.read_targets[b] >= 0].tolist()
+        assert scored == [enc[c] for c in " " + record["answers"][0]]
+    assert ep.write_valid.sum(1).tolist() == [len(r["summary"]) for r in ep.items]
+
+
+# --------------------------------------------------------------------------- registry, notebook
+
+
+def test_registry_presets_and_checkpoint(tmp_path):
+    from physllm.checkpoint import load_checkpoint, save_checkpoint
+    from physllm.presets import get_preset
+    from physllm.train import make_config
+
+    assert get_preset("hopfield", "gpu")["backbone"].startswith("hf:")
+    cfg = make_config("hopfield", "cpu", steps=1)
+    assert isinstance(cfg.model_config, HopfieldConfig)
+    model = tiny_model()
+    model.memorize(torch.tensor([encode("abc def")]))
+    from physllm.tokenization import CharTokenizer
+
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer(CHARS))
+    loaded, _, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["model"] == "hopfield" and len(loaded.memory) == 0  # weights, not memories
+    x = torch.tensor([encode("the code")])
+    model.memory.reset()
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    with pytest.raises(ValueError):
+        HopfieldConfig(combine="multiply")
+
+
+def test_notebook_runs(run_notebook):
+    _, out_dir = run_notebook("05_hopfield", steps=20)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["model"] == "hopfield" and metrics["steps"] == 20
+    for key in ("recall_with_memory", "recall_without_memory", "capacity_curve"):
+        assert key in metrics
+    assert (out_dir / "energy_descent.png").exists()
