@@ -170,15 +170,15 @@ CONTEXT_VECTOR_GPU: dict[str, Any] = dict(
     eval_iters=50,
 )
 
-# Hamiltonian LLM (notebook 01). CPU: nanoGPT's char shape, fewer steps, since the
+# Hamiltonian LLM (notebook 01). CPU: nanoGPT's char shape, 200 steps, since the
 # notebook trains the symplectic model (direct and conservative force), the seed
 # variant and a matched GPT. GPU: the seed's run (d 640, 12 layers, 10 heads,
 # context 1024, batch 8 x accum 16, 10k steps, constant lr 6e-4, FineWeb-Edu,
 # gpt2 tokens, end-of-text 50256), here with a held-out validation loss.
 HAMILTONIAN_CPU: dict[str, Any] = dict(
     NANOGPT_CHAR_CPU,
-    steps=300,
-    warmup_steps=30,
+    steps=200,
+    warmup_steps=20,
     eval_interval=100,
     eval_iters=10,
 )

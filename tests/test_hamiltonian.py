@@ -174,3 +174,24 @@ def test_gpu_preset_is_the_seeds_configuration():
             m.variant = variant
             n = build_model("hamiltonian", m).num_params()
             assert 115e6 < n < 130e6, (variant, n)  # the seed's "124M"
+
+
+def test_notebook_runs_with_20_steps(run_notebook):
+    import json
+
+    from tests.conftest import shakespeare_available
+
+    _, out_dir = run_notebook(
+        "01_hamiltonian", steps=20, steer_samples=50, steer_tokens=8, bench_steps=0, threads=1
+    )
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["model"] == "hamiltonian" and metrics["steps"] == 20
+    assert set(metrics["runs"]) == {"symplectic", "symplectic-conservative", "seed", "gpt"}
+    assert all(run["steps"] == 20 for run in metrics["runs"].values())
+    assert metrics["corpus"] == ("shakespeare" if shakespeare_available() else "pydocs")
+    rows = metrics["steering"]["symplectic"]
+    assert {r["strength"] for r in rows} == {-1.0, -0.5, 0.0, 0.5, 1.0}
+    assert all(r["n"] == 50 for r in rows)
+    assert 1.8 <= metrics["oscillator_slopes"]["leapfrog"] <= 2.2
+    for name in ("layer_energies", "model_drift", "phase_space", "decay", "steering_symplectic"):
+        assert (out_dir / f"{name}.png").exists(), name
