@@ -64,12 +64,10 @@ bench_repeats = 2  # interleaved benchmark rounds at block 256 (0: skip the benc
 sample_text = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 # %%
-import json
-import math
+# NBVAL_IGNORE_OUTPUT
 from dataclasses import fields
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
@@ -85,10 +83,8 @@ from physllm.analysis.coordinates import (
 from physllm.bench import BenchConfig, format_table, run_bench
 from physllm.models.gpt import GPTConfig
 from physllm.models.ngt import (
-    NGT,
     GravityAttention,
     NGTBlock,
-    NGTConfig,
     augmented_qk,
     cutoff_term,
     gaussian_scores,
@@ -139,7 +135,7 @@ print(
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig = plot_kernel_weights()
-save_figure(fig, out_dir, "kernel_weight_vs_distance")
+_ = save_figure(fig, out_dir, "kernel_weight_vs_distance")
 
 # %% [markdown]
 # The seed's two radius cutoffs (a learned $R$ per layer) make it worse:
@@ -322,13 +318,13 @@ fig = plot_loss_curves(
     {f"NGT ({kernel})": ngt_run.history, "GPT": gpt_run.history},
     title=f"NGT vs GPT, {ngt_run.metrics['corpus']}, {ngt_run.metrics['device']}",
 )
-save_figure(fig, out_dir, "loss_curves")
+_ = save_figure(fig, out_dir, "loss_curves")
 fig = plot_loss_curves(
     {f"NGT ({kernel})": ngt_run.history, "GPT": gpt_run.history},
     x="time_s",
     title="the same against training time",
 )
-save_figure(fig, out_dir, "loss_vs_time")
+_ = save_figure(fig, out_dir, "loss_vs_time")
 
 # %% [markdown]
 # ### Speed
@@ -346,8 +342,12 @@ print(f"training tokens/s, NGT / GPT (sequential runs): {train_speed_ratio:.2f}"
 bench_rows = []
 if bench_repeats > 0:
     shape = ngt_cfg.model_config
+    # NGT as trained here (coordinate sizes, MLP width), with each kernel
+    ngt_spec = "ngt:" + "+".join(
+        f"{k}={getattr(shape, k)}" for k in ("n_coord", "head_coord", "mlp_hidden")
+    )
     bench_cfg = BenchConfig(
-        models=["gpt", "ngt", "ngt:kernel=seed"],
+        models=["gpt", ngt_spec, ngt_spec + "+kernel=seed"],
         batch_size=8 if preset == "cpu" else 16,
         block_size=max(256, shape.block_size),
         n_layer=shape.n_layer,
@@ -362,8 +362,8 @@ if bench_repeats > 0:
     bench_rows = run_bench(bench_cfg)
     print(format_table(bench_rows, bench_cfg))
 bench = {r["model"]: r for r in bench_rows}
-speed_ratio = bench["ngt"]["speed_ratio"] if bench else train_speed_ratio
-seed_speed_ratio = bench["ngt:kernel=seed"]["speed_ratio"] if bench else None
+speed_ratio = bench[ngt_spec]["speed_ratio"] if bench else train_speed_ratio
+seed_speed_ratio = bench[ngt_spec + "+kernel=seed"]["speed_ratio"] if bench else None
 
 # %% [markdown]
 # ## 4. Inside the model
@@ -401,7 +401,7 @@ print(
 fig3d = plot_coordinates_3d(trace["z"][:, 0], tokens, trace["mass"][0])
 html_path = out_dir / "coordinates_3d.html"
 fig3d.write_html(str(html_path), include_plotlyjs="cdn")
-print("wrote", html_path)
+print("wrote", html_path.name)
 
 fig = plt.figure(figsize=(10, 4.5))
 for panel, layer in enumerate((0, trace["z"].size(0) - 1)):
@@ -420,7 +420,7 @@ for panel, layer in enumerate((0, trace["z"].size(0) - 1)):
         ax.text(p[i, 0], p[i, 1], p[i, 2], repr(t)[1:-1], fontsize=7)
     ax.set_title("z0 (positions)" if layer == 0 else f"after layer {layer}")
 fig.tight_layout()
-save_figure(fig, out_dir, "coordinates_pca")
+_ = save_figure(fig, out_dir, "coordinates_pca")
 
 # %% [markdown]
 # **TensorBoard projector.** The same coordinates, one tensor per layer,
@@ -441,7 +441,7 @@ with torch.no_grad():
     vocab_mass = torch.nn.functional.softplus(model.mass_emb.weight.squeeze(-1)).cpu()
 vocab = [tok.decode([i]) for i in range(tok.vocab_size)]
 fig = plot_token_masses(vocab_mass[: tok.vocab_size], vocab, top=15)
-save_figure(fig, out_dir, "token_masses")
+_ = save_figure(fig, out_dir, "token_masses")
 order = vocab_mass[: tok.vocab_size].argsort(descending=True).tolist()
 print("heaviest:", [vocab[i] for i in order[:10]])
 print("lightest:", [vocab[i] for i in order[-10:]])
@@ -453,7 +453,7 @@ print("lightest:", [vocab[i] for i in order[-10:]])
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig = plot_attention_maps(trace["attn"][:, 0], tokens)
-save_figure(fig, out_dir, "attention_maps")
+_ = save_figure(fig, out_dir, "attention_maps")
 
 # %% [markdown]
 # **Gravity constant and radius over training.** $\gamma$ (mean over heads
@@ -465,7 +465,7 @@ save_figure(fig, out_dir, "attention_maps")
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig = plot_aux_history({"NGT": ngt_run.history}, ["gamma_mean", "radius_mean", "mass_mean"])
-save_figure(fig, out_dir, "gamma_radius_mass")
+_ = save_figure(fig, out_dir, "gamma_radius_mass")
 print("final gamma per layer and head:\n", trace["gamma"].numpy().round(3))
 print("soft radius 1/sqrt(gamma) per layer:", (1 / trace["gamma"].mean(1).sqrt()).numpy().round(3))
 
@@ -474,7 +474,13 @@ print("soft radius 1/sqrt(gamma) per layer:", (1 / trace["gamma"].mean(1).sqrt()
 #
 # With `-p extra_seeds N` both models train again with N further seeds, so
 # the gap below comes with its spread. The default (0) keeps the notebook
-# inside its time budget; the report says how many seeds stand behind it.
+# inside its time budget, so by default the gap printed here is one seed's.
+# The same runs from the command line (the `cpu` preset of both models):
+#
+# ```
+# python -m physllm train --model ngt --preset cpu --seed 1338 --out-dir runs/03_ngt_seeds/ngt_s1338
+# python -m physllm train --model gpt --preset cpu --steps 1000 --eval-interval 200 --seed 1338 --out-dir runs/03_ngt_seeds/gpt_s1338
+# ```
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -488,9 +494,7 @@ for extra in range(1, extra_seeds + 1):
     gaps.append(s_ngt.metrics["val_loss"] - s_gpt.metrics["val_loss"])
 gap_mean = sum(gaps) / len(gaps)
 gap_std = (
-    (sum((g - gap_mean) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5
-    if len(gaps) > 1
-    else None
+    (sum((g - gap_mean) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5 if len(gaps) > 1 else None
 )
 print(
     f"val-loss gap NGT - GPT over {len(gaps)} seed(s): {[round(g, 4) for g in gaps]}, mean {gap_mean:+.4f} nats"

@@ -194,6 +194,36 @@ def test_parameters_match_the_vanilla_gpt():
         assert abs(ngt - gpt) / gpt < 0.005, (ngt, gpt)
 
 
+def test_gpu_preset_is_the_seeds_wikitext103_run():
+    from dataclasses import replace
+
+    from physllm.train import make_config
+
+    cfg = make_config("ngt", "gpu")
+    m = cfg.model_config
+    assert (cfg.corpus, cfg.tokenizer) == ("wikitext103", "bpe:8192")
+    assert (m.n_embd, m.n_coord, m.n_layer, m.n_head, m.mlp_hidden, m.block_size) == (
+        512,
+        64,
+        8,
+        8,
+        2048,
+        512,
+    )
+    assert (cfg.batch_size, cfg.grad_accum, cfg.lr, cfg.warmup_steps, cfg.steps) == (
+        16,
+        2,
+        3e-4,
+        2000,
+        15_000,
+    )
+    assert m.dropout == 0.1 and m.kernel == "gaussian"
+    with torch.device("meta"):
+        model = NGT(replace(m, vocab_size=8192))
+    # q' and k' are padded to the value head size: one head size for the fused kernels
+    assert model.blocks[0].attn.qk_dim == 512 // 8
+
+
 def test_trace_shapes_and_weights():
     model = tiny().eval()
     idx = torch.randint(0, 17, (2, 10))

@@ -130,7 +130,12 @@ def seed_scores(
     mass: torch.Tensor | None,
     eps: float,
 ) -> torch.Tensor:
-    """The seed's score. d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None."""
+    """The seed's score. d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None.
+
+    The formula its README documents; its last code adds b before multiplying
+    by m_i m_j, (-gamma / (d2 + eps) + b) m_i m_j: a different bias, the same
+    dependence on distance (and so the same repulsion).
+    """
     g, b = gamma.view(-1, 1, 1), bias.view(-1, 1, 1)
     mm = 1.0 if mass is None else (mass.unsqueeze(-1) * mass.unsqueeze(-2)).unsqueeze(1)
     # s_ij = -gamma m_i m_j / (d2_ij + eps) + b
