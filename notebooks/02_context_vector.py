@@ -57,6 +57,7 @@ bench_timed_tokens = 128  # tokens generated one at a time and timed at each len
 chat_steps = 150  # steps of the chat demo's model (0: skip the chat demo)
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
@@ -79,7 +80,6 @@ from physllm.models.context_vector import (
 from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
 from physllm.train import make_config, train
 
-# NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
