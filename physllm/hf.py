@@ -135,7 +135,12 @@ class ContextVectorForCausalLM(PreTrainedModel, GenerationMixin):
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, state=None, **kwargs) -> dict:
-        """The whole prompt first; afterwards only the newest token (the state holds the rest)."""
+        """The whole prompt first; afterwards only the newest token (the state holds the rest).
+
+        The attention mask ``generate`` builds is not passed on: it guesses
+        padding from ``pad_token_id``, which may be a real token of an
+        unpadded prompt. Batched prompts must have equal lengths.
+        """
         if state is not None:
             input_ids = input_ids[:, -1:]
         return {"input_ids": input_ids, "state": state, "use_cache": kwargs.get("use_cache")}
