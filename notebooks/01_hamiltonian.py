@@ -319,7 +319,7 @@ save_figure(fig, out_dir, "layer_energies")
 # Take layer 1 of the trained conservative model, fix its context on a
 # validation sequence, and integrate every token's $(q, p)$ under that
 # layer's potential for many small steps (float64): 1000 steps at
-$\Delta t = 0.05$, and the maximum error over $t \in [0, 1]$ for each $\Delta t$.
+# $\Delta t = 0.05$, and the maximum error over $t \in [0, 1]$ for each $\Delta t$.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
