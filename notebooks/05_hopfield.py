@@ -50,6 +50,7 @@ corpus = "default"  # the backbone's language-modelling corpus (stage 1)
 tokenizer = "char"
 device = "auto"
 seed = 1337
+threads = 1  # CPU threads: the memory's many small ops gain nothing from more (and lose a lot on a busy machine)
 out_dir = "runs/05_hopfield"
 memory_steps = None  # stage-2 steps (None: the preset's memory_steps, or `steps` when that is set)
 n_updates = 1  # Hopfield updates per read (1: exactly attention)
@@ -79,7 +80,7 @@ from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
 from physllm.train import make_config, train
 
 # NBVAL_IGNORE_OUTPUT
-preset, device = setup(seed=seed, preset=preset, device=device)
+preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
 
@@ -220,7 +221,7 @@ show_source(HopfieldLM.call)
 # The facts experiment uses the char backbone at every preset (it is small); the gpu
 # preset adds the NarrativeQA experiment with Llama-3.2-3B in section 9.
 overrides = {"steps": steps} if steps is not None else {}
-cfg = make_config("hopfield", "cpu", corpus=corpus, tokenizer=tokenizer, device=device, seed=seed,
+cfg = make_config("hopfield", "cpu", corpus=corpus, tokenizer=tokenizer, device=device, seed=seed, threads=threads,
                   out_dir=str(out_dir / "backbone"), n_updates=n_updates, combine=combine,
                   key_window=key_window, **overrides)
 mcfg = cfg.model_config
@@ -343,17 +344,27 @@ save_figure(fig, out_dir, "energy_descent")
 # %% [markdown]
 # ## 7. Capacity
 #
-# Recall against the number of facts in memory (each fact is 27 slots; the
-# bank holds `n_slots`, beyond which FIFO replacement forgets the oldest
-# facts). Training saw at most `memory_facts` facts per episode.
+# Recall against the number of facts in memory. Each fact writes one slot
+# per character; the bank holds `n_slots`, beyond which FIFO replacement
+# forgets the oldest facts, so recall can be at most (facts that fit) / n:
+# the dotted bound. Training saw at most `memory_facts` facts per episode.
+
+# %%
+slots_per_fact = len(tok.encode(task.write_text(task.facts(1, random.Random(0)))))
+facts_fit = mcfg.n_slots / slots_per_fact
+print(f"{slots_per_fact} slots per fact; the bank of {mcfg.n_slots} slots holds {facts_fit:.0f} facts")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-curve = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed)
+if memory_steps < 100:  # smoke runs (-p steps 20) check the plumbing: a shorter curve
+    capacity_sizes = capacity_sizes[:3]
+curve = capacity_curve(model, task, capacity_sizes, questions=32, seed=seed)
 curve_without = [recall(model, task, n, trials=1, seed=seed + n, use_memory=False) for n in capacity_sizes[:3]]
-fig = plot_capacity_curve(curve, curve_without, chance=1 / 26)
+fig = plot_capacity_curve(curve, curve_without, chance=1 / 26, facts_fit=facts_fit)
 save_figure(fig, out_dir, "capacity_curve")
-pd.DataFrame(curve).set_index("n_facts")
+capacity = pd.DataFrame(curve).set_index("n_facts")
+capacity["bank_bound"] = [min(1.0, facts_fit / n) for n in capacity.index]
+capacity
 
 # %% [markdown]
 # ## 9. GPU preset: NarrativeQA with the summary in memory only

@@ -81,9 +81,16 @@ def retrieval_vs_beta(
 
 
 def plot_capacity_curve(
-    with_memory: list[dict], without_memory: list[dict] | None = None, chance: float | None = None
+    with_memory: list[dict],
+    without_memory: list[dict] | None = None,
+    chance: float | None = None,
+    facts_fit: float | None = None,
 ):
-    """Exact-match recall (and per-character accuracy) against the number of facts stored."""
+    """Exact-match recall (and per-character accuracy) against the number of facts stored.
+
+    ``facts_fit``: how many facts the bank holds; past it FIFO has forgotten
+    the oldest, so recall is at most facts_fit / n (drawn as a dotted bound).
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -112,6 +119,10 @@ def plot_capacity_curve(
             color="C3",
             alpha=0.5,
             label="no memory: per character",
+        )
+    if facts_fit is not None:
+        ax.plot(
+            n, [min(1.0, facts_fit / k) for k in n], ":", color="k", label="bank-size bound (FIFO)"
         )
     if chance is not None:
         ax.axhline(chance, color="gray", lw=0.8, ls=":", label="chance per character")

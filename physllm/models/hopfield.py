@@ -64,19 +64,14 @@ class HopfieldConfig(ModelConfig):
     # the memory layer
     mem_heads: int = 4
     mem_head_dim: int = 32
-    key_window: int = (
-        12  # keys see the last 12 hidden states: " NAME is ab" fits, whatever the name
-    )
+    key_window: int = 12  # hidden states per key: " NAME is abc" fits
     n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
-    beta_init: float = (
-        0.5  # per-head inverse temperature; keys are unit-RMS so beta*d_head sets the gap
-    )
+    beta_init: float = 0.5  # per head; unit-RMS keys: an exact match scores beta * d_head = 16
     combine: str = "gated"  # add | gated | concat
     mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
-    n_slots: int = 4096  # slot bank size: 150 facts of 27 characters
+    n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
     # stage-2 training of the memory (physllm.hopfield_tasks.train_memory)
-    memory_task: str = "facts"  # facts | narrativeqa
     memory_steps: int = 150  # the facts task converges in about 60 steps (CPU preset)
     memory_lr: float = 1e-2  # a small layer on frozen features: a large step is safe
     memory_batch: int = 8  # episodes per step
@@ -210,7 +205,7 @@ class HopfieldMemory(nn.Module):
             self.gate = nn.Linear(2 * n_embd, 1)
         elif config.combine == "concat":
             self.mix = nn.Linear(2 * n_embd, n_embd, bias=False)
-            with torch.no_grad():  # starts as h + W_o r: identity on h
+            with torch.no_grad():  # starts as h + r: identity on h
                 self.mix.weight.zero_()
                 self.mix.weight[:, :n_embd].copy_(torch.eye(n_embd))
                 self.mix.weight[:, n_embd:].copy_(torch.eye(n_embd))
