@@ -318,7 +318,8 @@ def test_coordinate_plots_and_projector(tmp_path):
     fig = plot_coordinates_3d(z, tokens, tr["mass"][0])
     assert len(fig.data) == 3 and len(fig.layout.sliders[0].steps) == 3
     assert [t.visible for t in fig.data] == [True, False, False]
-    out = export_projector(tmp_path / "proj", z, tokens, tr["mass"][0])
+    export_projector(tmp_path / "proj", z[:2], tokens, tr["mass"][0])
+    out = export_projector(tmp_path / "proj", z, tokens, tr["mass"][0])  # a rerun replaces it
     config = (out / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 3 and "metadata_path" in config
     r = torch.tensor([0.5, 1.0, 2.0, 3.0])

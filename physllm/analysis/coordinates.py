@@ -146,11 +146,15 @@ def export_projector(
 ) -> Path:
     """Write z_layers (L+1, T, C) for TensorBoard's projector (one tensor per layer).
 
-    View with ``tensorboard --logdir <log_dir>``, tab "Projector".
+    View with ``tensorboard --logdir <log_dir>``, tab "Projector". The folder is
+    replaced: a rerun must not stack its tensors onto the last run's.
     """
+    import shutil
+
     from torch.utils.tensorboard import SummaryWriter
 
     log_dir = Path(log_dir)
+    shutil.rmtree(log_dir, ignore_errors=True)
     writer = SummaryWriter(str(log_dir))
     header = ["token", "position"] + ([] if mass is None else ["mass"])
     meta = [
