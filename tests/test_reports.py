@@ -212,6 +212,8 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
     assert metrics["steps"] == 5
     assert [p.name for p in (reports / "01_tiny").iterdir()] == ["same"]  # no backup left behind
     assert latest_runs(reports)["01_tiny"]["html"] == "01_tiny/same/01_tiny.html"
+    record = json.loads((reports / "01_tiny" / "same" / "run.json").read_text())
+    assert record["load_avg_1m"] >= 0 and record["cpu_count"] >= 1  # context for speed numbers
 
 
 @pytest.mark.parametrize(
