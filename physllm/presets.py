@@ -225,35 +225,6 @@ HOPFIELD_GPU: dict[str, Any] = dict(
     mem_head_dim=128,
     key_window=4,
     n_slots=16384,
-    memory_task="narrativeqa",
-    memory_steps=3000,
-    memory_lr=1e-4,
-    memory_batch=4,
-    lora_rank=16,
-)
-
-# CHopT (notebook 05). CPU: nanoGPT's char GPT trained briefly as the backbone
-# (stage 1, the memory empty), then the memory layer on synthetic facts with the
-# backbone frozen (stage 2, memory_* fields). GPU: Llama-3.2-3B (pretrained, so
-# no stage 1: steps=0) with LoRA, NarrativeQA summaries written to memory only.
-HOPFIELD_CPU: dict[str, Any] = dict(
-    NANOGPT_CHAR_CPU,
-    steps=500,
-    warmup_steps=50,
-    eval_interval=250,
-    eval_iters=10,
-    memory_steps=150,
-)
-HOPFIELD_GPU: dict[str, Any] = dict(
-    backbone="hf:meta-llama/Llama-3.2-3B",
-    tokenizer="hf:meta-llama/Llama-3.2-3B",
-    corpus="narrativeqa",
-    block_size=2048,
-    steps=0,
-    mem_heads=8,
-    mem_head_dim=128,
-    key_window=4,
-    n_slots=16384,
     memory_steps=3000,
     memory_lr=1e-4,
     memory_batch=4,
@@ -262,7 +233,6 @@ HOPFIELD_GPU: dict[str, Any] = dict(
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {"cpu": NANOGPT_CHAR_CPU, "gpu": GPT2_SMALL_GPU},
-    "hopfield": {"cpu": HOPFIELD_CPU, "gpu": HOPFIELD_GPU},
     "hopfield": {"cpu": HOPFIELD_CPU, "gpu": HOPFIELD_GPU},
     "hamiltonian": {"cpu": HAMILTONIAN_CPU, "gpu": HAMILTONIAN_GPU},
     "context_vector": {"cpu": CONTEXT_VECTOR_CPU, "gpu": CONTEXT_VECTOR_GPU},
