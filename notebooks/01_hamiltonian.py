@@ -62,7 +62,7 @@ tokenizer = "char"
 device = "auto"
 seed = 1337
 out_dir = "runs/01_hamiltonian"
-mode = "direct"  # the main model's force: "direct" (fast) or "conservative" (F = -dV/dq)
+mode = "direct"  # force of the main model: "direct" (fast) or "conservative" (F = -dV/dq)
 steer_targets = "the,love,king"  # comma-separated target words for the steering curve
 steer_samples = 50  # continuations per (target, strength), generated as one batch
 steer_tokens = 24  # length of each continuation
