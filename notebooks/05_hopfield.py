@@ -367,6 +367,28 @@ capacity["bank_bound"] = [min(1.0, facts_fit / n) for n in capacity.index]
 capacity
 
 # %% [markdown]
+# ## 8. A limit: paraphrased questions
+#
+# Each slot is keyed by the *context* in which a token was written, so the
+# memory answers a question that reproduces the fact's wording
+# ("the code of NAME is"). Here the same training runs with call 2 asking
+# `what is the code of NAME? ` instead, on a fresh memory layer. The query
+# must now learn to match a context that never occurred in call 1.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import copy
+
+para_model = copy.deepcopy(model)
+para_model.memory_layer = HopfieldMemory(mcfg, para_model.backbone.n_embd)  # untrained memory
+para_task = FactsTask(tok.encode, question="what is the code of {name}? ")
+para_history = train_memory(para_model, para_task, memory_steps, batch_size=mcfg.memory_batch,
+                            max_facts=mcfg.memory_facts, lr=mcfg.memory_lr, seed=seed, progress=False)
+paraphrased = recall(para_model, para_task, eval_facts, trials=4, seed=seed)
+recall_table({"question = the fact's wording": with_memory, "paraphrased question": paraphrased,
+              "no memory": without_memory})
+
+# %% [markdown]
 # ## 9. GPU preset: NarrativeQA with the summary in memory only
 #
 # With `preset="gpu"` the memory sits on a pretrained Llama-3.2-3B (LoRA r 16
@@ -419,6 +441,7 @@ path = write_metrics(
     recall_exact_match=with_memory["exact_match"],
     recall_exact_match_no_memory=without_memory["exact_match"],
     capacity_curve=curve,
+    recall_paraphrased=paraphrased,
     learned_beta=model.memory_layer.beta.tolist(),
     narrativeqa=narrativeqa,
 )
