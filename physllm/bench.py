@@ -85,15 +85,15 @@ def _rss_mb() -> float:
 
 def measure_training(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     """Forward+backward(+AdamW step) tokens/s and peak memory of one model, in this process."""
-    import resource
 
     from physllm.models import build_model
-    from physllm.train import resolve_device
+    from physllm.train import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
+    reset_peak_rss()
     baseline = _rss_mb()
     name, mcfg = model_config_for(spec, cfg)
     model = build_model(name, mcfg).to(device).train()
@@ -121,7 +121,7 @@ def measure_training(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:  # peak resident memory above what the process held before building the model
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+        peak = peak_rss_mb() - baseline
     return {
         "model": spec,
         "params": model.num_params(),
@@ -224,26 +224,6 @@ def _tensor_kb(obj: Any) -> float:
     return 0.0
 
 
-def _reset_peak_rss() -> bool:
-    """Linux: restart the process's peak-RSS watermark (VmHWM) from its current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @torch.no_grad()
 def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     """Streaming decode at one context length (``cfg.lengths`` holds one number), in this process.
@@ -258,7 +238,7 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     of the cache (GPT: keys and values; context_vector: its state vectors).
     """
     from physllm.models import build_model
-    from physllm.train import resolve_device
+    from physllm.train import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -284,7 +264,7 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    reset = device.type == "cuda" or _reset_peak_rss()
+    reset = device.type == "cuda" or reset_peak_rss()
     times = []
     for _ in range(timed - 1):
         t0 = time.perf_counter()
@@ -295,7 +275,7 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     elapsed = sum(times)
     median = sorted(times)[len(times) // 2]  # robust to a busy machine's stalls
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
     return {
         "model": spec,
         "length": length,
