@@ -97,7 +97,14 @@ from physllm.integrators import (
 )
 from physllm.models.hamiltonian import DecayConv, HamiltonianLM, SeedBlock, SymplecticLayer
 from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
-from physllm.steering import compare_decoders, iter_flow, iter_least_action, run_once, steering_curve
+from physllm.presets import baseline_overrides
+from physllm.steering import (
+    compare_decoders,
+    iter_flow,
+    iter_least_action,
+    run_once,
+    steering_curve,
+)
 from physllm.train import make_config, train
 
 notebook_start = time.perf_counter()
@@ -246,11 +253,12 @@ specs = {
     "symplectic": ("hamiltonian", dict(mode=mode, mlp_ratio=ratio[mode])),
     f"symplectic-{other_mode}": ("hamiltonian", dict(mode=other_mode, mlp_ratio=ratio[other_mode])),
     "seed": ("hamiltonian", dict(variant="seed")),
-    "gpt": ("gpt", {}),
+    # The baseline trains at this notebook's budget (steps, schedule, shape), not GPT's own preset.
+    "gpt": ("gpt", baseline_overrides("hamiltonian", preset)),
 }
 runs = {}
 for name, (model_name, extra) in specs.items():
-    cfg = make_config(model_name, preset, **common, **extra, out_dir=str(out_dir / name))
+    cfg = make_config(model_name, preset, **{**extra, **common}, out_dir=str(out_dir / name))
     t0 = time.perf_counter()
     runs[name] = train(cfg)
     print(f"{name:<24} {runs[name].metrics['params']:>9,} params  trained in {time.perf_counter() - t0:.0f} s")

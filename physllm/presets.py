@@ -248,3 +248,19 @@ def get_preset(model: str, preset: str) -> dict[str, Any]:
     except KeyError:
         known = ", ".join(PRESETS.get(model, {})) or "none"
         raise PhysllmError(f"no preset {preset!r} for model {model!r} (known: {known})") from None
+
+
+def baseline_overrides(model: str, preset: str, baseline: str = "gpt") -> dict[str, Any]:
+    """The settings of ``model``'s preset that ``baseline`` can take too (training budget,
+    data, shared shape fields), so a vanilla baseline trains at the same budget."""
+    import dataclasses
+
+    from physllm.models import get_model_classes
+    from physllm.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | {
+        f.name for f in dataclasses.fields(get_model_classes(baseline)[0])
+    }
+    return {
+        k: v for k, v in get_preset(model, preset).items() if k in names - {"model", "model_config"}
+    }

@@ -10,8 +10,8 @@ from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
 from physllm.models.gpt import GPT, GPTConfig
-from physllm.models.hopfield import HopfieldConfig, HopfieldLM
 from physllm.models.hamiltonian import HamiltonianConfig, HamiltonianLM
+from physllm.models.hopfield import HopfieldConfig, HopfieldLM
 from physllm.models.ngt import NGT, NGTConfig
 from physllm.models.qllm import QLLM, QLLMConfig
 
