@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from typing import Any
 
 from physllm.data import repo_root
 from physllm.errors import PhysllmError
+from physllm.train import git_sha
 
 NOTEBOOKS_ENV = "PHYSLLM_NOTEBOOKS_DIR"  # where notebooks are looked up (tests point it elsewhere)
 HEAVY_DIRS = ("best", "last", "tb")  # checkpoints and TensorBoard logs
@@ -179,26 +179,6 @@ def validate_run_name(name: str) -> str:
             f"run name {name!r} must be a plain folder name (letters, digits, . _ + = -)"
         )
     return name
-
-
-def git_sha() -> str:
-    """The checkout's short commit (``-dirty`` when tracked files changed), or ``unknown``."""
-    root = repo_root()
-    if root is None:
-        return "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "physllm", "notebooks"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
 # --------------------------------------------------------------------------- one run

@@ -193,18 +193,22 @@ def reset_peak_rss() -> bool:
 
 
 def git_sha() -> str:
+    """The checkout's short commit (``-dirty`` when tracked code changed), or ``unknown``."""
     root = repo_root()
+    if root is None:
+        return "unknown"
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "physllm", "notebooks")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
 @torch.no_grad()
