@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
-import platform
 import time
 import typing
 from dataclasses import dataclass, field
@@ -177,11 +176,11 @@ def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
 
 
 def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name()}), torch {torch.__version__}"
-    import os
+    """The run's device in ``metrics.json``'s words, plus the torch version."""
+    from physllm.train import device_description
 
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"{device_description(device)}, torch {torch.__version__}"
 
 
 def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
