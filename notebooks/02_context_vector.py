@@ -51,13 +51,14 @@ tokenizer = "char"  # (gpu preset: its own)
 device = "auto"
 seed = 1337
 out_dir = "runs/02_context_vector"
-variants = "seed,fixed,scan"  # runs besides gpt: seed (the preset), fixed (fixed form, a loop), scan (input gates)
+variants = "seed,fixed,scan,seed_windows,scan_windows"  # runs besides gpt: seed (the preset), fixed (fixed form, a loop), scan (input gates); *_windows: the same trained on random windows (no state carried)
 bench_lengths = "1024,8192,65536"  # streaming benchmark: context lengths
 bench_timed_tokens = 128  # tokens generated one at a time and timed at each length
 chat_steps = 150  # steps of the chat demo's model (0: skip the chat demo)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import pandas as pd
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
@@ -71,14 +72,13 @@ from physllm.models.context_vector import (
     FNN,
     ContextLayer,
     ContextVectorModel,
-    carried_state_loss,
     gpt_overrides_matching,
     hidden_matching,
     linear_scan,
     sequential_scan,
 )
 from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
-from physllm.train import make_config, train
+from physllm.train import estimate_stream_loss, make_config, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
@@ -198,12 +198,22 @@ for form, gates in [("seed", "hidden"), ("fixed", "hidden"), ("fixed", "input")]
 # preset's: the loop is many tiny operations, where more threads only add
 # synchronisation).
 #
-# One honest caveat: `physllm.train` samples *random* windows, so every
-# training window starts from a zero context. Truncated backpropagation
-# through time across consecutive blocks (the state handed from one block to
-# the next) is not what it does; the model never sees a context longer than
-# a block in training. Section 4 measures what carrying the state at
-# evaluation time gives anyway.
+# **Truncated backpropagation through time.** The preset sets
+# `carry_state=True`, the seed's way of training: the trainer cuts the corpus
+# into `batch_size` segments, one per batch row, and each optimizer step reads
+# the *next* block of every segment (`physllm.data.StreamSampler`), starting
+# from the context the previous step left (detached, so the gradient stops at
+# the block boundary; the forward pass still sees the whole stream, as
+# generation does):
+#
+# $$
+# c^{(k+1)}_{-1} = \mathrm{stopgrad}ig(c^{(k)}_{T-1}ig)
+# $$
+#
+# Validation is read the same way (consecutive blocks, state carried).
+# `seed_windows` and `scan_windows` train the same models on nanoGPT's random
+# windows instead, each from a zero context; section 4 scores every model on
+# identical validation blocks both ways.
 
 # %%
 overrides = {"steps": steps} if steps is not None else {}
@@ -228,6 +238,7 @@ configs = {
     "scan": dict(arch, form="fixed", gates="input", n_hidden=hidden_matching(target, **{**arch, "vocab_size": V, "form": "fixed", "gates": "input"})),
     "fixed": dict(arch, form="fixed", gates="hidden", n_hidden=hidden_matching(target, **{**arch, "vocab_size": V, "form": "fixed"})),
 }
+configs.update(seed_windows=dict(arch, carry_state=False), scan_windows=dict(configs["scan"], carry_state=False))
 for name in [v.strip() for v in variants.split(",") if v.strip() not in ("", "seed")]:
     cfg = make_config("context_vector", None, out_dir=str(out_dir / name), **train_fields, **configs[name])
     results[name] = train(cfg)
@@ -263,6 +274,7 @@ for name, m in metrics.items():
 if "scan" in metrics:
     s_, q_ = metrics["seed"], metrics["scan"]
     print(f"scan vs seed loop: training speed x{q_['tokens_per_sec'] / s_['tokens_per_sec']:.2f}, val loss {q_['val_loss'] - s_['val_loss']:+.3f} nats")
+print("val loss is read as each run was trained: consecutive blocks with the state carried (carry_state runs), random windows otherwise")
 
 # %% [markdown]
 # The context-free baseline (unigram frequencies) tells whether a model uses
@@ -280,20 +292,33 @@ print("every model beats unigram by > 0.3 nats:", all(beats.values()) or not lon
 assert all(beats.values()) or not long_run
 
 # %% [markdown]
-# ## 4. Does the context carry anything past the training window?
+# ## 4. Carrying the state: in training and at evaluation
 #
-# Generation carries the state forever. Training never did (random windows,
-# zero start). Here the validation text is read as consecutive blocks, once
-# with the state handed from block to block (what streaming sees) and once
-# reset at every block (what training saw).
+# Every context-vector run is scored here on the *same* validation text: 12
+# streams of consecutive blocks (`estimate_stream_loss`), once with the state
+# handed from block to block (what streaming generation sees) and once
+# restarted from zero at every block (what a random-window model saw in
+# training). The gap is what the carried context buys; comparing a
+# `carry_state` run with its `_windows` twin is what truncated BPTT buys.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 carry = {}
 for name in [k for k in results if k != "gpt"]:
-    carried, reset = carried_state_loss(results[name].model.cpu(), val_ids[:40_000], mc.block_size, 64)
-    carry[name] = {"carried": carried, "reset": reset}
-    print(f"{name:<6} val loss with the state carried {carried:.4f}, reset each block {reset:.4f}")
+    model = results[name].model.cpu()
+    carried, _ = estimate_stream_loss(model, data, "val", 100, 12, carry=True)
+    reset, _ = estimate_stream_loss(model, data, "val", 100, 12, carry=False)
+    carry[name] = {"trained_with_state": model.config.carry_state, "carried": carried, "reset": reset}
+pd.DataFrame(carry).T.assign(gain_from_state=lambda t: t["reset"] - t["carried"])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for form in ("seed", "scan"):
+    if form in carry and f"{form}_windows" in carry:
+        a, b = carry[form], carry[f"{form}_windows"]
+        print(f"{form}: truncated BPTT vs random windows, both read with the state carried: "
+              f"{a['carried']:.4f} vs {b['carried']:.4f} ({a['carried'] - b['carried']:+.4f} nats); "
+              f"the carried state is worth {a['reset'] - a['carried']:.4f} vs {b['reset'] - b['carried']:.4f} nats")
 
 # %% [markdown]
 # ## 5. Inside the context vector
@@ -315,7 +340,7 @@ _ = save_figure(fig, out_dir, "context_heatmap")
 # %%
 # NBVAL_IGNORE_OUTPUT
 batch = val_ids[: 16 * mc.block_size].view(16, mc.block_size)
-traces = {name: results[name].model.trace(batch)[0] for name in results if name != "gpt"}
+traces = {name: results[name].model.trace(batch)[0] for name in ("seed", "fixed", "scan") if name in results}
 gates = {name: gate_summary(t) for name, t in traces.items()}
 fig = plot_gate_stats(traces)
 _ = save_figure(fig, out_dir, "gate_stats")
@@ -471,8 +496,6 @@ summary = {
     }
     for name, m in metrics.items()
 }
-import pandas as pd
-
 pd.DataFrame(summary).T
 
 # %%

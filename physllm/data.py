@@ -3,7 +3,8 @@
 A corpus is a name that :func:`load_corpus` turns into two strings, ``train``
 and ``val``. :func:`prepare` tokenizes them once into ``uint16``/``uint32``
 memmaps under the cache folder, keyed by corpus and tokenizer, with a
-``meta.json`` beside them; :class:`TokenData` serves random windows from them.
+``meta.json`` beside them; :class:`TokenData` serves random windows from them,
+and :class:`StreamSampler` consecutive blocks (for models that carry a state).
 
 The split is fixed so that every model sees the same validation text:
 
@@ -436,6 +437,66 @@ class TokenData:
         window = data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T+1)
         window = torch.from_numpy(window)
         return window[:, :-1], window[:, 1:]
+
+
+class StreamSampler:
+    """Consecutive blocks for truncated backpropagation through time.
+
+    The split is cut into ``n_streams`` equal segments, one per batch row
+    (under DDP, ``rank`` picks this process's rows out of ``n_streams *
+    world_size``). Each call returns the next block of every row, so row r of
+    call k+1 continues exactly where row r of call k stopped, and a model can
+    hand its recurrent state from one call to the next. A row that has read
+    its whole segment starts it again and is flagged in ``reset``: its state
+    must go back to zero, since the text it reads no longer follows on.
+
+    ``next()`` -> x, y (B, T) int64 and reset (B,) bool. ``state_dict`` /
+    ``load_state_dict`` carry the read positions across ``--resume``.
+    """
+
+    def __init__(
+        self,
+        data: TokenData,
+        split: str,
+        n_streams: int,
+        block_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.tokens = data.splits[split]
+        self.block_size = block_size
+        total_rows = n_streams * world_size
+        self.segment = len(self.tokens) // total_rows
+        if self.segment < block_size + 1:
+            raise PhysllmError(
+                f"corpus {data.corpus!r}: the {split} split ({len(self.tokens)} tokens) is too short "
+                f"for {total_rows} streams of at least one block of {block_size}+1 tokens"
+            )
+        rows = np.arange(rank * n_streams, (rank + 1) * n_streams)
+        self.starts = rows * self.segment  # (B,) each row's segment start
+        self.offsets = np.zeros(n_streams, dtype=np.int64)  # read position within the segment
+        self.blocks_per_segment = (self.segment - 1) // block_size
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reset = self.offsets == 0
+        ix = self.starts + self.offsets
+        window = self.tokens[ix[:, None] + np.arange(self.block_size + 1)].astype(np.int64)
+        window = torch.from_numpy(window)  # (B, T+1)
+        self.offsets += self.block_size
+        # the next block would run past the segment: that row starts over
+        self.offsets[self.offsets + self.block_size + 1 > self.segment] = 0
+        return window[:, :-1], window[:, 1:], torch.from_numpy(reset)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"offsets": torch.from_numpy(self.offsets.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        offsets = state["offsets"].numpy().astype(np.int64)
+        if offsets.shape != self.offsets.shape:
+            raise PhysllmError(
+                f"cannot resume: the saved stream positions are for {offsets.size} rows, not {self.offsets.size}"
+            )
+        self.offsets = offsets.copy()
 
 
 def list_corpora() -> list[dict]:

@@ -58,6 +58,7 @@ class ContextVectorHFConfig(PreTrainedConfig):
     gates: str = "hidden"
     clamp: float = 10.0
     forget_bias: float = 1.0
+    carry_state: bool = False  # how it was trained (truncated BPTT); generation always carries
     use_cache: bool = True
     tie_word_embeddings: bool = False
 

@@ -33,7 +33,7 @@ from physllm.checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
-from physllm.data import TokenData, repo_root
+from physllm.data import StreamSampler, TokenData, repo_root
 from physllm.errors import PhysllmError, TrainingDivergedError
 from physllm.lora import is_lora_name
 from physllm.models import LanguageModel, ModelConfig, build_model, get_model_classes
@@ -238,6 +238,54 @@ def estimate_loss(
     return sum(losses) / len(losses), aux
 
 
+def restart_rows(
+    model: LanguageModel, state: list[torch.Tensor] | None, reset: torch.Tensor
+) -> list[torch.Tensor] | None:
+    """``state`` with the rows flagged in ``reset`` (B,) put back to the model's initial state."""
+    if state is None or bool(reset.all()):
+        return None  # every row starts over: the model's own zero state
+    initial = model.initial_state(reset.numel(), state[0].device)
+    return [
+        torch.where(reset.to(s.device).view(-1, *[1] * (s.dim() - 1)), s0, s)
+        for s, s0 in zip(state, initial)
+    ]
+
+
+@torch.no_grad()
+def estimate_stream_loss(
+    model: LanguageModel,
+    data: TokenData,
+    split: str,
+    iters: int,
+    batch_size: int,
+    device: torch.device | None = None,
+    ctx: contextlib.AbstractContextManager | None = None,
+    carry: bool = True,
+) -> tuple[float, dict[str, float]]:
+    """Mean loss over ``iters`` consecutive blocks of ``batch_size`` streams, the state carried.
+
+    For carries_state models: how they are trained and how they read in
+    generation. The streams start at fixed places, so every eval reads the same
+    text; ``carry=False`` reads the same blocks, each from the initial state.
+    """
+    device = device or next(model.parameters()).device
+    ctx = ctx or contextlib.nullcontext()
+    was_training = model.training
+    model.eval()
+    streams = StreamSampler(data, split, batch_size, model.config.block_size)
+    state, losses, aux = None, [], {}
+    for _ in range(iters):
+        x, y, reset = streams.next()
+        with ctx:
+            _, loss = model(x.to(device), y.to(device), state=restart_rows(model, state, reset))
+        state = model.last_state if carry else None
+        losses.append(loss.item())
+        for k, v in model.last_aux.items():
+            aux[k] = aux.get(k, 0.0) + v / iters
+    model.train(was_training)
+    return sum(losses) / len(losses), aux
+
+
 class Distributed:
     """DDP under torchrun (RANK/WORLD_SIZE set), a no-op otherwise."""
 
@@ -336,6 +384,16 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     batch_gen = torch.Generator().manual_seed(cfg.seed + dist.rank)  # the data position
+    # Recurrent models that carry their state: every optimizer step reads the next
+    # block of batch_size * grad_accum parallel streams (truncated BPTT).
+    stateful = model.carries_state()
+    rows = cfg.batch_size * cfg.grad_accum
+    streams = (
+        StreamSampler(data, "train", rows, mcfg.block_size, dist.rank, dist.world_size)
+        if stateful
+        else None
+    )
+    carried: list[torch.Tensor] | None = None  # the state after the last step's block (rows, ...)
     start_step, best_val, history = 0, float("inf"), []
     if cfg.resume:
         load_weights(model, last_dir)
@@ -343,6 +401,11 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         optimizer.load_state_dict(state["optimizer"])
         start_step, best_val = int(state["step"]), float(state["best_val"])
         batch_gen.set_state(state["batch_rng"])
+        if streams is not None:
+            if "streams" not in state:
+                raise PhysllmError(f"cannot resume: {last_dir} holds no stream positions")
+            streams.load_state_dict(state["streams"])
+            carried = [t.to(device) for t in state["carried_state"]] or None
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -382,6 +445,9 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
             "batch_rng": batch_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if streams is not None:
+            trainer_state["streams"] = streams.state_dict()
+            trainer_state["carried_state"] = [t.cpu() for t in carried or []]
         if device.type == "cuda":
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(last_dir, raw_model, data.tokenizer, trainer_state, **info)
@@ -390,6 +456,13 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         (out_dir / "history.json").write_text(json.dumps(history))
 
     block, micro = mcfg.block_size, cfg.batch_size
+
+    def evaluate(split: str, iters: int, seed: int) -> tuple[float, dict[str, float]]:
+        """Random windows; consecutive blocks with the state carried for stateful models."""
+        if stateful:
+            return estimate_stream_loss(raw_model, data, split, iters, micro, device, ctx)
+        return estimate_loss(raw_model, data, split, iters, micro, device, ctx, seed)
+
     tokens_per_step = micro * block * cfg.grad_accum * dist.world_size
     end_step = cfg.steps if not cfg.stop_after else min(cfg.steps, start_step + cfg.stop_after)
     progress = None
@@ -407,15 +480,29 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
+        if streams is not None:
+            xs, ys, reset = streams.next()  # (rows, T): row r continues its previous block
+            carried = restart_rows(raw_model, carried, reset)
+            next_state = []
         for micro_step in range(cfg.grad_accum):
-            x, y = data.get_batch("train", micro, block, batch_gen)
+            kwargs = {}
+            if streams is not None:
+                part = slice(micro_step * micro, (micro_step + 1) * micro)
+                x, y = xs[part], ys[part]
+                kwargs["state"] = None if carried is None else [t[part] for t in carried]
+            else:
+                x, y = data.get_batch("train", micro, block, batch_gen)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = not dist.enabled or micro_step == cfg.grad_accum - 1
             with ctx, contextlib.nullcontext() if sync else model.no_sync():
-                _, loss = model(x, y)
+                _, loss = model(x, y, **kwargs)
                 loss = loss / cfg.grad_accum  # the mean over micro-batches, not their sum
             scaler.scale(loss).backward()
             loss_sum += loss.item()
+            if streams is not None:
+                next_state.append(raw_model.last_state)  # detached: BPTT stops at the block
+        if streams is not None:
+            carried = [torch.cat(parts) for parts in zip(*next_state)]
         if not math.isfinite(loss_sum):
             if progress:
                 progress.close()
@@ -450,9 +537,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
             if step % cfg.log_interval == 0:
                 progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}", refresh=False)
         if done % cfg.eval_interval == 0 or done == end_step:
-            val_loss, aux = estimate_loss(
-                raw_model, data, "val", cfg.eval_iters, micro, device, ctx, cfg.seed + 10_000
-            )
+            val_loss, aux = evaluate("val", cfg.eval_iters, cfg.seed + 10_000)
             history.append(
                 {"step": done, "val_loss": val_loss, **{f"val_aux_{k}": v for k, v in aux.items()}}
             )
@@ -475,12 +560,14 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
     if (best_dir / "config.json").exists():
         load_weights(raw_model, best_dir)
     final_iters = max(cfg.eval_iters, 20)
-    val_loss, aux = estimate_loss(
-        raw_model, data, "val", final_iters, micro, device, ctx, cfg.seed + 20_000
-    )
-    train_eval, _ = estimate_loss(
-        raw_model, data, "train", final_iters, micro, device, ctx, cfg.seed + 30_000
-    )
+    val_loss, aux = evaluate("val", final_iters, cfg.seed + 20_000)
+    train_eval, _ = evaluate("train", final_iters, cfg.seed + 30_000)
+    extra: dict[str, Any] = {"val_eval": "streams" if stateful else "windows"}
+    if stateful:
+        # the same blocks, each from the initial state: the gap is what the carried context buys
+        extra["val_loss_reset"], _ = estimate_stream_loss(
+            raw_model, data, "val", final_iters, micro, device, ctx, carry=False
+        )
     metrics = {
         "model": cfg.model,
         "params": raw_model.num_params(),
@@ -494,6 +581,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         "train_loss": train_eval,
         "val_loss": val_loss,
         "val_bpc": val_loss / math.log(2) / data.units_per_token("val"),
+        **extra,
         "bpc_unit": data.tokenizer.unit,
         "tokens_per_sec": steps_run * tokens_per_step / train_time if train_time else None,
         "ms_per_step": 1000 * train_time / steps_run if steps_run else None,
@@ -533,4 +621,12 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     )
 
 
-__all__ = ["RunResult", "TrainConfig", "config_from_dict", "lr_at", "make_config", "train"]
+__all__ = [
+    "RunResult",
+    "TrainConfig",
+    "config_from_dict",
+    "estimate_stream_loss",
+    "lr_at",
+    "make_config",
+    "train",
+]

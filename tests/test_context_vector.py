@@ -15,7 +15,6 @@ from physllm.models import GPT, GPTConfig, build_model
 from physllm.models.context_vector import (
     ContextVectorConfig,
     ContextVectorModel,
-    carried_state_loss,
     gpt_overrides_matching,
     hidden_matching,
     linear_scan,
@@ -149,14 +148,6 @@ def test_learns_a_fixed_batch(kw):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
-
-
-def test_carried_state_loss():
-    model = tiny()
-    tokens = torch.randint(0, 40, (500,))
-    carried, reset = carried_state_loss(model, tokens, block_size=50, n_blocks=4)
-    assert torch.isfinite(torch.tensor([carried, reset])).all()
-    assert carried != reset  # the state really flows across blocks
 
 
 def test_matched_sizes():

@@ -54,6 +54,50 @@ def test_batches_are_shifted_windows(small_text_file):
     assert torch.equal(x, x2)  # the generator is the data position
 
 
+def test_stream_sampler_rows_read_their_segment_in_order(small_text_file):
+    data = pdata.TokenData.load(str(small_text_file), "char")
+    tokens = torch.from_numpy(data.splits["train"][:].astype(np.int64))
+    streams = pdata.StreamSampler(data, "train", n_streams=3, block_size=16)
+    segment = len(tokens) // 3
+    per_segment = (segment - 1) // 16
+    xs, resets = [], []
+    for _ in range(per_segment + 2):
+        x, y, reset = streams.next()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        xs.append(x)
+        resets.append(reset)
+    # every row reads its own segment block after block, with nothing skipped
+    for row in range(3):
+        read = torch.cat([x[row] for x in xs[:per_segment]])
+        start = row * segment
+        assert torch.equal(read, tokens[start : start + per_segment * 16])
+    # a row restarts (flagged) only at the very beginning and after its segment ends
+    flags = torch.stack(resets)  # (calls, rows)
+    assert flags[0].all() and flags[per_segment].all()
+    assert not flags[1:per_segment].any() and not flags[per_segment + 1].any()
+    assert torch.equal(xs[per_segment], xs[0])
+
+
+def test_stream_sampler_ranks_and_resume(small_text_file):
+    data = pdata.TokenData.load(str(small_text_file), "char")
+    rank0 = pdata.StreamSampler(data, "train", 2, 16, rank=0, world_size=2)
+    rank1 = pdata.StreamSampler(data, "train", 2, 16, rank=1, world_size=2)
+    both = pdata.StreamSampler(data, "train", 4, 16)
+    x0, x1, x = rank0.next()[0], rank1.next()[0], both.next()[0]
+    assert torch.equal(torch.cat([x0, x1]), x)  # the ranks split the rows, no overlap
+    for _ in range(5):
+        both.next()
+    saved = both.state_dict()
+    expected = both.next()[0]
+    fresh = pdata.StreamSampler(data, "train", 4, 16)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.next()[0], expected)
+    with pytest.raises(PhysllmError, match="cannot resume"):
+        pdata.StreamSampler(data, "train", 3, 16).load_state_dict(saved)
+    with pytest.raises(PhysllmError, match="too short"):
+        pdata.StreamSampler(data, "val", 1000, 16)
+
+
 def test_bits_per_unit_conversion(small_text_file):
     char = pdata.TokenData.load(str(small_text_file), "char")
     assert char.units_per_token() == pytest.approx(1.0)

@@ -94,6 +94,70 @@ def test_resume_gives_the_same_losses(small_text_file, tmp_path):
     assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
 
 
+TINY_CONTEXT = dict(
+    n_embd=16,
+    n_hidden=32,
+    n_context=12,
+    block_size=16,
+    batch_size=3,
+    eval_iters=2,
+    warmup_steps=2,
+    carry_state=True,
+    progress=False,
+    tensorboard=False,
+)
+
+
+def run_context(small_text_file, out, **kw):
+    cfg = make_config(
+        "context_vector", corpus=str(small_text_file), out_dir=str(out), **{**TINY_CONTEXT, **kw}
+    )
+    return train(cfg)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_truncated_bptt_hands_each_row_its_state(
+    small_text_file, tmp_path, monkeypatch, grad_accum
+):
+    """carry_state: each step's block continues the last one and starts from its final state."""
+    from physllm.models.context_vector import ContextVectorModel
+
+    calls = []
+    forward = ContextVectorModel.forward
+
+    def spy(self, idx, targets=None, state=None):
+        logits, loss = forward(self, idx, targets, state)
+        if self.training:
+            calls.append((idx.clone(), targets.clone(), state, self.last_state))
+        return logits, loss
+
+    monkeypatch.setattr(ContextVectorModel, "forward", spy)
+    run_context(small_text_file, tmp_path, steps=4, grad_accum=grad_accum, eval_interval=100)
+    assert len(calls) == 4 * grad_accum
+    assert all(state is None for _, _, state, _ in calls[:grad_accum])  # the first block: zeros
+    for step in range(1, 4):
+        for part in range(grad_accum):
+            _, y_prev, _, state_after = calls[(step - 1) * grad_accum + part]
+            x, _, state_in, _ = calls[step * grad_accum + part]
+            assert torch.equal(x[:, 0], y_prev[:, -1])  # the text goes on where it stopped
+            for given, left in zip(state_in, state_after):
+                assert torch.equal(given, left)  # ...and so does the context
+                assert not given.requires_grad  # detached: backprop stops at the block
+
+
+def test_truncated_bptt_scores_streams_and_resumes(small_text_file, tmp_path):
+    kw = dict(steps=12, eval_interval=4, log_interval=1, dropout=0.1)
+    whole = run_context(small_text_file, tmp_path / "whole", **kw)
+    run_context(small_text_file, tmp_path / "split", stop_after=8, **kw)
+    resumed = run_context(small_text_file, tmp_path / "split", resume=True, **kw)
+    losses = lambda r: [(h["step"], h["train_loss"]) for h in r.history if "train_loss" in h]  # noqa: E731
+    assert losses(resumed) == losses(whole)  # stream positions and carried state resumed
+    m = whole.metrics
+    assert m["val_eval"] == "streams" and m["val_loss_reset"] != m["val_loss"]
+    windows = run_context(small_text_file, tmp_path / "windows", carry_state=False, **kw)
+    assert windows.metrics["val_eval"] == "windows" and "val_loss_reset" not in windows.metrics
+
+
 def test_resume_with_another_config_is_refused(small_text_file, tiny_run):
     with pytest.raises(PhysllmError, match="cannot resume"):
         run(small_text_file, tiny_run, steps=30, resume=True, n_embd=64)

@@ -7,6 +7,13 @@ regularisers, whose parts go in ``self.last_aux`` (floats, for logging);
 :mod:`physllm.sampling` drives. Models with a cache (GPT's keys and values,
 the context vector's state) override ``decode_step``; the default recomputes
 the forward pass on the last ``block_size`` tokens, which is always correct.
+
+Recurrent models may also *train* with their state carried from one block to
+the next (truncated backpropagation through time): such a model returns True
+from ``carries_state()``, gives ``initial_state(B)``, accepts
+``forward(idx, targets, state=...)`` and leaves the detached state after the
+block in ``self.last_state``. A state is a list of tensors with the batch
+first, so the trainer can slice rows and restart them without knowing more.
 """
 
 from __future__ import annotations
@@ -44,6 +51,15 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.last_aux: dict[str, float] = {}
+        self.last_state: Any = None  # carries_state models: the state after the last forward
+
+    def carries_state(self) -> bool:
+        """True: train on consecutive blocks with the state handed on (truncated BPTT)."""
+        return False
+
+    def initial_state(self, batch_size: int, device: Any = None) -> list[torch.Tensor]:
+        """The state before the first token: tensors (batch_size, ...) (carries_state models)."""
+        raise NotImplementedError(f"{type(self).__name__} carries no state")
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; shared (tied) tensors counted once."""

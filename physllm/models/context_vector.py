@@ -40,10 +40,14 @@ Two gatings (``gates``):
   |c_t| <= max|d| / (1 - max f) elementwise) and normalises the *readout*:
   h_t = FNN([x_t, LayerNorm(c_{t-1})]).
 
-Training: :func:`physllm.train.train` samples random windows, so every window
-starts from a zero context (no state is carried between windows). The state
-can be carried across consecutive blocks at evaluation time
-(:func:`carried_state_loss`) and is always carried in generation.
+Training (``carry_state``): with ``carry_state=True`` (the presets' choice,
+as the seed describes) :func:`physllm.train.train` reads the corpus as
+``batch_size`` parallel streams of consecutive blocks and hands each row's
+context from one block to the next, detached: truncated backpropagation
+through time. The gradient reaches back at most one block, but the forward
+pass sees the whole stream, as generation does; validation is read the same
+way. With ``carry_state=False`` training takes nanoGPT's random windows, each
+from a zero context. Generation always carries the state.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class ContextVectorConfig(ModelConfig):
     gates: str = "hidden"  # "hidden": gates read h (loop) | "input": gates read x (parallel scan)
     clamp: float = 10.0  # the seed form clamps the context to +-clamp
     forget_bias: float = 1.0  # fixed form: forget gates start at sigmoid(1) = 0.73
+    carry_state: bool = False  # train on consecutive blocks, state handed on (truncated BPTT)
 
     def __post_init__(self):
         if self.form not in ("fixed", "seed"):
@@ -284,11 +289,22 @@ class ContextVectorModel(LanguageModel):
                 trace.append(layer_trace)
         return self.lm_head(x), new_state
 
+    def carries_state(self) -> bool:
+        return self.config.carry_state
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: State | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) -> logits (B, T, V), from a zero context; loss if targets (B, T) given."""
-        logits, _ = self.run(idx)
+        """idx (B, T) -> logits (B, T, V) from ``state`` (None: zeros); loss if targets (B, T).
+
+        The state after the last token is left, detached, in ``self.last_state``:
+        the next block starts from it without backpropagating into this one.
+        """
+        logits, new_state = self.run(idx, state)
+        self.last_state = [c.detach() for c in new_state]
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
@@ -315,30 +331,6 @@ class ContextVectorModel(LanguageModel):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@torch.no_grad()
-def carried_state_loss(
-    model: ContextVectorModel, tokens: torch.Tensor, block_size: int, n_blocks: int
-) -> tuple[float, float]:
-    """Mean loss over ``n_blocks`` consecutive blocks of ``tokens`` (1-D), (carried, reset).
-
-    ``carried``: the context flows from each block into the next (what
-    streaming sees); ``reset``: every block starts from zero (what training saw).
-    """
-    was = model.training
-    model.eval()
-    n = min(n_blocks, (tokens.numel() - 1) // block_size)
-    x = tokens[: n * block_size].view(n, block_size)
-    y = tokens[1 : n * block_size + 1].view(n, block_size)
-    state, carried = None, 0.0
-    for k in range(n):
-        logits, state = model.run(x[k : k + 1], state)
-        carried += F.cross_entropy(logits[0], y[k]).item() / n
-    logits, _ = model.run(x)
-    reset = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
-    model.train(was)
-    return carried, reset
 
 
 def hidden_matching(n_params: int, **config) -> int:
