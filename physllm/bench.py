@@ -37,9 +37,13 @@ class BenchConfig:
     repeats: int = 3  # rounds; models take turns each round
     device: str = "auto"
     threads: int = 0  # torch threads in each measuring process (0: torch's default)
-    mode: str = "train"  # train: fwd+bwd step | generate: streaming decode (measure_generation)
-    lengths: str = "1024,8192,65536"  # generate: context lengths reached while streaming
-    timed_tokens: int = 256  # generate: tokens decoded one at a time and timed at each length
+    mode: str = (
+        "train"  # train: fwd+bwd step | generate: streaming decode | lengths: both per length
+    )
+    lengths: str = "1024,8192,65536"  # generate, lengths: context lengths
+    timed_tokens: int = (
+        256  # generate, lengths: tokens decoded one at a time and timed at each length
+    )
     prefill_chunk: int = 1024  # generate: tokens per decode_step call while building the context
 
 
@@ -84,7 +88,15 @@ def _rss_mb() -> float:
 
 def measure_training(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     """Forward+backward(+AdamW step) tokens/s and peak memory of one model, in this process."""
+    return _measure_training(spec, cfg)[0]
 
+
+def _measure_training(
+    spec: str, cfg: BenchConfig, baseline: float | None = None
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """:func:`measure_training`'s row and the model it built. CPU peak memory is the
+    resident high-water mark since this call began, above ``baseline`` MB (default:
+    what the process holds when the call begins)."""
     from physllm.models import build_model
     from physllm.train import peak_rss_mb, reset_peak_rss, resolve_device
 
@@ -93,7 +105,7 @@ def measure_training(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
     reset_peak_rss()
-    baseline = _rss_mb()
+    baseline = _rss_mb() if baseline is None else baseline
     name, mcfg = model_config_for(spec, cfg)
     model = build_model(name, mcfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -121,13 +133,14 @@ def measure_training(spec: str, cfg: BenchConfig) -> dict[str, Any]:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:  # peak resident memory above what the process held before building the model
         peak = peak_rss_mb() - baseline
-    return {
+    row = {
         "model": spec,
         "params": model.num_params(),
         "tokens_per_sec": cfg.steps * cfg.batch_size * cfg.block_size / elapsed,
         "ms_per_step": 1000 * elapsed / cfg.steps,
         "peak_mem_mb": peak,
     }
+    return row, model
 
 
 def _child(spec: str, cfg: BenchConfig, queue) -> None:
@@ -193,7 +206,7 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     ]
     for r in rows:
         lines.append(
-            f"{r['model']:<28} {r['params']:>10,} {r['tokens_per_sec']:>10,.0f} {r['speed_ratio']:>8.2f} "
+            f"{r.get('label') or r['model']:<28} {r['params']:>10,} {r['tokens_per_sec']:>10,.0f} {r['speed_ratio']:>8.2f} "
             f"{r['ms_per_step']:>9.1f} {r['peak_mem_mb']:>9.1f} {r['mem_ratio']:>7.2f}"
         )
     return "\n".join(lines)
@@ -350,7 +363,126 @@ def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str
     ]
     for r in rows:
         lines.append(
-            f"{r['model']:<28} {r['length']:>7} {r['params']:>10,} {r['tokens_per_sec']:>9,.0f} "
+            f"{r.get('label') or r['model']:<28} {r['length']:>7} {r['params']:>10,} {r['tokens_per_sec']:>9,.0f} "
             f"{r['speed_ratio']:>8.2f} {r['peak_mem_mb']:>9.1f} {r['mem_growth']:>7.3f} {r['state_kb']:>10,.1f}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- lengths
+
+
+@torch.no_grad()
+def decode_speed(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, repeats: int = 1
+) -> dict[str, float]:
+    """Streaming generation speed: ``prompt`` (1, P) through ``decode_step``, then
+    ``new_tokens`` greedy tokens one call each. Tokens/s is one over the median step
+    time (robust to a busy machine's stalls); the best of ``repeats`` passes is kept."""
+    was_training = model.training
+    model.eval()
+    device = prompt.device
+    best = float("inf")
+    for _ in range(repeats):
+        logits, state = model.decode_step(prompt, None)
+        times = []
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            token = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
+            logits, state = model.decode_step(token, state)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        best = min(best, sorted(times)[len(times) // 2])
+    model.train(was_training)
+    return {"decode_tokens_per_sec": 1.0 / best, "decode_ms_per_token": 1000 * best}
+
+
+def measure_lengths(spec: str, cfg: BenchConfig) -> dict[str, Any]:
+    """One model at every length in ``cfg.lengths`` (ascending), in this process: a
+    training step (batch ``cfg.batch_size`` x the length) as :func:`measure_training`,
+    then streaming decode up to that length (``cfg.timed_tokens`` tokens timed, at most
+    half the length) as :func:`decode_speed`.
+
+    The model is rebuilt at each length (``block_size`` = the length). CPU peak
+    memory at a length is the resident high-water mark since that length began,
+    above what the process held before the first model: with lengths ascending,
+    memory kept by the allocator from a shorter length is less than a longer one
+    needs, so each peak is that length's own. Returns ``{"model", "rows"}``.
+    """
+    baseline = _rss_mb()  # before any model: the import cost is not the model's
+    rows = []
+    for length in sorted(parse_lengths(cfg.lengths)):
+        row, model = _measure_training(
+            spec, dataclasses.replace(cfg, block_size=length), baseline=baseline
+        )
+        device = next(model.parameters()).device
+        timed = max(1, min(cfg.timed_tokens, length // 2))
+        gen = torch.Generator().manual_seed(0)
+        prompt = torch.randint(model.config.vocab_size, (1, length - timed), generator=gen)
+        row.update(decode_speed(model, prompt.to(device), timed), length=length)
+        rows.append(row)
+        del model
+    return {"model": spec, "rows": rows}
+
+
+def _lengths_child(spec: str, cfg: BenchConfig, queue) -> None:
+    try:
+        queue.put(measure_lengths(spec, cfg))
+    except Exception as err:  # report, do not hang the parent
+        queue.put({"model": spec, "error": f"{type(err).__name__}: {err}"})
+
+
+def run_length_bench(cfg: BenchConfig, child=_lengths_child) -> list[dict[str, Any]]:
+    """Training and decoding speed and training peak memory of every model at every
+    length of ``cfg.lengths``: one fresh process per model and round, models in
+    turns; best tokens/s and highest peak of ``repeats`` rounds. Each row also
+    carries ``speed_ratio``, ``mem_ratio`` and ``decode_ratio`` against gpt (or the
+    first model) at the same length."""
+    lengths = sorted(parse_lengths(cfg.lengths))
+    for spec in cfg.models:
+        model_config_for(spec, dataclasses.replace(cfg, block_size=lengths[-1]))  # fail fast
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for _ in range(cfg.repeats):
+        for spec in cfg.models:
+            for row in run_isolated(child, spec, cfg)["rows"]:
+                prev = best.setdefault((spec, row["length"]), row)
+                if prev is not row:
+                    for key in ("tokens_per_sec", "decode_tokens_per_sec"):
+                        prev[key] = max(prev[key], row[key])
+                    prev["ms_per_step"] = min(prev["ms_per_step"], row["ms_per_step"])
+                    prev["decode_ms_per_token"] = 1000 / prev["decode_tokens_per_sec"]
+                    prev["peak_mem_mb"] = max(prev["peak_mem_mb"], row["peak_mem_mb"])
+    ref = "gpt" if "gpt" in cfg.models else cfg.models[0]
+    rows = []
+    for spec in cfg.models:
+        for length in lengths:
+            row, base = best[(spec, length)], best[(ref, length)]
+            row["speed_ratio"] = row["tokens_per_sec"] / base["tokens_per_sec"]
+            row["decode_ratio"] = row["decode_tokens_per_sec"] / base["decode_tokens_per_sec"]
+            row["mem_ratio"] = (
+                row["peak_mem_mb"] / base["peak_mem_mb"]
+                if base["peak_mem_mb"] > 0
+                else float("nan")
+            )
+            row["reference"] = ref
+            rows.append(row)
+    return rows
+
+
+def format_length_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
+    ref = rows[0]["reference"] if rows else "gpt"
+    lines = [
+        f"# training step (fwd+bwd+AdamW) at batch {cfg.batch_size} x each length, then streaming "
+        f"decode (batch 1) up to that length; best of {cfg.repeats} rounds, one process per model",
+        f"# hardware: {hardware()}; ratios against {ref} at the same length",
+        f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>10} {'speed x':>8} "
+        f"{'peak MB':>9} {'mem x':>7} {'decode/s':>9} {'decode x':>9}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.get('label') or r['model']:<28} {r['length']:>7} {r['params']:>10,} "
+            f"{r['tokens_per_sec']:>10,.0f} {r['speed_ratio']:>8.2f} {r['peak_mem_mb']:>9.1f} "
+            f"{r['mem_ratio']:>7.2f} {r['decode_tokens_per_sec']:>9,.0f} {r['decode_ratio']:>9.2f}"
         )
     return "\n".join(lines)

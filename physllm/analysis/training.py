@@ -59,6 +59,38 @@ def loss_table(metrics: dict[str, dict[str, Any]]):
     return table
 
 
+def plot_length_sweep(rows: list[dict[str, Any]], title: str = ""):
+    """Training tokens/s, training peak memory and streaming decode tokens/s against
+    sequence length, one line per model (rows of ``physllm.bench.run_length_bench``,
+    labelled by ``label`` where set)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    labels = list(dict.fromkeys(r.get("label") or r["model"] for r in rows))
+    panels = (
+        ("tokens_per_sec", "training tokens / s"),
+        ("peak_mem_mb", "peak memory of a training step (MB)"),
+        ("decode_tokens_per_sec", "decode tokens / s (batch 1)"),
+    )
+    for k, label in enumerate(labels):
+        mine = sorted(
+            (r for r in rows if (r.get("label") or r["model"]) == label), key=lambda r: r["length"]
+        )
+        style = dict(marker="o", color=f"C{k}", ls="-" if k < 10 else "--", label=label)
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot([r["length"] for r in mine], [r[key] for r in mine], **style)
+    for ax, (_, ylabel) in zip(axes, panels):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "speed and memory against sequence length")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, out_dir: str | os.PathLike, name: str) -> Path:
     """Save a matplotlib figure as ``out_dir/name.png`` (reports pick up PNGs) and return the path."""
     path = Path(out_dir) / f"{name}.png"
