@@ -37,13 +37,9 @@ class BenchConfig:
     repeats: int = 3  # rounds; models take turns each round
     device: str = "auto"
     threads: int = 0  # torch threads in each measuring process (0: torch's default)
-    mode: str = (
-        "train"  # train: fwd+bwd step | generate: streaming decode | lengths: both per length
-    )
+    mode: str = "train"  # train: fwd+bwd | generate: streaming decode | lengths: both per length
     lengths: str = "1024,8192,65536"  # generate, lengths: context lengths
-    timed_tokens: int = (
-        256  # generate, lengths: tokens decoded one at a time and timed at each length
-    )
+    timed_tokens: int = 256  # generate, lengths: tokens decoded one at a time and timed
     prefill_chunk: int = 1024  # generate: tokens per decode_step call while building the context
 
 
