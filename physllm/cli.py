@@ -170,37 +170,66 @@ def cmd_bench(argv: Sequence[str]) -> None:
         prog="physllm bench",
         description=(
             "Forward+backward tokens/s and peak memory of registered models at one shape, "
-            "measured in one run, with ratios against gpt."
+            "measured in one run, with ratios against gpt. Without --models: every "
+            "leaderboard entry (each registered model, both context_vector forms, both ngt "
+            "kernels) at the leaderboard's training shape and matched parameter counts."
         ),
     )
     parser.add_argument(
-        "--models", default=None, help="comma-separated names (default: all registered)"
+        "--models", default=None, help="comma-separated names (default: every leaderboard entry)"
     )
-    parser.add_argument("--all", action="store_true", help="every registered model (the default)")
+    parser.add_argument(
+        "--all", action="store_true", help="every leaderboard entry (the default without --models)"
+    )
+    parser.add_argument(
+        "--preset",
+        default="auto",
+        help="--all: the leaderboard recipe whose shape is used (cpu, gpu; auto: gpu with CUDA)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_dataclass_flags(parser, BenchConfig, skip={"models"})
     args = parser.parse_args(argv)
-    names = (
-        list(MODELS) if args.all or not args.models else [m.strip() for m in args.models.split(",")]
-    )
-    unknown = [n for n in names if n.partition(":")[0] not in MODELS]  # "ngt:kernel=seed" is ngt
-    if unknown:
-        raise PhysllmError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
-        )
-    cfg = BenchConfig(
-        models=names, **given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
-    )
+    changes = given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
+    labels: dict[str, str] = {}
+    if args.all or not args.models:
+        from physllm.leaderboard import bench_all_config
+        from physllm.notebook import pick_preset
+
+        cfg, labels = bench_all_config(pick_preset(args.preset), **changes)
+    else:
+        names = [m.strip() for m in args.models.split(",")]
+        unknown = [
+            n for n in names if n.partition(":")[0] not in MODELS
+        ]  # "ngt:kernel=seed" is ngt
+        if unknown:
+            raise PhysllmError(
+                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
+            )
+        cfg = BenchConfig(models=names, **changes)
     if cfg.mode == "generate":  # streaming decode at several lengths (physllm.bench)
         from physllm.bench import format_generation_table, run_generation_bench
 
         rows = run_generation_bench(cfg)
-        print(format_generation_table(rows, cfg))
+        table = format_generation_table
+    elif cfg.mode == "lengths":  # training and decoding at each of --lengths
+        from physllm.bench import format_length_table, run_length_bench
+
+        rows = run_length_bench(cfg)
+        table = format_length_table
     elif cfg.mode == "train":
         rows = run_bench(cfg)
-        print(format_table(rows, cfg))
+        table = format_table
     else:
-        raise PhysllmError(f"--mode must be train or generate, got {cfg.mode!r}")
+        raise PhysllmError(f"--mode must be train, generate or lengths, got {cfg.mode!r}")
+    for row in rows:
+        row["label"] = labels.get(row["model"], row["model"])
+        if "reference" in row:
+            row["reference"] = labels.get(row["reference"], row["reference"])
+    print(table(rows, cfg))
+    if labels:
+        print("# entries (physllm.leaderboard):")
+        for spec, name in labels.items():
+            print(f"#   {name:<22} {spec}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, fh, indent=2)

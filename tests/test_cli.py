@@ -255,5 +255,42 @@ def test_bench_prints_ratios_against_gpt(tmp_path):
     assert "speed x" in proc.stdout and "ratios against gpt" in proc.stdout
 
 
+def test_bench_all_is_every_leaderboard_entry_with_ratios_against_gpt(tmp_path):
+    from physllm.leaderboard import ENTRIES
+    from physllm.models import MODELS
+
+    out = tmp_path / "bench.json"
+    tiny = ["--block-size", "16", "--batch-size", "2", "--n-layer", "1", "--n-embd", "16"]
+    proc = physllm(
+        "bench", "--all", *tiny, "--steps", "1", "--warmup", "0", "--repeats", "1",
+        "--threads", "1", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["label"] for r in rows] == [e.name for e in ENTRIES]
+    assert {r["model"].partition(":")[0] for r in rows} == set(MODELS)
+    assert rows[0]["model"] == "gpt" and rows[0]["speed_ratio"] == 1.0
+    assert all(r["speed_ratio"] > 0 and r["mem_ratio"] > 0 for r in rows)
+    assert "ratios against gpt" in proc.stdout and "mem x" in proc.stdout
+    for e in ENTRIES:  # one table line per entry, by its leaderboard name
+        assert any(line.startswith(e.name + " ") for line in proc.stdout.splitlines()), e.name
+
+
+def test_bench_lengths_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = physllm(
+        "bench", "--models", "gpt,context_vector:n_layer=1", "--mode", "lengths",
+        "--lengths", "16,8", "--timed-tokens", "2", "--batch-size", "2", "--n-layer", "1",
+        "--n-embd", "16", "--steps", "1", "--warmup", "0", "--repeats", "1", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["length"]) for r in rows] == [
+        ("gpt", 8), ("gpt", 16), ("context_vector:n_layer=1", 8), ("context_vector:n_layer=1", 16)
+    ]  # fmt: skip
+    assert all(r["decode_tokens_per_sec"] > 0 for r in rows) and rows[1]["decode_ratio"] == 1.0
+    assert "decode x" in proc.stdout
+
+
 def test_bench_unknown_model():
     assert_one_line_error(physllm("bench", "--models", "gpt,nosuch"), "unknown model")

@@ -1,0 +1,690 @@
+"""The leaderboard: every registered architecture at one budget, in one table.
+
+Each :class:`Entry` is a row: a registered model, the variant's config
+overrides and, where the variant is far from GPT's size, the config field that
+is searched to match GPT's parameter count (:func:`match_field`). Every entry
+trains through :func:`physllm.train.train` with one recipe
+(:data:`RECIPES`): the same corpus, tokenizer, batch, block, steps, schedule,
+optimizer settings and seed. A configuration is built in layers, each
+overriding the one before:
+
+1. the model's own preset (``physllm.presets``, same preset name): its
+   architecture knobs (NGT's coordinate sizes, QLLM's globals and segments,
+   the context vector's widths) and anything else it sets;
+2. the recipe (every training field, plus ``block_size`` and ``dropout``) and,
+   unless the entry keeps its own shape (the attention-free context vector),
+   the transformer shape ``n_layer``, ``n_head``, ``n_embd``;
+3. the entry's overrides (the variant), then its per-preset overrides;
+4. ``vocab_size`` = the tokenizer's; then the matched field, if any.
+
+Measured per entry: the trainer's metrics (val loss, bits per char or byte,
+training tokens/s, wall time), streaming inference tokens/s of the trained
+model (:func:`inference_speed`), and, in a fresh process per model, a
+training step's speed and peak memory at each sequence length plus decode
+speed up to it (:func:`physllm.bench.run_length_bench`); the peak at the
+training length is the table's peak memory (one process held all the
+training runs, so the trainer's own peak is not per model).
+
+The README's results section is generated from the leaderboard report's
+``metrics.json`` (:func:`update_readme`, called by
+:func:`physllm.reports.rebuild_index`), between ``<!-- leaderboard:<hw>:start -->``
+and ``<!-- leaderboard:<hw>:end -->`` markers: ``cpu`` always, ``gpu`` only
+once a GPU report exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from physllm.errors import PhysllmError
+from physllm.presets import NANOGPT_CHAR_CPU, PRESETS
+
+NOTEBOOK = "06_leaderboard"
+REFERENCE = "gpt"
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd")  # the transformer shape every entry shares
+PARAM_TOLERANCE = 0.10  # every entry's parameter count within 10% of GPT's
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row: ``model`` (a registry name) with ``overrides``; ``match`` names an integer
+    config field searched (in steps of ``match_step``) to bring the parameter count
+    nearest GPT's; ``own_shape`` keeps the model preset's ``n_layer``/``n_head``/``n_embd``."""
+
+    name: str
+    model: str
+    variant: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    match: str | None = None
+    match_step: int = 16
+    own_shape: bool = False
+    per_preset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("gpt", "gpt", "vanilla: pre-LN, learned positions, tied embeddings (the reference)"),
+    Entry(
+        "hamiltonian",
+        "hamiltonian",
+        "symplectic: leapfrog layers, direct force",
+        per_preset={"gpu": {"eos_id": -1}},  # its gpu preset's id is gpt2's; bytes have none
+    ),
+    # Attention-free and one layer deep (the seed's depth): its own widths, the FNN widened.
+    Entry(
+        "context_vector-seed",
+        "context_vector",
+        "the seed's form (ReLU FNN, no tanh, clamp)",
+        {"form": "seed", "gates": "hidden"},
+        match="n_hidden",
+        own_shape=True,
+        # one 25M-parameter layer would be all FNN: stack four, as at scale one would
+        per_preset={"gpu": {"n_layer": 4}},
+    ),
+    Entry(
+        "context_vector-fixed",
+        "context_vector",
+        "fixed form (LayerNorm'ed input, residual GELU FNN, tanh delta)",
+        {"form": "fixed", "gates": "hidden"},
+        match="n_hidden",
+        own_shape=True,
+        per_preset={"gpu": {"n_layer": 4}},
+    ),
+    # mlp_hidden=0: NGT's MLP widened until it matches GPT (it has no query/key projections)
+    Entry(
+        "ngt-gaussian",
+        "ngt",
+        "attractive gaussian kernel through SDPA",
+        {"kernel": "gaussian", "mlp_hidden": 0},
+    ),
+    Entry(
+        "ngt-seed",
+        "ngt",
+        "the seed's repulsive kernel, hard cutoff",
+        {"kernel": "seed", "mlp_hidden": 0},
+    ),
+    Entry("qllm", "qllm", "rotation phases, recurrent global memory tokens, coherence loss"),
+    # With its bank empty (language modelling) the memory is not read: the model is its
+    # GPT backbone. The smallest key window keeps the unused layer within the tolerance.
+    Entry(
+        "hopfield",
+        "hopfield",
+        "GPT backbone + Hopfield memory layer, bank empty",
+        {"backbone": "gpt", "key_window": 1, "lora_rank": 0},
+    ),
+)
+
+# One recipe per preset: every field that decides a run's budget or optimizer.
+RECIPES: dict[str, dict[str, Any]] = {
+    # nanoGPT's Shakespeare-char CPU recipe (physllm.presets) on bytes, fewer steps so
+    # that eight models train in about three minutes on two cores.
+    "cpu": dict(
+        {k: v for k, v in NANOGPT_CHAR_CPU.items()},
+        tokenizer="byte",
+        max_chars=0,
+        steps=400,
+        warmup_steps=40,
+        lr_decay_steps=0,
+        beta1=0.9,
+        grad_accum=1,
+        eval_interval=100,
+        eval_iters=10,
+        dtype="auto",
+        compile=False,
+    ),
+    # Not run yet: 25M-parameter models (GPT: 8 layers, width 512) on WikiText-103 bytes,
+    # block 512, 32 x 512 bytes a step, 10k steps (164M bytes), bf16 autocast.
+    "gpu": dict(
+        corpus="wikitext103",
+        tokenizer="byte",
+        max_chars=0,
+        n_layer=8,
+        n_head=8,
+        n_embd=512,
+        block_size=512,
+        dropout=0.0,
+        batch_size=32,
+        grad_accum=1,
+        steps=10_000,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=500,
+        lr_decay_steps=0,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        grad_clip=1.0,
+        eval_interval=500,
+        eval_iters=50,
+        dtype="auto",
+        compile=False,
+    ),
+}
+
+# The speed/memory sweep over sequence lengths (physllm.bench.run_length_bench); the
+# first length is the recipe's block, so its row is the table's peak memory.
+SWEEPS: dict[str, dict[str, Any]] = {
+    "cpu": dict(lengths="64,128,256", batch_size=12, steps=5, warmup=2, timed_tokens=16),
+    "gpu": dict(lengths="512,1024,2048", batch_size=8, steps=10, warmup=3, timed_tokens=64),
+}
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def recipe(preset: str) -> dict[str, Any]:
+    """The shared recipe of ``preset`` (a copy)."""
+    try:
+        return dict(RECIPES[preset])
+    except KeyError:
+        raise PhysllmError(
+            f"no leaderboard preset {preset!r} (known: {', '.join(RECIPES)})"
+        ) from None
+
+
+def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
+    """``"all"`` or entry names (a comma-separated string or a list), in table order;
+    the reference (gpt) is always included."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()] if names != "all" else []
+    wanted = set(names)
+    known = {e.name for e in ENTRIES}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise PhysllmError(
+            f"unknown leaderboard entries {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    return [e for e in ENTRIES if not wanted or e.name in wanted or e.name == REFERENCE]
+
+
+def count_params(model: str, config: Mapping[str, Any]) -> int:
+    """Parameters of ``model`` built from ``config`` (built on the meta device: no memory)."""
+    from physllm.models import build_model
+
+    with torch.device("meta"):
+        return build_model(model, dict(config)).num_params()
+
+
+def match_field(
+    model: str,
+    config: Mapping[str, Any],
+    name: str,
+    target: int,
+    step: int = 16,
+    count: Callable[[str, Mapping[str, Any]], int] = count_params,
+) -> int:
+    """The multiple of ``step`` for integer field ``name`` that brings ``model``'s parameter
+    count nearest ``target`` (the count must grow with the field; bisection)."""
+
+    def n(k: int) -> int:
+        return count(model, {**config, name: step * k})
+
+    hi = 1
+    while n(hi) < target:  # double until past the target
+        hi *= 2
+        if hi > 1 << 20:
+            raise PhysllmError(f"{model}: no {name} reaches {target:,} parameters")
+    lo = max(1, hi // 2)
+    while lo < hi:  # smallest k with n(k) >= target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if n(mid) < target else (lo, mid)
+    candidates = {max(1, lo - 1), lo}
+    return step * min(sorted(candidates), key=lambda k: abs(n(k) - target))
+
+
+def _fields(model: str) -> tuple[set[str], set[str]]:
+    from physllm.models import get_model_classes
+    from physllm.train import TrainConfig
+
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "model_config"}
+    model_names = {f.name for f in dataclasses.fields(get_model_classes(model)[0])}
+    return train_names, model_names
+
+
+def entry_values(
+    entry: Entry, preset: str, vocab_size: int, budget: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every ``make_config`` value of ``entry`` (training and model fields, the layers of the
+    module docstring) before parameter matching. ``budget``: changes to the recipe."""
+    train_names, model_names = _fields(entry.model)
+    shared = {**recipe(preset), **(budget or {})}
+    values = dict(PRESETS.get(entry.model, {}).get(preset, {}))
+    for key, value in shared.items():
+        if key in SHAPE_FIELDS and (entry.own_shape or key not in model_names):
+            continue
+        if key in train_names or key in model_names:
+            values[key] = value
+    values.update(entry.overrides)
+    values.update(entry.per_preset.get(preset, {}))
+    values["vocab_size"] = vocab_size
+    return values
+
+
+def model_values(model: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-config part of ``values``."""
+    _, model_names = _fields(model)
+    return {k: v for k, v in values.items() if k in model_names}
+
+
+def build_configs(
+    preset: str,
+    vocab_size: int,
+    entries: Sequence[Entry] | None = None,
+    out_dir: str | os.PathLike = "runs/06_leaderboard",
+    **budget: Any,
+) -> dict[str, Any]:
+    """``{entry name: TrainConfig}`` for ``entries`` (default: all), each entry with
+    ``match`` set to GPT's parameter count. ``budget`` overrides recipe fields for all
+    (``steps``, ``seed``, ``device``, ``threads``, ``corpus``...)."""
+    from physllm.train import make_config
+
+    entries = list(entries or ENTRIES)
+    # A run that sets torch's threads (a preset may) would change every later run's:
+    # every entry gets the same explicit count.
+    budget.setdefault("threads", torch.get_num_threads())
+    ref = next(e for e in ENTRIES if e.name == REFERENCE)
+    target = count_params(
+        ref.model, model_values(ref.model, entry_values(ref, preset, vocab_size, budget))
+    )
+    configs = {}
+    for entry in entries:
+        values = entry_values(entry, preset, vocab_size, budget)
+        if entry.match:
+            mv = model_values(entry.model, values)
+            values[entry.match] = match_field(
+                entry.model, mv, entry.match, target, entry.match_step
+            )
+        values["out_dir"] = str(Path(out_dir) / entry.name)
+        configs[entry.name] = make_config(entry.model, None, **values)
+    return configs
+
+
+def smoke_budget(steps: int | None, preset: str) -> dict[str, Any]:
+    """Budget changes for a ``steps`` override: warmup at most a tenth of the run."""
+    if steps is None:
+        return {}
+    return {"steps": steps, "warmup_steps": min(recipe(preset)["warmup_steps"], steps // 10)}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def inference_speed(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, repeats: int = 3
+) -> dict[str, float]:
+    """Streaming decode of the trained model: ``prompt`` (1, P), then ``new_tokens`` tokens
+    one ``decode_step`` each (physllm.bench.decode_speed); best of ``repeats`` passes."""
+    from physllm.bench import decode_speed
+
+    return decode_speed(model, prompt, new_tokens, repeats=repeats)
+
+
+def run_entries(
+    configs: Mapping[str, Any],
+    prompt_tokens: int = 16,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train every config in turn (``physllm.train.train``) and measure each trained
+    model's streaming inference speed from a validation prompt of ``prompt_tokens``
+    up to its block. Returns ``{name: RunResult}``; each ``metrics`` gains
+    ``infer_tokens_per_sec`` and ``infer_ms_per_token``."""
+    from physllm.train import train
+
+    results = {}
+    for name, cfg in configs.items():
+        t0 = time.perf_counter()
+        result = train(cfg)
+        device = next(result.model.parameters()).device
+        val = result.data.splits["val"]
+        block = result.model.config.block_size
+        prompt = torch.tensor(val[:prompt_tokens].astype("int64"), device=device).unsqueeze(0)
+        speed = inference_speed(result.model, prompt, max(1, block - prompt_tokens))
+        result.metrics["infer_tokens_per_sec"] = speed["decode_tokens_per_sec"]
+        result.metrics["infer_ms_per_token"] = speed["decode_ms_per_token"]
+        results[name] = result
+        if log:
+            m = result.metrics
+            log(
+                f"{name:<22} {m['params']:>10,} params  val {m['val_loss']:.4f}  "
+                f"{m['val_bpc']:.3f} bits/{m['bpc_unit']}  {m['tokens_per_sec']:>8,.0f} train tok/s  "
+                f"{m['infer_tokens_per_sec']:>7,.0f} infer tok/s  {time.perf_counter() - t0:.0f} s"
+            )
+    return results
+
+
+def bench_spec(model: str, config: Mapping[str, Any], bench_cfg: Any) -> str:
+    """A ``physllm.bench`` model spec (``ngt:kernel=seed``) that builds ``config`` at
+    ``bench_cfg``'s shape: the fields where ``config`` differs from what the benchmark's
+    shared shape gives (``block_size``, ``vocab_size`` and ``dropout`` are the bench's)."""
+    from physllm.bench import model_config_for
+
+    _, base = model_config_for(model, bench_cfg)
+    diff = [
+        f"{k}={v}"
+        for k, v in config.items()
+        if k not in ("block_size", "vocab_size", "dropout") and getattr(base, k) != v
+    ]
+    return model + (":" + "+".join(diff) if diff else "")
+
+
+def sweep_config(
+    configs: Mapping[str, Any],
+    preset: str,
+    device: str = "auto",
+    threads: int = 0,
+    repeats: int = 1,
+    **changes: Any,
+) -> tuple[Any, dict[str, str]]:
+    """The :class:`physllm.bench.BenchConfig` of the length sweep for trained ``configs``:
+    the recipe's shape and :data:`SWEEPS`; returns ``(bench_config, {spec: entry name})``."""
+    from physllm.bench import BenchConfig
+
+    any_cfg = next(iter(configs.values()))
+    mcfg = configs.get(REFERENCE, any_cfg).model_config
+    sweep = {**SWEEPS[preset], **changes}
+    cfg = BenchConfig(
+        models=[],
+        n_layer=mcfg.n_layer,
+        n_head=mcfg.n_head,
+        n_embd=mcfg.n_embd,
+        vocab_size=mcfg.vocab_size,
+        block_size=int(str(sweep["lengths"]).split(",")[0]),
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        **sweep,
+    )
+    labels = {}
+    for name, tcfg in configs.items():
+        spec = bench_spec(tcfg.model, tcfg.model_config.to_dict(), cfg)
+        labels[spec] = name
+    return dataclasses.replace(cfg, models=list(labels)), labels
+
+
+def run_sweep(bench_cfg: Any, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """:func:`physllm.bench.run_length_bench`, each row labelled with its entry name."""
+    from physllm.bench import run_length_bench
+
+    rows = run_length_bench(bench_cfg)
+    for row in rows:
+        row["label"] = labels.get(row["model"], row["model"])
+        row["reference"] = labels.get(row["reference"], row["reference"])
+    return rows
+
+
+def bench_all_config(preset: str, **given: Any) -> tuple[Any, dict[str, str]]:
+    """``python -m physllm bench --all``: every entry as a benchmark spec at the recipe's
+    training shape (flags in ``given`` win). Returns ``(BenchConfig, {spec: entry name})``."""
+    from physllm.bench import BenchConfig
+
+    r = recipe(preset)
+    shape = {k: r[k] for k in ("batch_size", "block_size", *SHAPE_FIELDS)}
+    shape["vocab_size"] = 256  # the recipe's byte tokens
+    base = BenchConfig(**{**shape, **given})
+    shape_budget = {k: getattr(base, k) for k in ("block_size", *SHAPE_FIELDS)}
+    configs = build_configs(preset, base.vocab_size, **shape_budget)
+    labels = {}
+    for name, tcfg in configs.items():
+        labels[bench_spec(tcfg.model, tcfg.model_config.to_dict(), base)] = name
+    return dataclasses.replace(base, models=list(labels)), labels
+
+
+# --------------------------------------------------------------------------- the table
+
+ROW_KEYS = (
+    "entry",
+    "model",
+    "variant",
+    "params",
+    "params_vs_gpt",
+    "steps",
+    "tokens_seen",
+    "val_loss",
+    "val_bpc",
+    "bpc_unit",
+    "train_tokens_per_sec",
+    "infer_tokens_per_sec",
+    "peak_mem_mb",
+    "wall_s",
+    "speed_vs_gpt",
+    "mem_vs_gpt",
+)
+
+
+def leaderboard_rows(
+    metrics: Mapping[str, Mapping[str, Any]],
+    sweep_rows: Sequence[Mapping[str, Any]] = (),
+    block_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per entry (keys :data:`ROW_KEYS`) from each run's metrics and the length
+    sweep's rows at ``block_size`` (peak memory, isolated speed ratio against gpt)."""
+    variants = {e.name: e.variant for e in ENTRIES}
+    at_block = {
+        r["label"]: r for r in sweep_rows if block_size is None or r["length"] == block_size
+    }
+    ref = metrics.get(REFERENCE)
+    rows = []
+    for name, m in metrics.items():
+        bench = at_block.get(name, {})
+        rows.append(
+            {
+                "entry": name,
+                "model": m["model"],
+                "variant": variants.get(name, ""),
+                "params": m["params"],
+                "params_vs_gpt": m["params"] / ref["params"] if ref else None,
+                "steps": m["steps"],
+                "tokens_seen": m["tokens_seen"],
+                "val_loss": m["val_loss"],
+                "val_bpc": m["val_bpc"],
+                "bpc_unit": m["bpc_unit"],
+                "train_tokens_per_sec": m["tokens_per_sec"],
+                "infer_tokens_per_sec": m.get("infer_tokens_per_sec"),
+                "peak_mem_mb": bench.get("peak_mem_mb"),
+                "wall_s": m["wall_s"],
+                "speed_vs_gpt": bench.get("speed_ratio"),
+                "mem_vs_gpt": bench.get("mem_ratio"),
+            }
+        )
+    return rows
+
+
+def leaderboard_frame(rows: Sequence[Mapping[str, Any]]):
+    """The rows as a pandas DataFrame indexed by entry, columns in plain words."""
+    import pandas as pd
+
+    unit = rows[0]["bpc_unit"] if rows else "char"
+    frame = pd.DataFrame(list(rows)).set_index("entry")
+    frame = frame.drop(columns=["bpc_unit", "variant", "steps", "tokens_seen"])
+    return frame.rename(
+        columns={
+            "params_vs_gpt": "params x gpt",
+            "val_loss": "val loss",
+            "val_bpc": f"bits/{unit}",
+            "train_tokens_per_sec": "train tok/s",
+            "infer_tokens_per_sec": "infer tok/s",
+            "peak_mem_mb": "peak MB",
+            "wall_s": "train wall s",
+            "speed_vs_gpt": "speed x gpt",
+            "mem_vs_gpt": "mem x gpt",
+        }
+    )
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else ""
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The leaderboard rows as a markdown table (lines)."""
+    from physllm.reports import _millions
+
+    unit = rows[0].get("bpc_unit", "char") if rows else "char"
+    header = [
+        "model",
+        "variant",
+        "params",
+        "val loss",
+        f"bits / {unit}",
+        "train tokens/s",
+        "speed x gpt",
+        "inference tokens/s",
+        "peak MB",
+        "mem x gpt",
+        "train wall",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        cells = [
+            f"{r['model']}"
+            if r["entry"] == r["model"]
+            else f"{r['model']} ({r['entry'].split('-', 1)[-1]})",
+            str(r.get("variant", "")).replace("|", "\\|"),
+            _millions(r.get("params")),
+            _num(r.get("val_loss"), ".3f"),
+            _num(r.get("val_bpc"), ".3f"),
+            _num(r.get("train_tokens_per_sec"), ",.0f"),
+            _num(r.get("speed_vs_gpt"), ".2f"),
+            _num(r.get("infer_tokens_per_sec"), ",.0f"),
+            _num(r.get("peak_mem_mb"), ",.0f"),
+            _num(r.get("mem_vs_gpt"), ".2f"),
+            f"{r['wall_s']:.0f} s" if isinstance(r.get("wall_s"), (int, float)) else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markers(tag: str) -> tuple[str, str]:
+    return f"<!-- leaderboard:{tag}:start -->", f"<!-- leaderboard:{tag}:end -->"
+
+
+def report_run(reports_dir: str | os.PathLike, tag: str) -> dict[str, Any] | None:
+    """The leaderboard report ``reports_dir/06_leaderboard/<tag>`` (the default-parameter
+    run on that hardware) when it finished: ``{"run": run.json, "metrics": metrics.json}``."""
+    from physllm.reports import read_json
+
+    folder = Path(reports_dir) / NOTEBOOK / tag
+    run, metrics = read_json(folder / "run.json"), read_json(folder / "metrics.json")
+    if run.get("status") != "ok" or not metrics.get("leaderboard"):
+        return None
+    return {"run": run, "metrics": metrics, "folder": folder}
+
+
+def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
+    """The README text between ``tag``'s markers, from the report's ``metrics.json``
+    alone (and ``run.json`` for date and notebook wall time)."""
+    from physllm.reports import format_seconds
+
+    found = report_run(reports_dir, tag)
+    label = tag.upper()
+    if found is None:
+        return (
+            f"_No {label} leaderboard report yet: `python -m physllm report {NOTEBOOK}` on a "
+            f"{label} machine writes `reports/{NOTEBOOK}/{tag}/` and fills this table._"
+        )
+    run, m = found["run"], found["metrics"]
+    rows = m["leaderboard"]
+    base = f"{link_root}/{NOTEBOOK}/{tag}"
+    r = rows[0]
+    unit = r.get("bpc_unit", "char")
+    sweep = m.get("sweep_config", {})
+    lines = [
+        f"**Every model at one budget, {label}** ([report]({base}/{NOTEBOOK}.html), "
+        f"[metrics.json]({base}/metrics.json); this table is generated from that file by "
+        f"`python -m physllm report {NOTEBOOK}`, do not edit it). "
+        f"{m.get('corpus', '')} ({m.get('tokenizer', '')} tokens, bits per {unit}), "
+        f"{r['steps']} steps of {m.get('batch_size', '?')} x {m.get('block_size', '?')} tokens "
+        f"({r['tokens_seen']:,} tokens), seed {m.get('seed', '')}, every model within "
+        f"{m.get('param_tolerance', PARAM_TOLERANCE):.0%} of GPT's parameters; "
+        f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
+        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
+        f"physllm {m.get('git_sha', run.get('git_sha', ''))}.",
+        "",
+        *markdown_table(rows),
+        "",
+        "Train tokens/s: the training run itself (the runs went one after another). "
+        "Speed, peak memory and their ratios: one training step at the training shape"
+        + (f" (batch {sweep.get('batch_size')})" if sweep else "")
+        + ", each model in a fresh process (peak: "
+        + ("resident memory above the process's start" if tag == "cpu" else "CUDA allocated")
+        + "). Inference: streaming decode, batch 1, to the block length (1 / median step).",
+    ]
+    return "\n".join(lines)
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    """``text`` with what lies between the ``start`` and ``end`` lines replaced by ``body``."""
+    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.S)
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text, count=1)
+
+
+def readme_text(text: str, reports_dir: str | os.PathLike) -> str:
+    """``text`` (a README) with its leaderboard sections regenerated: ``cpu`` between its
+    markers; ``gpu`` after the cpu section when a GPU report exists, removed otherwise."""
+    cpu_start, cpu_end = markers("cpu")
+    gpu_start, gpu_end = markers("gpu")
+    if cpu_start not in text or cpu_end not in text:
+        return text
+    text = replace_between(text, cpu_start, cpu_end, render_section("cpu", reports_dir))
+    has_gpu = report_run(reports_dir, "gpu") is not None
+    if gpu_start in text:
+        if has_gpu:
+            return replace_between(text, gpu_start, gpu_end, render_section("gpu", reports_dir))
+        pattern = re.compile(r"\n*" + re.escape(gpu_start) + r".*?" + re.escape(gpu_end), re.S)
+        return pattern.sub("", text, count=1)
+    if has_gpu:
+        block = f"{gpu_start}\n{render_section('gpu', reports_dir)}\n{gpu_end}"
+        return text.replace(cpu_end, f"{cpu_end}\n\n{block}", 1)
+    return text
+
+
+def update_readme(readme: str | os.PathLike, reports_dir: str | os.PathLike) -> bool:
+    """Regenerate ``readme``'s leaderboard sections from ``reports_dir``; True if it changed.
+    A README without the markers is left alone."""
+    path = Path(readme)
+    if not path.exists():
+        return False
+    text = path.read_text(encoding="utf-8")
+    new = readme_text(text, reports_dir)
+    if new == text:
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+    return True
+
+
+__all__ = [
+    "ENTRIES",
+    "Entry",
+    "RECIPES",
+    "SWEEPS",
+    "bench_all_config",
+    "bench_spec",
+    "build_configs",
+    "count_params",
+    "entry_values",
+    "inference_speed",
+    "leaderboard_frame",
+    "leaderboard_rows",
+    "markdown_table",
+    "match_field",
+    "recipe",
+    "render_section",
+    "run_entries",
+    "run_sweep",
+    "select_entries",
+    "sweep_config",
+    "update_readme",
+]
