@@ -287,6 +287,10 @@ def build_configs(
     from physllm.train import make_config
 
     entries = list(entries or ENTRIES)
+    train_names, _ = _fields(REFERENCE)
+    unknown = sorted(set(budget) - train_names - {"block_size", "dropout", *SHAPE_FIELDS})
+    if unknown:
+        raise PhysllmError(f"unknown leaderboard budget field(s): {', '.join(unknown)}")
     # A run that sets torch's threads (a preset may) would change every later run's:
     # every entry gets the same explicit count.
     budget.setdefault("threads", torch.get_num_threads())
@@ -349,6 +353,10 @@ def run_entries(
         speed = inference_speed(result.model, prompt, max(1, block - prompt_tokens))
         result.metrics["infer_tokens_per_sec"] = speed["decode_tokens_per_sec"]
         result.metrics["infer_ms_per_token"] = speed["decode_ms_per_token"]
+        # a recurrent model that trains on consecutive blocks is also evaluated so (state
+        # carried in from the text before each block): the table says which rows did
+        carries = getattr(result.model, "carries_state", None)
+        result.metrics["carries_state"] = bool(carries()) if callable(carries) else False
         results[name] = result
         if log:
             m = result.metrics
@@ -456,6 +464,7 @@ ROW_KEYS = (
     "wall_s",
     "speed_vs_gpt",
     "mem_vs_gpt",
+    "carries_state",
 )
 
 
@@ -492,6 +501,7 @@ def leaderboard_rows(
                 "wall_s": m["wall_s"],
                 "speed_vs_gpt": bench.get("speed_ratio"),
                 "mem_vs_gpt": bench.get("mem_ratio"),
+                "carries_state": bool(m.get("carries_state", False)),
             }
         )
     return rows
@@ -515,6 +525,7 @@ def leaderboard_frame(rows: Sequence[Mapping[str, Any]]):
             "wall_s": "train wall s",
             "speed_vs_gpt": "speed x gpt",
             "mem_vs_gpt": "mem x gpt",
+            "carries_state": "state carried",
         }
     )
 
@@ -552,7 +563,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             else f"{r['model']} ({r['entry'].split('-', 1)[-1]})",
             str(r.get("variant", "")).replace("|", "\\|"),
             _millions(r.get("params")),
-            _num(r.get("val_loss"), ".3f"),
+            _num(r.get("val_loss"), ".3f") + (" †" if r.get("carries_state") else ""),
             _num(r.get("val_bpc"), ".3f"),
             _num(r.get("train_tokens_per_sec"), ",.0f"),
             _num(r.get("speed_vs_gpt"), ".2f"),
@@ -613,6 +624,16 @@ def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "r
         "",
         *markdown_table(rows),
         "",
+        *(
+            [
+                "† Trained on consecutive blocks with the state handed on (truncated BPTT) "
+                "and evaluated so: the state carries the text before each block, where the "
+                f"other models see a window of {m.get('block_size', '?')} tokens.",
+                "",
+            ]
+            if any(row.get("carries_state") for row in rows)
+            else []
+        ),
         "Train tokens/s: the training run itself (the runs went one after another). "
         "Speed, peak memory and their ratios: one training step at the training shape"
         + (f" (batch {sweep.get('batch_size')})" if sweep else "")

@@ -1,0 +1,285 @@
+"""The leaderboard: entries, parameter matching, one shared budget, the table, the
+README section generated from a report's metrics.json, and notebook 06 itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from physllm import leaderboard as lb
+from physllm.bench import BenchConfig, measure_lengths, model_config_for
+from physllm.errors import PhysllmError
+from physllm.models import MODELS, build_model
+
+from .conftest import REPO, shakespeare_available
+
+BUDGET_FIELDS = (
+    "corpus",
+    "tokenizer",
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "beta2",
+    "seed",
+    "threads",
+    "dtype",
+    "compile",
+)
+
+
+# --------------------------------------------------------------------------- entries and configs
+
+
+def test_entries_cover_every_registered_model_and_both_forms():
+    entries = lb.select_entries("all")
+    assert {e.model for e in entries} == set(MODELS)
+    assert entries[0].name == "gpt"
+    forms = {e.overrides.get("form") for e in entries if e.model == "context_vector"}
+    kernels = {e.overrides.get("kernel") for e in entries if e.model == "ngt"}
+    assert forms == {"seed", "fixed"} and kernels == {"seed", "gaussian"}
+
+
+def test_select_entries_keeps_the_reference_and_rejects_unknown_names():
+    assert [e.name for e in lb.select_entries("qllm")] == ["gpt", "qllm"]
+    assert [e.name for e in lb.select_entries(["ngt-seed", "gpt"])] == ["gpt", "ngt-seed"]
+    with pytest.raises(PhysllmError, match="unknown leaderboard entries nosuch"):
+        lb.select_entries("gpt,nosuch")
+    with pytest.raises(PhysllmError, match="no leaderboard preset"):
+        lb.recipe("tpu")
+
+
+def test_match_field_finds_the_nearest_multiple():
+    def count(model, config):  # a count that grows linearly with the field
+        return 1000 + 7 * config["width"]
+
+    assert lb.match_field("any", {}, "width", 1000 + 7 * 160, step=16, count=count) == 160
+    assert lb.match_field("any", {}, "width", 1000 + 7 * 165, step=16, count=count) == 160
+    assert lb.match_field("any", {}, "width", 1000 + 7 * 170, step=16, count=count) == 176
+    assert lb.match_field("any", {}, "width", 10, step=16, count=count) == 16  # at least one step
+
+
+def test_count_params_equals_a_real_model():
+    config = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    assert lb.count_params("gpt", config) == build_model("gpt", config).num_params()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_every_entry_shares_the_budget_and_matches_gpt(preset):
+    configs = lb.build_configs(preset, 256, threads=1)
+    assert list(configs) == [e.name for e in lb.ENTRIES]
+    gpt = configs["gpt"]
+    ref = lb.count_params("gpt", gpt.model_config.to_dict())
+    for name, cfg in configs.items():
+        n = lb.count_params(cfg.model, cfg.model_config.to_dict())
+        assert abs(n / ref - 1) <= lb.PARAM_TOLERANCE, (name, n, ref)
+        for key in BUDGET_FIELDS:
+            assert getattr(cfg, key) == getattr(gpt, key), (name, key)
+        mc = cfg.model_config
+        assert (mc.vocab_size, mc.block_size, mc.dropout) == (256, gpt.model_config.block_size, 0.0)
+        assert cfg.out_dir.endswith(name)
+    assert configs["context_vector-seed"].model_config.form == "seed"
+    assert configs["context_vector-fixed"].model_config.form == "fixed"
+    assert configs["ngt-seed"].model_config.kernel == "seed"
+    assert configs["hopfield"].model_config.backbone == "gpt"  # never the gpu preset's Llama
+    assert configs["hamiltonian"].model_config.n_layer == gpt.model_config.n_layer
+    assert configs["gpt"].tokenizer == "byte" and configs["gpt"].compile is False
+
+
+def test_budget_overrides_and_the_model_preset_layer():
+    configs = lb.build_configs("cpu", 256, out_dir="x", threads=1, **lb.smoke_budget(20, "cpu"))
+    assert all(c.steps == 20 and c.warmup_steps == 2 and c.threads == 1 for c in configs.values())
+    # the model's own preset comes first: QLLM's globals and segments, the context
+    # vector's widths (its shape is its own), NGT's coordinate sizes
+    assert configs["qllm"].model_config.segment_len == 32
+    assert configs["context_vector-fixed"].model_config.n_layer == 1
+    assert configs["ngt-gaussian"].model_config.n_coord == 32
+    assert lb.smoke_budget(None, "cpu") == {}
+    with pytest.raises(PhysllmError, match="unknown leaderboard budget field"):
+        lb.build_configs("cpu", 256, stepz=3)
+
+
+def test_bench_spec_rebuilds_the_entry_config():
+    configs = lb.build_configs("cpu", 256, threads=1)
+    cfg = BenchConfig(block_size=64, vocab_size=256)
+    for name, tcfg in configs.items():
+        spec = lb.bench_spec(tcfg.model, tcfg.model_config.to_dict(), cfg)
+        model, built = model_config_for(spec, cfg)
+        assert model == tcfg.model
+        assert built.to_dict() == tcfg.model_config.to_dict(), name
+    assert lb.bench_spec("gpt", configs["gpt"].model_config.to_dict(), cfg) == "gpt"
+
+
+def test_bench_all_config_labels_every_entry():
+    cfg, labels = lb.bench_all_config("cpu", n_embd=32, n_layer=1, block_size=16)
+    assert sorted(labels.values()) == sorted(e.name for e in lb.ENTRIES)
+    assert cfg.models == list(labels) and (cfg.block_size, cfg.n_embd) == (16, 32)
+    assert cfg.batch_size == lb.recipe("cpu")["batch_size"]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def test_inference_speed_streams_the_model():
+    torch.manual_seed(0)
+    model = build_model("gpt", dict(vocab_size=20, block_size=16, n_layer=1, n_head=1, n_embd=16))
+    model.train()
+    speed = lb.inference_speed(model, torch.randint(20, (1, 4)), new_tokens=8, repeats=2)
+    assert speed["decode_tokens_per_sec"] > 0
+    assert speed["decode_ms_per_token"] == pytest.approx(1000 / speed["decode_tokens_per_sec"])
+    assert model.training  # left as it was found
+
+
+def test_measure_lengths_one_row_per_length_ascending():
+    cfg = BenchConfig(
+        batch_size=2, n_layer=1, n_head=1, n_embd=16, vocab_size=20, steps=1, warmup=0,
+        lengths="32,16", timed_tokens=4, threads=1,
+    )  # fmt: skip
+    out = measure_lengths("context_vector:n_layer=1+n_hidden=16+n_context=8", cfg)
+    rows = out["rows"]
+    assert [r["length"] for r in rows] == [16, 32]
+    for r in rows:
+        assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0 and r["peak_mem_mb"] >= 0
+
+
+# --------------------------------------------------------------------------- the table and the README
+
+
+def fake_metrics(device: str = "cpu (test box)") -> dict:
+    runs = {}
+    for i, e in enumerate(lb.ENTRIES):
+        runs[e.name] = {
+            "model": e.model, "params": 800_000 + 1000 * i, "steps": 400, "tokens_seen": 307_200,
+            "val_loss": 2.0 + 0.01 * i, "val_bpc": 2.9 + 0.01 * i, "bpc_unit": "byte",
+            "tokens_per_sec": 20_000.0 - 100 * i, "infer_tokens_per_sec": 500.0 + i,
+            "wall_s": 15.0 + i, "carries_state": e.model == "context_vector",
+        }  # fmt: skip
+    sweep = [
+        {"label": name, "model": name, "length": L, "peak_mem_mb": 100.0 + i, "speed_ratio": 1 - 0.05 * i,
+         "mem_ratio": 1 + 0.01 * i}
+        for i, name in enumerate(runs) for L in (64, 128)
+    ]  # fmt: skip
+    rows = lb.leaderboard_rows(runs, sweep, 64)
+    return {
+        **runs["gpt"], "corpus": "shakespeare", "tokenizer": "byte", "block_size": 64,
+        "batch_size": 12, "seed": 1337, "device": device, "torch_version": "2.x",
+        "git_sha": "abc1234", "runs": runs, "leaderboard": rows, "sweep_config": {"batch_size": 12},
+    }  # fmt: skip
+
+
+def write_report(reports: Path, tag: str, metrics: dict, status: str = "ok") -> Path:
+    folder = reports / lb.NOTEBOOK / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    run = {"notebook": lb.NOTEBOOK, "run": tag, "status": status, "wall_s": 201.0,
+           "started": "2026-12-01T10:00:00Z", "hardware": metrics["device"], "parameters": {}}  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
+
+
+def test_rows_take_peak_and_ratios_at_the_training_length():
+    m = fake_metrics()
+    rows = m["leaderboard"]
+    assert [r["entry"] for r in rows] == [e.name for e in lb.ENTRIES]
+    assert rows[0]["params_vs_gpt"] == 1.0 and rows[2]["peak_mem_mb"] == 102.0
+    frame = lb.leaderboard_frame(rows)
+    assert set(frame["model"]) == set(MODELS)
+    assert {"bits/byte", "infer tok/s", "peak MB", "speed x gpt"} <= set(frame.columns)
+
+
+README = """# title
+
+intro
+
+<!-- leaderboard:cpu:start -->
+old text
+<!-- leaderboard:cpu:end -->
+
+## next section
+"""
+
+
+def test_readme_section_placeholder_table_and_gpu_block(tmp_path):
+    reports = tmp_path / "reports"
+    text = lb.readme_text(README, reports)
+    assert "No CPU leaderboard report yet" in text and "old text" not in text
+    assert "leaderboard:gpu" not in text and text.endswith("## next section\n")
+
+    write_report(reports, "cpu", fake_metrics())
+    text = lb.readme_text(text, reports)
+    start, end = lb.markers("cpu")
+    section = text.split(start)[1].split(end)[0]
+    assert "cpu (test box)" in section and "400 steps of 12 x 64 tokens" in section
+    assert "| ngt (seed) |" in section and "| context_vector (fixed) |" in section
+    assert "2.010" in section and "3m 21s" in section and "abc1234" in section
+    assert "| 2.020 † |" in section and "† Trained on consecutive blocks" in section
+    assert "leaderboard:gpu" not in text
+    assert lb.readme_text(text, reports) == text  # idempotent
+
+    write_report(reports, "gpu", fake_metrics("cuda (Test GPU)"))
+    text = lb.readme_text(text, reports)
+    assert text.index("leaderboard:cpu:end") < text.index("leaderboard:gpu:start")
+    assert "cuda (Test GPU)" in text and "Every model at one budget, GPU" in text
+    assert lb.readme_text(text, reports) == text
+
+    write_report(reports, "gpu", fake_metrics("cuda (Test GPU)"), status="failed")
+    text = lb.readme_text(text, reports)  # a failed GPU run: no GPU table
+    assert "leaderboard:gpu" not in text and text.endswith("## next section\n")
+    assert lb.readme_text("no markers here\n", reports) == "no markers here\n"
+
+
+def test_rebuild_index_regenerates_the_readme_beside_the_reports(tmp_path):
+    from physllm.reports import rebuild_index
+
+    reports = tmp_path / "reports"
+    write_report(reports, "cpu", fake_metrics())
+    (tmp_path / "README.md").write_text(README)
+    rebuild_index(reports)
+    text = (tmp_path / "README.md").read_text()
+    assert "| hopfield |" in text and "old text" not in text
+    assert (reports / "README.md").exists()
+
+
+def test_repo_readme_table_is_what_the_committed_metrics_generate():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start, end = lb.markers("cpu")
+    assert start in text and end in text
+    assert lb.readme_text(text, REPO / "reports") == text, (
+        "README's leaderboard section is stale: run `python -m physllm report` to regenerate it"
+    )
+
+
+# --------------------------------------------------------------------------- the notebook
+
+
+def test_notebook_runs_with_few_steps(run_notebook, tmp_path):
+    if not shakespeare_available():
+        pytest.skip("TinyShakespeare not on disk (set PHYSLLM_DATA_DIR)")
+    _, out_dir = run_notebook("06_leaderboard", steps=20, sweep_lengths="64", threads=1)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    rows = metrics["leaderboard"]
+    assert {r["model"] for r in rows} == set(MODELS)
+    assert [r["entry"] for r in rows] == [e.name for e in lb.ENTRIES]
+    for r in rows:
+        assert r["steps"] == 20 and r["bpc_unit"] == "byte"
+        for key in ("val_loss", "val_bpc", "train_tokens_per_sec", "infer_tokens_per_sec"):
+            assert r[key] > 0, (r["entry"], key)
+        assert r["peak_mem_mb"] > 0 and r["speed_vs_gpt"] > 0, r["entry"]
+    assert rows[0]["speed_vs_gpt"] == 1.0
+    for name in ("loss_vs_steps", "loss_vs_time", "speed_memory_vs_length"):
+        assert (out_dir / f"{name}.png").exists()
+    # the README section renders from this very file
+    reports = tmp_path / "reports"
+    folder = write_report(reports, "cpu", metrics)
+    shutil.copy(out_dir / "metrics.json", folder / "metrics.json")
+    section = lb.render_section("cpu", reports)
+    for e in lb.ENTRIES:
+        label = e.model if e.name == e.model else f"{e.model} ({e.name.split('-', 1)[1]})"
+        assert f"| {label} |" in section
