@@ -68,12 +68,11 @@ from physllm.analysis.streaming import (
     plot_gate_stats,
     plot_streaming_bench,
 )
+from physllm.models import match_field
 from physllm.models.context_vector import (
     FNN,
     ContextLayer,
     ContextVectorModel,
-    gpt_overrides_matching,
-    hidden_matching,
     linear_scan,
     sequential_scan,
 )
@@ -235,16 +234,19 @@ target = results["seed"].metrics["params"]
 train_fields = {k: v for k, v in base.to_dict().items() if k not in ("model", "model_config", "out_dir")}
 arch = {**mc.to_dict(), "vocab_size": 0}
 configs = {
-    "scan": dict(arch, form="fixed", gates="input", n_hidden=hidden_matching(target, **{**arch, "vocab_size": V, "form": "fixed", "gates": "input"})),
-    "fixed": dict(arch, form="fixed", gates="hidden", n_hidden=hidden_matching(target, **{**arch, "vocab_size": V, "form": "fixed"})),
+    "scan": dict(arch, form="fixed", gates="input"),
+    "fixed": dict(arch, form="fixed", gates="hidden"),
 }
+for c in configs.values():  # the FNN width that brings each nearest the seed run's size
+    c["n_hidden"] = match_field("context_vector", {**c, "vocab_size": V}, "n_hidden", target)
 configs.update(seed_windows=dict(arch, carry_state=False), scan_windows=dict(configs["scan"], carry_state=False))
 for name in [v.strip() for v in variants.split(",") if v.strip() not in ("", "seed")]:
     cfg = make_config("context_vector", None, out_dir=str(out_dir / name), **train_fields, **configs[name])
     results[name] = train(cfg)
 gpt_cfg = make_config(
     "gpt", None, out_dir=str(out_dir / "gpt"), **train_fields,
-    block_size=mc.block_size, dropout=mc.dropout, **gpt_overrides_matching(target, V, mc.block_size),
+    block_size=mc.block_size, dropout=mc.dropout, n_layer=4, n_head=4,
+    n_embd=match_field("gpt", dict(vocab_size=V, block_size=mc.block_size, n_layer=4, n_head=4), "n_embd", target, step=16),
 )
 results["gpt"] = train(gpt_cfg)
 metrics = {name: r.metrics for name, r in results.items()}

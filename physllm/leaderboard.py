@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from physllm.errors import PhysllmError
+from physllm.models import count_params, match_field
 from physllm.presets import NANOGPT_CHAR_CPU, PRESETS
 
 NOTEBOOK = "06_leaderboard"
@@ -203,41 +204,6 @@ def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
             f"unknown leaderboard entries {', '.join(unknown)}; choose from {', '.join(known)}"
         )
     return [e for e in ENTRIES if not wanted or e.name in wanted or e.name == REFERENCE]
-
-
-def count_params(model: str, config: Mapping[str, Any]) -> int:
-    """Parameters of ``model`` built from ``config`` (built on the meta device: no memory)."""
-    from physllm.models import build_model
-
-    with torch.device("meta"):
-        return build_model(model, dict(config)).num_params()
-
-
-def match_field(
-    model: str,
-    config: Mapping[str, Any],
-    name: str,
-    target: int,
-    step: int = 16,
-    count: Callable[[str, Mapping[str, Any]], int] = count_params,
-) -> int:
-    """The multiple of ``step`` for integer field ``name`` that brings ``model``'s parameter
-    count nearest ``target`` (the count must grow with the field; bisection)."""
-
-    def n(k: int) -> int:
-        return count(model, {**config, name: step * k})
-
-    hi = 1
-    while n(hi) < target:  # double until past the target
-        hi *= 2
-        if hi > 1 << 20:
-            raise PhysllmError(f"{model}: no {name} reaches {target:,} parameters")
-    lo = max(1, hi // 2)
-    while lo < hi:  # smallest k with n(k) >= target
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if n(mid) < target else (lo, mid)
-    candidates = {max(1, lo - 1), lo}
-    return step * min(sorted(candidates), key=lambda k: abs(n(k) - target))
 
 
 def _fields(model: str) -> tuple[set[str], set[str]]:

@@ -11,12 +11,10 @@ import torch
 
 from physllm.bench import BenchConfig, measure_generation
 from physllm.errors import PhysllmError
-from physllm.models import GPT, GPTConfig, build_model
+from physllm.models import GPT, GPTConfig, build_model, match_field
 from physllm.models.context_vector import (
     ContextVectorConfig,
     ContextVectorModel,
-    gpt_overrides_matching,
-    hidden_matching,
     linear_scan,
     sequential_scan,
 )
@@ -153,10 +151,10 @@ def test_learns_a_fixed_batch(kw):
 def test_matched_sizes():
     cfg = dict(vocab_size=65, block_size=64, n_embd=128, n_hidden=256, n_context=128)
     target = ContextVectorModel(ContextVectorConfig(form="seed", **cfg)).num_params()
-    gpt_cfg = gpt_overrides_matching(target, vocab_size=65, block_size=64)
-    gpt = GPT(GPTConfig(vocab_size=65, block_size=64, **gpt_cfg))
+    gpt_cfg = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4)
+    gpt = GPT(GPTConfig(**gpt_cfg, n_embd=match_field("gpt", gpt_cfg, "n_embd", target)))
     assert abs(gpt.num_params() - target) / target < 0.15
-    h = hidden_matching(target, **{**cfg, "gates": "input"})
+    h = match_field("context_vector", {**cfg, "gates": "input"}, "n_hidden", target)
     scan = ContextVectorModel(ContextVectorConfig(gates="input", **{**cfg, "n_hidden": h}))
     assert abs(scan.num_params() - target) / target < 0.1
 

@@ -6,6 +6,11 @@ dataclass, parts, model. Register new ones here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
 from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
@@ -43,6 +48,42 @@ def build_model(name: str, config: ModelConfig | dict) -> LanguageModel:
     return model_cls(config)
 
 
+# --------------------------------------------------------------------------- sizing
+
+
+def count_params(model: str, config: Mapping[str, Any]) -> int:
+    """Parameters of ``model`` built from ``config`` (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return build_model(model, dict(config)).num_params()
+
+
+def match_field(
+    model: str,
+    config: Mapping[str, Any],
+    name: str,
+    target: int,
+    step: int = 16,
+    count: Callable[[str, Mapping[str, Any]], int] = count_params,
+) -> int:
+    """The multiple of ``step`` for integer field ``name`` that brings ``model``'s parameter
+    count nearest ``target`` (the count must grow with the field; bisection)."""
+
+    def n(k: int) -> int:
+        return count(model, {**config, name: step * k})
+
+    hi = 1
+    while n(hi) < target:  # double until past the target
+        hi *= 2
+        if hi > 1 << 20:
+            raise PhysllmError(f"{model}: no {name} reaches {target:,} parameters")
+    lo = max(1, hi // 2)
+    while lo < hi:  # smallest k with n(k) >= target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if n(mid) < target else (lo, mid)
+    candidates = {max(1, lo - 1), lo}
+    return step * min(sorted(candidates), key=lambda k: abs(n(k) - target))
+
+
 __all__ = [
     "MODELS",
     "GPT",
@@ -50,5 +91,7 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "build_model",
+    "count_params",
     "get_model_classes",
+    "match_field",
 ]

@@ -328,33 +328,3 @@ class ContextVectorModel(LanguageModel):
         """
         logits, state = self.run(idx, state)
         return logits[:, -1, :], state
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def hidden_matching(n_params: int, **config) -> int:
-    """The ``n_hidden`` (a multiple of 16) that brings a context_vector config nearest ``n_params``."""
-
-    def count(h: int) -> int:
-        return ContextVectorModel(ContextVectorConfig(**{**config, "n_hidden": h})).num_params()
-
-    lo, hi = 1, 256  # in units of 16; the count grows with h, so bisect
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if count(16 * mid) < n_params else (lo, mid)
-    return min((16 * max(1, lo - 1), 16 * lo), key=lambda h: abs(count(h) - n_params))
-
-
-def gpt_overrides_matching(
-    n_params: int, vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4
-) -> dict:
-    """GPT ``n_embd`` (a multiple of 4 * n_head) whose parameter count is nearest ``n_params``."""
-
-    def count(d: int) -> int:
-        # per block: attention 4 d^2, MLP 8 d^2, two LayerNorm gains; + embeddings + final LN
-        return n_layer * (12 * d * d + 2 * d) + (vocab_size + block_size) * d + d
-
-    step = 4 * n_head
-    best = min(range(step, 2048, step), key=lambda d: abs(count(d) - n_params))
-    return dict(n_layer=n_layer, n_head=n_head, n_embd=best)
