@@ -26,8 +26,8 @@ training length is the table's peak memory (one process held all the
 training runs, so the trainer's own peak is not per model).
 
 The README's results section is generated from the leaderboard report's
-``metrics.json`` (:func:`update_readme`, called by
-:func:`physllm.reports.rebuild_index`), between ``<!-- leaderboard:<hw>:start -->``
+``metrics.json`` (:func:`readme_text`, applied by :func:`physllm.readme.update_readme`
+when :func:`physllm.reports.rebuild_index` runs), between ``<!-- leaderboard:<hw>:start -->``
 and ``<!-- leaderboard:<hw>:end -->`` markers: ``cpu`` always, ``gpu`` only
 once a GPU report exists.
 """
@@ -636,22 +636,6 @@ def readme_text(text: str, reports_dir: str | os.PathLike) -> str:
     return text
 
 
-def update_readme(readme: str | os.PathLike, reports_dir: str | os.PathLike) -> bool:
-    """Regenerate ``readme``'s leaderboard sections from ``reports_dir``; True if it changed.
-    A README without the markers is left alone."""
-    path = Path(readme)
-    if not path.exists():
-        return False
-    text = path.read_text(encoding="utf-8")
-    new = readme_text(text, reports_dir)
-    if new == text:
-        return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-    return True
-
-
 __all__ = [
     "ENTRIES",
     "Entry",
@@ -673,5 +657,4 @@ __all__ = [
     "run_sweep",
     "select_entries",
     "sweep_config",
-    "update_readme",
 ]

@@ -25,8 +25,8 @@ older good run: when a rerun of the same name fails, the failed report goes to
 
 ``reports/README.md`` is rebuilt from every ``run.json`` and ``metrics.json``
 after each command (:func:`rebuild_index`); it is generated, never edited. So
-is the repository README's leaderboard table, between its
-``<!-- leaderboard:cpu:start -->`` markers (:func:`physllm.leaderboard.update_readme`).
+are the repository README's result tables, between their
+marker lines (:func:`physllm.readme.update_readme`).
 """
 
 from __future__ import annotations
@@ -595,9 +595,9 @@ def rebuild_index(reports_dir: str | os.PathLike | None = None) -> Path:
     tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")  # atomic: reports may run side by side
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
-    # The README beside the reports folder has its leaderboard table regenerated from
-    # the leaderboard report (a README without the markers is left alone).
-    from physllm.leaderboard import update_readme
+    # The README beside the reports folder has its result tables regenerated from
+    # the reports (a README without the markers is left alone).
+    from physllm.readme import update_readme
 
     update_readme(root.parent / "README.md", root)
     return path

@@ -247,15 +247,6 @@ def test_rebuild_index_regenerates_the_readme_beside_the_reports(tmp_path):
     assert (reports / "README.md").exists()
 
 
-def test_repo_readme_table_is_what_the_committed_metrics_generate():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start, end = lb.markers("cpu")
-    assert start in text and end in text
-    assert lb.readme_text(text, REPO / "reports") == text, (
-        "README's leaderboard section is stale: run `python -m physllm report` to regenerate it"
-    )
-
-
 # --------------------------------------------------------------------------- the notebook
 
 

@@ -1,0 +1,85 @@
+"""The README's generated result sections: rebuilt from report files, never typed by hand."""
+
+from __future__ import annotations
+
+import json
+
+from physllm import readme
+
+from .conftest import REPO
+
+README = """# title
+
+<!-- results:notebooks:start -->
+old numbers
+<!-- results:notebooks:end -->
+
+## next
+"""
+
+
+def write_notebook_report(reports, notebook, runs, status="ok"):
+    folder = reports / notebook / "cpu"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({"status": status}))
+    (folder / "metrics.json").write_text(json.dumps({"runs": runs}))
+
+
+def run_metrics(val_loss, params=800_000, steps=200, unit="char"):
+    return dict(
+        val_loss=val_loss,
+        val_bpc=val_loss / 0.6931,
+        params=params,
+        steps=steps,
+        bpc_unit=unit,
+        device="cpu (test box)",
+    )
+
+
+def test_notebook_rows_come_from_the_reports(tmp_path):
+    reports = tmp_path / "reports"
+    write_notebook_report(
+        reports, "03_ngt", {"ngt": run_metrics(2.25, steps=1000), "gpt": run_metrics(2.2)}
+    )
+    text = readme.readme_text(README, reports)
+    section = text.split(readme.NOTEBOOK_MARKERS[0])[1].split(readme.NOTEBOOK_MARKERS[1])[0]
+    assert "old numbers" not in section and text.endswith("## next\n")
+    row = next(line for line in section.splitlines() if "attractive (gaussian)" in line)
+    assert "| 0.80M | 1000 | 2.250 | 3.246 /char | 2.200 | +0.050 |" in row
+    assert "cpu (test box)" in section
+    assert "01_hamiltonian/symplectic" in section  # reports not there are named, not invented
+    assert readme.readme_text(text, reports) == text  # idempotent
+
+    # a new run of the notebook changes the row; a failed one drops it
+    write_notebook_report(
+        reports, "03_ngt", {"ngt": run_metrics(2.1, steps=1000), "gpt": run_metrics(2.2)}
+    )
+    assert "| 2.100 | 3.030 /char | 2.200 | -0.100 |" in readme.readme_text(text, reports)
+    write_notebook_report(reports, "03_ngt", {}, status="failed")
+    assert "attractive (gaussian)" not in readme.readme_text(text, reports)
+
+
+def test_every_headline_names_a_run_of_its_committed_report():
+    for h in readme.HEADLINES:
+        runs = json.loads((REPO / "reports" / h.notebook / "cpu" / "metrics.json").read_text())[
+            "runs"
+        ]
+        assert h.run in runs and h.baseline in runs, (h.notebook, h.run)
+
+
+def test_update_readme_rewrites_only_when_changed(tmp_path):
+    reports = tmp_path / "reports"
+    write_notebook_report(reports, "03_ngt", {"ngt": run_metrics(2.0), "gpt": run_metrics(2.1)})
+    path = tmp_path / "README.md"
+    path.write_text(README)
+    assert readme.update_readme(path, reports) is True
+    assert readme.update_readme(path, reports) is False
+    assert readme.update_readme(tmp_path / "missing.md", reports) is False
+
+
+def test_repo_readme_is_what_the_committed_reports_generate():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme.NOTEBOOK_MARKERS[0] in text and "<!-- leaderboard:cpu:start -->" in text
+    assert readme.readme_text(text, REPO / "reports") == text, (
+        "README's generated sections are stale: run `python -m physllm report` to regenerate them"
+    )
