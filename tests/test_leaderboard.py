@@ -15,7 +15,7 @@ from physllm.bench import BenchConfig, measure_lengths, model_config_for
 from physllm.errors import PhysllmError
 from physllm.models import MODELS, build_model
 
-from .conftest import REPO, shakespeare_available
+from .conftest import shakespeare_available
 
 BUDGET_FIELDS = (
     "corpus",
