@@ -130,7 +130,7 @@ def test_model_layer_is_one_leapfrog_step():
         c = layer.context(q0)
         q1, p1 = layer(q0, p0)
     F = force_from_potential(lambda q: layer.potential(q, c))
-    q2, p2 = leapfrog_step(q0, p0, F, float(layer.dt))
+    q2, p2 = leapfrog_step(q0, p0, F, float(layer.dt.detach()))
     assert torch.allclose(q1, q2) and torch.allclose(p1, p2)
 
 
