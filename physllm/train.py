@@ -1,9 +1,10 @@
 """One trainer for the CLI and every notebook.
 
 ``train(cfg)`` runs the loop nanoGPT made familiar: random windows from a
-token memmap, AdamW with decay groups, linear warmup then cosine decay, gradient
-accumulation and clipping, periodic evaluation on the held-out split, and
-checkpoints. Around it: AMP on CUDA, opt-in ``torch.compile``, DDP under
+token memmap (or, for recurrent models that carry their state, consecutive
+blocks of parallel streams: truncated BPTT), AdamW with decay groups, linear
+warmup then cosine decay, gradient accumulation and clipping, periodic
+evaluation on the held-out split, and checkpoints. Around it: AMP on CUDA, opt-in ``torch.compile``, DDP under
 ``torchrun``, TensorBoard scalars, a tqdm bar, a NaN guard, and exact resume
 (weights, optimizer, step, RNG and data-sampler state).
 
