@@ -186,16 +186,28 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(small_text_file, tmp
 DDP_SCRIPT = """
 import hashlib, os, sys, torch
 from physllm.train import make_config, train
-corpus, out = sys.argv[1], sys.argv[2]
-cfg = make_config("gpt", corpus=corpus, out_dir=out, steps=6, eval_interval=3, n_layer=1, n_head=2,
-                  n_embd=32, block_size=32, batch_size=4, eval_iters=2, progress=False, tensorboard=False)
+corpus, out, model = sys.argv[1], sys.argv[2], sys.argv[3]
+from physllm.data import StreamSampler
+init = StreamSampler.__init__
+def spy(self, data, split, *args, **kw):  # which stream rows this rank reads in training
+    init(self, data, split, *args, **kw)
+    path = os.path.join(out, f"rank{os.environ['RANK']}.rows")
+    if split == "train" and not os.path.exists(path):  # the trainer's (the first) sampler
+        open(path, "w").write(
+            " ".join(str(int(s)) for s in self.starts))
+StreamSampler.__init__ = spy
+shape = dict(n_layer=1, n_head=2, n_embd=32) if model == "gpt" else dict(
+    n_embd=16, n_hidden=32, n_context=12, carry_state=True)  # truncated BPTT: rows split by rank
+cfg = make_config(model, corpus=corpus, out_dir=out, steps=6, eval_interval=3, block_size=32,
+                  batch_size=4, eval_iters=2, progress=False, tensorboard=False, **shape)
 result = train(cfg)
 digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in result.model.parameters())).hexdigest()
 open(os.path.join(out, f"rank{os.environ['RANK']}.sha1"), "w").write(digest)
 """
 
 
-def test_ddp_two_processes_on_cpu(small_text_file, tmp_path):
+@pytest.mark.parametrize("model", ["gpt", "context_vector"])
+def test_ddp_two_processes_on_cpu(small_text_file, tmp_path, model):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
@@ -206,13 +218,13 @@ def test_ddp_two_processes_on_cpu(small_text_file, tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free port of its own: the two cases cannot collide
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "29517",
             str(script),
             str(small_text_file),
             str(out),
+            model,
         ],
         cwd=REPO,
         env=env,
@@ -231,8 +243,12 @@ def test_ddp_two_processes_on_cpu(small_text_file, tmp_path):
     ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["tokens_seen"] == 6 * 4 * 32 * 2
-    model, _, _ = load_checkpoint(out)
-    assert isinstance(model, torch.nn.Module)
+    assert metrics["val_eval"] == ("streams" if model == "context_vector" else "windows")
+    if model == "context_vector":  # the ranks read different streams of the same text
+        rows = [(out / f"rank{r}.rows").read_text().split() for r in (0, 1)]
+        assert len(rows[0]) == len(rows[1]) == 4 and not set(rows[0]) & set(rows[1])
+    loaded, _, _ = load_checkpoint(out)
+    assert isinstance(loaded, torch.nn.Module)
 
 
 def test_checkpoint_folder_survives_an_interrupted_save(tiny_run, tmp_path):
