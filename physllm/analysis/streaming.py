@@ -48,24 +48,16 @@ def plot_gate_stats(traces: dict[str, dict[str, torch.Tensor]]):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for k, (label, tr) in enumerate(traces.items()):
         color = f"C{k}"
-        axes[0].hist(
-            tr["forget"].flatten().numpy(),
-            bins=50,
-            range=(0, 1),
-            alpha=0.5,
-            color=color,
-            label=label,
-            density=True,
-        )
-        axes[1].hist(
-            tr["input"].flatten().numpy(),
-            bins=50,
-            range=(0, 1),
-            alpha=0.5,
-            color=color,
-            label=label,
-            density=True,
-        )
+        for ax, gate in zip(axes[:2], ("forget", "input")):
+            ax.hist(
+                tr[gate].flatten().numpy(),
+                bins=50,
+                range=(0, 1),
+                alpha=0.5,
+                color=color,
+                label=label,
+                density=True,
+            )
         f = tr["forget"].float().mean(dim=(0, 1))
         horizon = (1.0 / (1.0 - f).clamp_min(1e-6)).sort(descending=True).values
         axes[2].plot(horizon.numpy(), color=color, label=label)
