@@ -197,11 +197,9 @@ def train_memory(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     device = next(model.parameters()).device
     warmup = max(1, steps // 10)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from physllm.progress import progress_bar
 
-        bar = tqdm(total=steps, desc="memory", mininterval=1.0)
+    bar = progress_bar(steps, "memory", enabled=progress)  # text in report runs
     history, t0 = [], time.perf_counter()
     model.train()
     for step in range(steps):

@@ -467,10 +467,10 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
     tokens_per_step = micro * block * cfg.grad_accum * dist.world_size
     end_step = cfg.steps if not cfg.stop_after else min(cfg.steps, start_step + cfg.stop_after)
     progress = None
-    if cfg.progress and dist.is_main:
-        from tqdm.auto import tqdm
+    if dist.is_main:  # a report run forces a text bar even with progress=False (physllm.progress)
+        from physllm.progress import progress_bar
 
-        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"{cfg.model}", mininterval=1.0)
+        progress = progress_bar(cfg.steps, cfg.model, enabled=cfg.progress, initial=start_step)
 
     train_time, steps_run, val_loss, train_loss = 0.0, 0, float("nan"), float("nan")
     wall_start = time.perf_counter()
