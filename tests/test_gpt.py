@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from physllm.checkpoint import load_checkpoint, save_checkpoint
@@ -29,10 +30,41 @@ def test_shapes_and_initial_loss_near_uniform():
     assert abs(loss.item() - math.log(50)) < 0.2  # GPT-2 init: nearly uniform predictions
 
 
-def test_tied_head_counted_once():
-    model = tiny()
+def analytic_gpt_params(V: int, T: int, L: int, d: int, bias: bool) -> int:
+    """nanoGPT's count, written out from the architecture (not from the model object).
+
+    Token and position embeddings V*d + T*d; per block the attention's qkv (3 d^2)
+    and output (d^2) maps and the MLP's d -> 4d -> d (8 d^2), i.e. 12 d^2, plus two
+    LayerNorm gains (2d); a final LayerNorm gain (d); the head is tied to the token
+    embedding, so it adds nothing. With ``bias``: every Linear's bias (3d + d + 4d + d
+    per block) and every LayerNorm's bias (2d per block, d final).
+    """
+    per_block = 12 * d * d + 2 * d + (9 * d + 2 * d if bias else 0)
+    return V * d + T * d + L * per_block + d + (d if bias else 0)
+
+
+@pytest.mark.parametrize(
+    ("V", "T", "L", "H", "d", "bias"),
+    [(50, 16, 2, 2, 32, False), (65, 64, 3, 4, 48, False), (256, 32, 1, 1, 16, True)],
+)
+def test_parameter_count_equals_the_analytic_formula(V, T, L, H, d, bias):
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=d, bias=bias))
     assert model.lm_head.weight is model.wte.weight
-    assert model.num_params() == sum(p.numel() for p in set(model.parameters()))
+    expected = analytic_gpt_params(V, T, L, d, bias)
+    assert model.num_params() == expected
+    # the non-embedding count drops exactly the two embedding tables
+    assert model.num_params(non_embedding=True) == expected - (V + T) * d
+
+
+def test_gpt2_small_is_124m():
+    """The published figure as a reference independent of the formula above: GPT-2
+    small (V 50257, T 1024, 12 layers of width 768, biases on) has 124,439,808
+    parameters. Built on the meta device: shapes only, no memory."""
+    assert analytic_gpt_params(50257, 1024, 12, 768, True) == 124_439_808
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12,
+                              n_embd=768, bias=True))  # fmt: skip
+    assert model.num_params() == 124_439_808
 
 
 def test_causal_future_tokens_do_not_change_the_past():
