@@ -73,22 +73,27 @@ def test_greedy_generate_matches_physllm_sampling(pair):
     assert torch.equal(ours, theirs)
 
 
-def test_generate_with_sampling_knobs_runs_offline(pair):
-    _, hf = pair
+KNOBS = dict(top_p=0.9, top_k=20, temperature=0.7, repetition_penalty=1.3)
+
+
+def test_generate_with_sampling_knobs_matches_physllm_sampling(pair):
+    """HF's sampler and physllm's apply the same knobs in the same order and draw with
+    one ``torch.multinomial`` per step: from the same seed, the same tokens."""
+    model, hf = pair
     torch.manual_seed(0)
     prompt = torch.randint(0, 30, (2, 4))
-    out = hf.generate(
-        prompt,
-        max_new_tokens=10,
-        do_sample=True,
-        top_p=0.9,
-        top_k=20,
-        temperature=0.7,
-        repetition_penalty=1.3,
-        pad_token_id=0,
-    )
-    assert out.shape == (2, 14) and torch.equal(out[:, :4], prompt)
-    assert int(out.max()) < 30
+    runs = {}
+    for seed in (5, 6):
+        torch.manual_seed(seed)
+        theirs = hf.generate(prompt, max_new_tokens=24, do_sample=True, pad_token_id=0, **KNOBS)
+        torch.manual_seed(seed)
+        ours = generate(model, prompt, 24, **KNOBS)
+        assert torch.equal(theirs, ours), (seed, theirs, ours)
+        runs[seed] = theirs
+    assert runs[5].shape == (2, 28) and torch.equal(runs[5][:, :4], prompt)
+    assert not torch.equal(runs[5], runs[6])  # it samples: another seed, other tokens
+    greedy = hf.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert not torch.equal(runs[5], greedy)
 
 
 def test_save_pretrained_then_from_pretrained_reproduces_logits(pair, tmp_path):
@@ -122,9 +127,20 @@ def test_export_a_physllm_checkpoint(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = tok("abc d", return_tensors="pt")["input_ids"]
+    assert ids.tolist() == [tokenizer.encode("abc d")]
     assert (hf(input_ids=ids).logits - model.eval()(ids)[0]).abs().max() < 1e-6
-    out = hf.generate(ids, max_new_tokens=5, do_sample=True, top_p=0.95, pad_token_id=0)
-    assert isinstance(tok.decode(out[0]), str) and out.shape[1] == ids.shape[1] + 5
+    greedy = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(greedy, generate(model, ids, 8, temperature=0))
+    torch.manual_seed(3)
+    out = hf.generate(ids, max_new_tokens=8, do_sample=True, top_p=0.95, pad_token_id=0)
+    torch.manual_seed(3)
+    ours = generate(model, ids, 8, top_p=0.95)
+    assert torch.equal(out, ours), (out, ours)
+    # the exported tokenizer decodes to physllm's text, character for character
+    for row in (greedy[0], out[0]):
+        text = tok.decode(row)
+        assert text == tokenizer.decode(row.tolist()) and text.startswith("abc d")
+        assert len(text) == ids.shape[1] + 8
 
 
 def test_only_context_vector_converts_and_padding_is_refused(pair):
