@@ -14,20 +14,44 @@ The split is fixed so that every model sees the same validation text:
 * streamed or single-split hub datasets: the first 90% of the documents train,
   the last 10% validate.
 
-Corpus names: ``shakespeare``, ``pydocs``, ``wikitext2``, ``wikitext103``,
-``tinystories``, ``fineweb-edu``, ``ultrachat``, ``narrativeqa``, a path to a
-``.txt`` file or a folder of them, or ``hf:<id>[:<config>]``. Hub datasets are
-read from ``$PHYSLLM_DATA_DIR/<name>/`` first when that folder holds local
-parquet/jsonl files in the hub's format (how the tests exercise the loaders,
-and how to use a pre-downloaded copy offline), else through
+Corpus names: ``default``, ``shakespeare``, ``pydocs``, ``wikitext2``,
+``wikitext103``, ``tinystories``, ``fineweb-edu``, ``ultrachat``,
+``narrativeqa``, ``hf:<id>[:<config>]``, or a local path or glob:
+
+* ``default`` is TinyShakespeare when it can be had (``$PHYSLLM_DATA_DIR``,
+  then ``data/``, then one download from its public URL, SHA-256-checked and
+  cached in ``data/``), else ``pydocs``; :func:`default_corpus_notice` says
+  which in one line, and a fallback is said once per process on stderr. The
+  download is tried at most once per process, with a short timeout, and never
+  when ``PHYSLLM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``.
+* a file: its UTF-8 text (anything else is a :class:`PhysllmError`);
+* a folder: every UTF-8 text file below it, whatever its extension (``.txt``,
+  ``.md``, ``.py``, ``LICENSE``...), in sorted path order, joined by a blank
+  line. Binaries (a NUL byte, or not valid UTF-8) are skipped and counted; hidden
+  files and folders (``.git``) and ``__pycache__`` are never read;
+* a glob, when the name holds ``*``, ``?`` or ``[`` and is not an existing
+  path: the files it matches relative to the current folder (``**`` spans
+  folders), e.g. ``docs/**/*.md``; a matched folder counts as a folder corpus.
+
+Folder and glob corpora say on stderr how many files were read and skipped.
+Local corpora are cached under a fingerprint of every file's path, size and
+modification time, so editing, adding or removing a file gives new tokens.
+
+Hub datasets are read from ``$PHYSLLM_DATA_DIR/<name>/`` first when that folder
+holds local parquet/jsonl files in the hub's format (how the tests exercise
+the loaders, and how to use a pre-downloaded copy offline), else through
 ``datasets.load_dataset``.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import sys
+import tempfile
+import threading
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +67,13 @@ SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 SHAKESPEARE_FILE = "tinyshakespeare.txt"
+# SHA-256 of the 1,115,394-character file at SHAKESPEARE_URL: a download that differs is not used.
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# Per socket operation; the whole attempt is also bounded (DNS can hang past a socket timeout).
+DOWNLOAD_TIMEOUT_S = 5.0
+DOWNLOAD_TOTAL_S = 15.0
+DOWNLOAD_MAX_BYTES = 8 << 20  # the file is 1.1 MB; never read an unbounded answer
+OFFLINE_ENV = ("PHYSLLM_OFFLINE", "HF_HUB_OFFLINE")
 TRAIN_FRACTION = 0.9
 DOC_SEPARATOR = "\n\n"
 # Chat turns are plain text so any tokenizer (char, byte, bpe) can learn them.
@@ -95,29 +126,138 @@ def split_documents(docs: list[str], train_fraction: float = TRAIN_FRACTION) -> 
 
 
 def find_local_file(filename: str) -> Path | None:
+    """``filename`` in the first of :func:`data_dirs` that holds it, else None."""
     for d in data_dirs():
         if (d / filename).is_file():
             return d / filename
     return None
 
 
+# ----- TinyShakespeare: on disk, else one checked download per process.
+
+
+def offline() -> bool:
+    """True when ``PHYSLLM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1/true/yes/on."""
+    return any(
+        os.environ.get(var, "").strip().upper() in ("1", "TRUE", "YES", "ON") for var in OFFLINE_ENV
+    )
+
+
+@dataclass
+class _DownloadAttempt:
+    """The outcome of this process's one TinyShakespeare download, and whether the fallback was said."""
+
+    tried: bool = False
+    path: Path | None = None
+    reason: str = ""  # why there is no path: "offline", "download failed its checksum"...
+    said: bool = False
+
+
+_ATTEMPT = _DownloadAttempt()
+
+
+def _fetch(url: str) -> bytes:
+    """``url``'s body, or OSError; bounded in time even where DNS hangs."""
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                result["body"] = response.read(DOWNLOAD_MAX_BYTES + 1)
+        except Exception as err:  # urllib raises OSError subclasses, http.client others
+            result["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True, name="physllm-download")
+    worker.start()
+    worker.join(DOWNLOAD_TOTAL_S)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {DOWNLOAD_TOTAL_S:.0f} s")
+    if "error" in result:
+        err = result["error"]
+        raise err if isinstance(err, OSError) else OSError(f"{type(err).__name__}: {err}")
+    return result["body"]  # type: ignore[return-value]
+
+
+def download_shakespeare() -> Path | None:
+    """Download TinyShakespeare into ``data/`` once per process; its path, or None.
+
+    Not tried when :func:`offline`. The file is used only when its SHA-256 is
+    :data:`SHAKESPEARE_SHA256`, and written atomically, so ``data/`` never holds
+    a partial or foreign file. Why it failed is kept for
+    :func:`default_corpus_notice`.
+    """
+    state = _ATTEMPT
+    if state.tried:
+        return state.path if state.path is not None and state.path.is_file() else None
+    state.tried = True
+    if offline():
+        state.reason = "offline"
+        return None
+    try:
+        body = _fetch(SHAKESPEARE_URL)
+    except OSError:
+        state.reason = "offline"
+        return None
+    if len(body) > DOWNLOAD_MAX_BYTES or hashlib.sha256(body).hexdigest() != SHAKESPEARE_SHA256:
+        state.reason = "download failed its checksum"
+        return None
+    target = data_dirs()[-1] / SHAKESPEARE_FILE
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(target, body)
+    except OSError as err:
+        state.reason = f"cannot write {target}: {err.strerror or err}"
+        return None
+    state.path = target
+    return target
+
+
+def find_shakespeare(download: bool = True) -> Path | None:
+    """TinyShakespeare's file: ``$PHYSLLM_DATA_DIR``, ``data/``, then (if ``download``) the URL."""
+    path = find_local_file(SHAKESPEARE_FILE)
+    if path is None and download:
+        path = download_shakespeare()
+    return path
+
+
+def resolve_default_corpus() -> str:
+    """What ``default`` means here: ``shakespeare`` if it can be had, else ``pydocs``.
+
+    The fallback is said once per process on stderr (unless
+    :func:`default_corpus_notice` has already been called to show it).
+    """
+    if find_shakespeare() is not None:
+        return "shakespeare"
+    if not _ATTEMPT.said:
+        _ATTEMPT.said = True
+        print(default_corpus_notice(), file=sys.stderr, flush=True)
+    return "pydocs"
+
+
+def default_corpus_notice() -> str:
+    """One line saying what ``default`` is: ``corpus: TinyShakespeare (<path>)`` or the fallback.
+
+    The fallback reads ``TinyShakespeare not found, using pydocs (offline)``
+    (or another reason in the parentheses). Callers show this line themselves
+    (a report's first line, a notebook's first output), so calling this counts
+    as having said it: :func:`resolve_default_corpus` will not repeat it.
+    """
+    path = find_shakespeare()
+    _ATTEMPT.said = True
+    if path is not None:
+        return f"corpus: TinyShakespeare ({path})"
+    return f"TinyShakespeare not found, using pydocs ({_ATTEMPT.reason or 'offline'})"
+
+
 def load_shakespeare() -> Splits:
     """TinyShakespeare: ``$PHYSLLM_DATA_DIR``, then ``data/``, then its public URL."""
-    path = find_local_file(SHAKESPEARE_FILE)
+    path = find_shakespeare()
     if path is None:
-        target = data_dirs()[-1] / SHAKESPEARE_FILE
-        try:
-            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=20) as response:
-                text = response.read().decode("utf-8")
-        except OSError as err:
-            raise PhysllmError(
-                f"{SHAKESPEARE_FILE} not found in {', '.join(map(str, data_dirs()))} and the "
-                f"download failed ({err.__class__.__name__}); set PHYSLLM_DATA_DIR to its folder"
-            ) from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        path = target
-    return split_text(path.read_text(encoding="utf-8"))
+        raise PhysllmError(
+            f"{SHAKESPEARE_FILE} not found in {', '.join(map(str, data_dirs()))} and not "
+            f"downloaded ({_ATTEMPT.reason or 'offline'}); set PHYSLLM_DATA_DIR to its folder"
+        )
+    return split_text(_read_corpus_file(path))
 
 
 def load_pydocs() -> Splits:
@@ -127,20 +267,137 @@ def load_pydocs() -> Splits:
     return split_text(DOC_SEPARATOR.join(topics[k] for k in sorted(topics)))
 
 
-def load_text_path(path: str | Path) -> Splits:
-    """A ``.txt`` file, or every ``.txt`` file under a folder (sorted, concatenated)."""
-    path = Path(path)
+# ----- local files, folders and globs
+
+
+_SKIPPED_DIRS = frozenset({"__pycache__"})
+
+
+def is_glob(name: str) -> bool:
+    """A corpus name read as a glob pattern: it holds ``*``, ``?`` or ``[``."""
+    return glob.has_magic(name)
+
+
+def _hidden(part: str) -> bool:
+    return (part.startswith(".") and part not in (".", "..")) or part in _SKIPPED_DIRS
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, hidden files and folders and ``__pycache__`` left out, sorted."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _hidden(d)]  # prune: never descend into .git
+        files += [Path(root) / n for n in names if not _hidden(n)]
+    return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
+
+
+def local_corpus_files(name: str) -> list[Path]:
+    """The files a local corpus name stands for (a file, a folder, or a glob), sorted.
+
+    Files only: which of them are text is decided when they are read. An
+    empty list means a folder or glob with nothing in it; a name that is not
+    a path and not a glob is a :class:`PhysllmError`.
+    """
+    path = Path(name)
+    if path.is_file():
+        return [path]
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
-        if not files:
-            raise PhysllmError(f"folder {path} holds no .txt files")
-        return split_text(DOC_SEPARATOR.join(f.read_text(encoding="utf-8") for f in files))
-    if not path.is_file():
-        raise PhysllmError(f"corpus file {path} does not exist")
+        return _walk_files(path)
+    if not is_glob(name):
+        raise PhysllmError(f"corpus file {name} does not exist")
+    # only what the pattern matched is filtered: a hidden folder the user named is theirs
+    literal = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
+    files: set[Path] = set()
+    for match in glob.glob(name, recursive=True):
+        m = Path(match)
+        if any(_hidden(part) for part in m.parts[literal:]):
+            continue
+        if m.is_dir():
+            files.update(_walk_files(m))
+        elif m.is_file():
+            files.add(m)
+    return sorted(files, key=lambda f: f.as_posix())
+
+
+def _read_text(path: Path) -> str | None:
+    """``path``'s text if it is UTF-8 text (a BOM is dropped), None for a binary or unreadable file."""
     try:
-        return split_text(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+            if b"\0" in head:  # a NUL byte: a binary that happens to decode
+                return None
+            data = head + fh.read()
+    except OSError:
+        return None
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise PhysllmError(f"corpus file {path} is not UTF-8 text") from None
+        return None
+
+
+def _read_corpus_file(path: Path) -> str:
+    text = _read_text(path)
+    if text is None:
+        raise PhysllmError(
+            f"corpus file {path} is not UTF-8 text (binary, another encoding, or unreadable)"
+        )
+    return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def load_text_path(path: str | Path) -> Splits:
+    """A UTF-8 text file, or every text file of a folder or glob (sorted, joined by a blank line).
+
+    For a folder or a glob, one line on stderr says how many files were read
+    and how many skipped as not UTF-8 text; none read is a :class:`PhysllmError`.
+    """
+    name = str(path)
+    files = local_corpus_files(name)
+    if Path(name).is_file():
+        return split_text(_read_corpus_file(files[0]))
+    texts, skipped = [], 0
+    for f in files:
+        text = _read_text(f)
+        if text is None:
+            skipped += 1
+        else:
+            texts.append(text)
+    what = "folder" if Path(name).is_dir() else "glob"
+    if not texts:
+        found = (
+            f"{_count(len(files), 'file')}, none UTF-8 text"
+            if files
+            else "no files" + (" match" if what == "glob" else "")
+        )
+        raise PhysllmError(f"corpus {what} {name}: {found}")
+    print(
+        f"corpus {name}: {_count(len(texts), 'text file')} read, {skipped} skipped (not UTF-8 text)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return split_text(DOC_SEPARATOR.join(t for t in texts if t))
+
+
+def local_corpus_fingerprint(name: str) -> str:
+    """A hash of every file of a local corpus: path, size and mtime (and the glob itself).
+
+    Editing (size or mtime), adding or removing a file changes it, so the token
+    cache never serves tokens of a text that is no longer there.
+    """
+    if is_glob(name) and not Path(name).exists():
+        ident = f"glob {name!r} in {Path.cwd()}"  # a relative glob means other files elsewhere
+    else:
+        ident = f"path {Path(name).resolve()}"
+    h = hashlib.sha256(ident.encode() + b"\n")
+    for f in local_corpus_files(name):
+        st = f.stat()
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 # ----- hub datasets: one HubSpec each; the formatter turns rows into documents.
@@ -305,16 +562,23 @@ def load_corpus(name: str, max_chars: int = 0) -> Splits:
         return load_hub_corpus(name, HUB_CORPORA[name], max_chars)
     if name.startswith("hf:"):
         return load_hf_id(name[3:], max_chars)
-    if name.endswith(".txt") or os.sep in name or Path(name).exists():
+    if _is_local(name):
         return load_text_path(name)
     raise PhysllmError(
-        f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}, a .txt file or folder, or hf:<id>"
+        f"unknown corpus {name!r}; choose from default, {', '.join(CORPORA)}, a text file, "
+        "a folder, a glob such as 'docs/**/*.md', or hf:<id>"
     )
 
 
-def resolve_default_corpus() -> str:
-    """``default`` means TinyShakespeare when it is on disk, else the offline ``pydocs``."""
-    return "shakespeare" if find_local_file(SHAKESPEARE_FILE) else "pydocs"
+def _is_local(name: str) -> bool:
+    """A corpus name that means a path or a glob rather than a registered corpus."""
+    return (
+        Path(name).exists()
+        or is_glob(name)
+        or name.endswith(".txt")
+        or os.sep in name
+        or "/" in name
+    )
 
 
 # --------------------------------------------------------------------------- token caches
@@ -323,10 +587,17 @@ def resolve_default_corpus() -> str:
 def _cache_key(corpus: str, tokenizer: str, max_chars: int) -> str:
     if corpus in CORPORA or corpus.startswith("hf:"):
         tag = corpus.replace("/", "_").replace(":", "_")
-    else:  # a local path: its identity is its absolute path, size and mtime
-        p = Path(corpus).resolve()
-        stamp = f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" if p.is_file() else str(p)
-        tag = p.stem + "-" + hashlib.sha1(stamp.encode()).hexdigest()[:10]
+    elif _is_local(corpus):
+        # a local corpus is known by what is in it now: every file's path, size and mtime
+        try:
+            stamp = local_corpus_fingerprint(corpus)
+        except (PhysllmError, OSError):  # missing: load_corpus says so
+            stamp = hashlib.sha256(corpus.encode()).hexdigest()
+        base = Path(corpus.split("*")[0].split("?")[0].split("[")[0] or ".").resolve()
+        stem = (base.stem or "root") + ("-glob" if is_glob(corpus) else "")
+        tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) + "-" + stamp[:12]
+    else:
+        tag = corpus
     suffix = f"__max{max_chars}" if max_chars else ""
     return f"{tag}__{tokenizer.replace(':', '-')}{suffix}"
 
@@ -346,9 +617,16 @@ def encode_in_chunks(tokenizer: Tokenizer, text: str, chunk_chars: int = 1 << 20
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write to a temp file beside ``path``, then rename: readers see all or nothing."""
+    # a unique temp name: two processes preparing the same file never share one
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def prepare(corpus: str, tokenizer: str = "char", max_chars: int = 0) -> Path:
@@ -503,10 +781,23 @@ def list_corpora() -> list[dict]:
     """Each registered corpus with where it comes from and what is cached."""
     rows = []
     cached = sorted(p.name for p in cache_dir().glob("*") if (p / "meta.json").exists())
+    local_shakespeare = find_local_file(SHAKESPEARE_FILE)  # listing never downloads
+    rows.append(
+        {
+            "corpus": "default",
+            "source": "shakespeare"
+            if local_shakespeare
+            else "shakespeare (downloaded on first use), else pydocs",
+            "cached": "",
+        }
+    )
     for name in CORPORA:
         if name == "shakespeare":
-            local = find_local_file(SHAKESPEARE_FILE)
-            source = str(local) if local else f"download {SHAKESPEARE_URL}"
+            source = (
+                str(local_shakespeare)
+                if local_shakespeare
+                else f"download {SHAKESPEARE_URL} (sha256 {SHAKESPEARE_SHA256[:12]}...)"
+            )
         elif name == "pydocs":
             source = "pydoc_data.topics (standard library, offline)"
         else:
