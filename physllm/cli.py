@@ -248,7 +248,10 @@ def cmd_corpora(argv: Sequence[str]) -> None:
     for r in rows:
         cached = f"  [{r['cached']}]" if r["cached"] else ""
         print(f"{r['corpus']:<{width}}  {r['source']}{cached}")
-    print("also: any .txt file or folder of them, and hf:<id>[:<config>]")
+    print(
+        "also: any UTF-8 text file, a folder (every text file in it), a glob like "
+        "'docs/**/*.md', and hf:<id>[:<config>]"
+    )
 
 
 # name -> ("module:function", help). Commands live beside the code they drive
