@@ -83,3 +83,20 @@ def test_repo_readme_is_what_the_committed_reports_generate():
     assert readme.readme_text(text, REPO / "reports") == text, (
         "README's generated sections are stale: run `python -m physllm report` to regenerate them"
     )
+
+
+def test_a_local_index_leaves_the_readme_beside_it_alone(tmp_path):
+    from physllm.reports import rebuild_index
+
+    reports = tmp_path / "reports"
+    write_notebook_report(reports, "03_ngt", {"ngt": run_metrics(2.0), "gpt": run_metrics(2.1)})
+    write_notebook_report(
+        reports / "local", "03_ngt", {"ngt": run_metrics(9.0), "gpt": run_metrics(2.1)}
+    )
+    readme_path = tmp_path / "README.md"
+    readme_path.write_text(README)
+    rebuild_index(reports / "local", local=True)
+    assert readme_path.read_text() == README  # a local run never touches the README
+    rebuild_index(reports)  # the reference index regenerates it, from reference runs only
+    text = readme_path.read_text()
+    assert "| 2.000 |" in text and "9.000" not in text

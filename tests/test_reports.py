@@ -1,8 +1,15 @@
-"""``python -m physllm report``: papermill runs into reports/<notebook>/<run>/ and the index."""
+"""``python -m physllm report``: papermill runs into run folders and their indexes.
+
+A plain run writes a new local (gitignored) folder under ``reports/local/``; only
+``--reference`` writes the committed ``reports/<notebook>/<run>/``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +17,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import physllm.reports as reports_mod
 from physllm.errors import PhysllmError
 from physllm.reports import (
     collect_runs,
+    corpus_line,
     default_run_name,
+    hardware_tag,
     latest_runs,
     parse_parameters,
     parse_value,
@@ -50,7 +60,8 @@ def write_tiny_notebook(folder: Path, name: str = "01_tiny") -> Path:
         cells=[
             nbformat.v4.new_markdown_cell(f"# {name}"),
             nbformat.v4.new_code_cell(
-                'steps = 3\nfail = False\nout_dir = "runs/tiny"', metadata={"tags": ["parameters"]}
+                'steps = 3\nfail = False\ncorpus = "default"\nout_dir = "runs/tiny"',
+                metadata={"tags": ["parameters"]},
             ),
             nbformat.v4.new_code_cell(TINY_BODY),
         ]
@@ -67,8 +78,6 @@ def write_tiny_notebook(folder: Path, name: str = "01_tiny") -> Path:
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "physllm", "report", *args],
         cwd=REPO,
@@ -113,7 +122,13 @@ def test_report_00_foundations_writes_agreeing_notebook_html_metrics_and_index(t
         "00_foundations", "-p", "steps", "20", "--run-name", "test", "--reports-dir", str(reports)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = reports / "00_foundations" / "test"
+    # the first line says what it trains on; while it runs, cells and the training bar show
+    first = proc.stdout.splitlines()[0]
+    assert re.match(r"corpus: |TinyShakespeare not found, using pydocs \(", first), first
+    assert re.search(r"^00_foundations cell 1/\d+ \[0:\d\d\] ", proc.stderr, re.M)
+    assert re.search(r"gpt: 100%\|#+\| 20/20 \[", proc.stderr), proc.stderr[-2000:]
+    run = reports / "local" / "00_foundations" / "test"  # a plain run: local, not the reference
+    assert not (reports / "00_foundations").exists()
 
     metrics = json.loads((run / "metrics.json").read_text())
     record = json.loads((run / "run.json").read_text())
@@ -125,9 +140,13 @@ def test_report_00_foundations_writes_agreeing_notebook_html_metrics_and_index(t
     nb = nbformat.read(run / "00_foundations.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     injected = next(c for c in code if "injected-parameters" in c.metadata.get("tags", []))
-    assert "steps = 20" in injected.source and "reports/00_foundations/test" in injected.source
+    assert "steps = 20" in injected.source and "local/00_foundations/test" in injected.source
     assert all(c.execution_count for c in code)
     assert "Report `00_foundations` / `test`" in nb.cells[0].source
+    # the text bar's redraws are collapsed to its final state in the report
+    streams = [o for c in code for o in c.outputs if o.output_type == "stream"]
+    assert not any("\r" in o.text for o in streams)
+    assert any(re.search(r"gpt: 100%\|#+\| 20/20", o.text) for o in streams)
 
     # the HTML: the same run, figures embedded
     html = (run / "00_foundations.html").read_text()
@@ -136,8 +155,8 @@ def test_report_00_foundations_writes_agreeing_notebook_html_metrics_and_index(t
     assert list(run.glob("*.png")), "the notebook's figures land in the report"
     assert not heavy_files(run), "checkpoints must not be kept in reports"
 
-    # the index row agrees with metrics.json
-    row = index_rows(reports)["00_foundations", "test"]
+    # the local index row agrees with metrics.json
+    row = index_rows(reports / "local")["00_foundations", "test"]
     assert row["status"] == "ok"
     assert row["val loss"] == f"{metrics['val_loss']:.4f}"
     assert row["steps"] == "20"
@@ -159,7 +178,8 @@ def test_failed_notebook_writes_report_exits_1_and_keeps_older_runs(tmp_path):
 
     good = cli("01_tiny", "-p", "steps", "4", "--run-name", "r1", *args)
     assert good.returncode == 0, good.stderr
-    good_dir = reports / "01_tiny" / "r1"
+    local = reports / "local"
+    good_dir = local / "01_tiny" / "r1"
     good_metrics = (good_dir / "metrics.json").read_text()
     assert json.loads(good_metrics)["steps"] == 4
     assert not heavy_files(good_dir) and (good_dir / "curve.png").exists()
@@ -169,7 +189,7 @@ def test_failed_notebook_writes_report_exits_1_and_keeps_older_runs(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("physllm report: error: 1 of 1")
     assert "deliberate failure" in bad.stderr
-    failed_dir = reports / "01_tiny" / "r1-failed"
+    failed_dir = local / "01_tiny" / "r1-failed"
     assert (good_dir / "metrics.json").read_text() == good_metrics
     assert json.loads((good_dir / "run.json").read_text())["status"] == "ok"
     record = json.loads((failed_dir / "run.json").read_text())
@@ -193,12 +213,13 @@ def test_failed_notebook_writes_report_exits_1_and_keeps_older_runs(tmp_path):
         PHYSLLM_NOTEBOOKS_DIR=str(notebooks),
     )
     assert other.returncode == 1
-    rows = index_rows(reports)
+    rows = index_rows(local)
     assert rows["01_tiny", "r1"]["status"] == "ok"
     assert rows["01_tiny", "r1"]["val loss"] == f"{json.loads(good_metrics)['val_loss']:.4f}"
     assert rows["01_tiny", "r1-failed"]["status"] == "**FAILED**"
     assert rows["01_tiny", "r2"]["status"] == "**FAILED**"
-    assert sorted(p.name for p in (reports / "01_tiny").iterdir()) == ["r1", "r1-failed", "r2"]
+    assert sorted(p.name for p in (local / "01_tiny").iterdir()) == ["r1", "r1-failed", "r2"]
+    assert sorted(p.name for p in reports.iterdir()) == ["local"]  # no reference run written
 
 
 def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
@@ -208,11 +229,13 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
     first = run_report(["01_tiny"], {"steps": 2}, "same", reports, notebooks)
     second = run_report(["01_tiny"], {"steps": 5}, "same", reports, notebooks)
     assert first[0]["status"] == second[0]["status"] == "ok"
-    metrics = json.loads((reports / "01_tiny" / "same" / "metrics.json").read_text())
+    local = reports / "local"
+    metrics = json.loads((local / "01_tiny" / "same" / "metrics.json").read_text())
     assert metrics["steps"] == 5
-    assert [p.name for p in (reports / "01_tiny").iterdir()] == ["same"]  # no backup left behind
-    assert latest_runs(reports)["01_tiny"]["html"] == "01_tiny/same/01_tiny.html"
-    record = json.loads((reports / "01_tiny" / "same" / "run.json").read_text())
+    assert [p.name for p in (local / "01_tiny").iterdir()] == ["same"]  # no backup left behind
+    assert latest_runs(local)["01_tiny"]["html"] == "01_tiny/same/01_tiny.html"
+    assert latest_runs(reports) == {}  # the reference index does not list local runs
+    record = json.loads((local / "01_tiny" / "same" / "run.json").read_text())
     assert record["load_avg_1m"] >= 0 and record["cpu_count"] >= 1  # context for speed numbers
 
 
@@ -224,6 +247,8 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
         ("01_tiny", "-p", "stepz", "3"),  # not a parameter of the notebook
         ("01_tiny", "-p", "out_dir", "x"),  # set by the command
         ("01_tiny", "--run-name", "../escape"),
+        ("--reference",),  # needs NAMES
+        ("--replace",),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
@@ -235,6 +260,209 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not reports.exists(), "bad input must not touch the reports folder"
+
+
+# --------------------------------------------------------------------------- local and reference runs
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def fake_checkout(tmp_path: Path, reference_run: str) -> Path:
+    """A git repository like the project's: its .gitignore and README, a committed reference
+    run ``reports/01_tiny/<reference_run>/`` and the index and README tables built from it."""
+    repo = tmp_path / "repo"
+    ref = repo / "reports" / "01_tiny" / reference_run
+    ref.mkdir(parents=True)
+    (ref / "run.json").write_text(json.dumps({"status": "ok", "started": "2026-01-01T00:00:00Z"}))
+    (ref / "metrics.json").write_text(json.dumps({"model": "gpt", "steps": 99, "val_loss": 1.5}))
+    (ref / "01_tiny.html").write_text("<p>the reference run</p>")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    shutil.copy(REPO / "README.md", repo / "README.md")  # has generated sections
+    rebuild_index(repo / "reports")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "reference")
+    return repo
+
+
+def tracked_bytes(repo: Path) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in git(repo, "ls-files").split()}
+
+
+def test_plain_run_writes_a_new_local_folder_and_changes_no_tracked_file(tmp_path):
+    notebooks = tmp_path / "nbs"
+    write_tiny_notebook(notebooks)
+    repo = fake_checkout(tmp_path, hardware_tag())
+    before = tracked_bytes(repo)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tinyshakespeare.txt").write_text("First Citizen:\nBefore we proceed any further.\n")
+
+    proc = cli(
+        "01_tiny",
+        "--notebooks-dir",
+        str(notebooks),
+        "--reports-dir",
+        str(repo / "reports"),
+        PHYSLLM_DATA_DIR=str(data),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the first line printed states the corpus (the notebook's corpus is "default")
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("corpus: TinyShakespeare") and str(data) in first, first
+    # progress while it ran: a line per code cell, and the cells' own output
+    assert re.search(r"^01_tiny cell 3/3 \[0:\d\d\] import json$", proc.stderr, re.M)
+    assert "trained 3" in proc.stderr
+
+    # nothing tracked changed; the new run is ignored by git, not untracked clutter
+    assert git(repo, "status", "--porcelain") == ""
+    assert tracked_bytes(repo) == before
+    assert "!! reports/local/" in git(repo, "status", "--porcelain", "--ignored")
+    runs = list((repo / "reports" / "local" / "01_tiny").iterdir())
+    assert len(runs) == 1
+    assert re.fullmatch(rf"{hardware_tag()}-\d{{8}}T\d{{6}}Z-\S+", runs[0].name), runs[0].name
+    record = json.loads((runs[0] / "run.json").read_text())
+    assert record["status"] == "ok" and record["kind"] == "local"
+    assert "--run-name" not in report_line(runs[0])  # a rerun gets a new folder again
+    row = index_rows(repo / "reports" / "local")["01_tiny", runs[0].name]
+    assert row["steps"] == "3"
+
+
+def report_line(run: Path) -> str:
+    """The command in the executed notebook's header cell."""
+    nb = nbformat.read(run / f"{run.parent.name}.ipynb", as_version=4)
+    return re.search(r"generated by `([^`]+)`", nb.cells[0].source).group(1)
+
+
+def test_two_plain_runs_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
+    import datetime as dt
+
+    notebooks = tmp_path / "nbs"
+    write_tiny_notebook(notebooks)
+    reports = tmp_path / "reports"
+    frozen = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    monkeypatch.setattr(reports_mod, "utc_now", lambda: frozen)
+    first = run_report(["01_tiny"], {"steps": 2}, None, reports, notebooks)[0]
+    second = run_report(["01_tiny"], {"steps": 5}, None, reports, notebooks)[0]
+    a, b = Path(first["path"]), Path(second["path"])
+    assert a.parent == b.parent == reports / "local" / "01_tiny"
+    assert "-steps2-20260102T030405Z-" in a.name and "-steps5-20260102T030405Z-" in b.name
+    third = run_report(["01_tiny"], {"steps": 2}, None, reports, notebooks)[0]
+    c = Path(third["path"])
+    assert c.name == a.name + "-2"  # same parameters, same second: a suffix, not a clash
+    assert json.loads((a / "metrics.json").read_text())["steps"] == 2
+    assert json.loads((c / "metrics.json").read_text())["steps"] == 2
+    assert set(index_rows(reports / "local")) == {("01_tiny", p.name) for p in (a, b, c)}
+    assert not (reports / "01_tiny").exists() and not (reports / "README.md").exists()
+
+
+def test_reference_run_is_written_or_replaced_only_when_asked(tmp_path):
+    notebooks = tmp_path / "nbs"
+    write_tiny_notebook(notebooks)
+    hw = hardware_tag()
+    repo = fake_checkout(tmp_path, hw)
+    reports = repo / "reports"
+    args = ("--notebooks-dir", str(notebooks), "--reports-dir", str(reports))
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+    refused = cli("01_tiny", "--reference", *args)
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--replace" in refused.stderr and "Traceback" not in refused.stderr
+    after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    assert after == before, "a refused reference run must touch nothing"
+
+    replaced = cli("01_tiny", "--replace", *args)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    ref = reports / "01_tiny" / hw
+    metrics = json.loads((ref / "metrics.json").read_text())
+    assert metrics["steps"] == 3  # the notebook's run, not the old 99
+    assert json.loads((ref / "run.json").read_text())["kind"] == "reference"
+    assert report_line(ref).endswith(f"--reference --run-name {hw}")
+    row = index_rows(reports)["01_tiny", hw]
+    assert row["steps"] == "3" and row["val loss"] == f"{metrics['val_loss']:.4f}"
+    status = git(repo, "status", "--porcelain")
+    assert f" M reports/01_tiny/{hw}/metrics.json" in status and " M reports/README.md" in status
+    assert not (reports / "local").exists()
+
+    # a reference run that does not exist yet needs --reference only
+    fresh = cli("01_tiny", "--reference", "-p", "steps", "4", *args)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert (
+        json.loads((reports / "01_tiny" / f"{hw}-steps4" / "metrics.json").read_text())["steps"]
+        == 4
+    )
+    assert ("01_tiny", f"{hw}-steps4") in index_rows(reports)
+
+
+def test_first_line_for_an_offline_default_corpus_says_it_falls_back(tmp_path):
+    if (REPO / "data" / "tinyshakespeare.txt").exists():
+        pytest.skip("data/tinyshakespeare.txt is here: default does not fall back on this machine")
+    script = "from physllm.reports import corpus_line; print(corpus_line({'nb': {}}, {'corpus': 'default'}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PHYSLLM_DATA_DIR": str(tmp_path), "PHYSLLM_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "TinyShakespeare not found, using pydocs (offline)"
+
+
+def test_corpus_line_names_explicit_corpora():
+    assert corpus_line({"a": {"corpus": "default"}}, {"corpus": "pydocs"}) == "corpus: pydocs"
+    line = corpus_line({"a": {"corpus": "hf:x/y"}, "b": {"corpus": "pydocs"}, "c": {}}, {})
+    assert line == (
+        "corpus: hf:x/y [a]; corpus: pydocs [b]; corpus: chosen inside the notebook [c]"
+    )
+
+
+TRAIN_SNIPPET = """
+import sys
+from physllm.train import make_config, train
+cfg = make_config("gpt", corpus=sys.argv[1], out_dir=sys.argv[2], steps=4, n_layer=1, n_head=1,
+                  n_embd=16, block_size=16, batch_size=2, eval_iters=1, warmup_steps=1,
+                  progress=False, tensorboard=False)
+train(cfg)
+"""
+
+
+@pytest.mark.parametrize("mode", ["text", "auto"])
+def test_report_progress_mode_makes_the_training_bar_text_on_stderr(
+    tmp_path, small_text_file, mode
+):
+    # notebooks pass progress=False; a report run (PHYSLLM_PROGRESS=text) still shows the bar
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN_SNIPPET, str(small_text_file), str(tmp_path / "out")],
+        capture_output=True,  # bytes: text mode would turn the bar's \r into newlines
+        env={**os.environ, "PHYSLLM_PROGRESS": mode},
+        timeout=300,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr[-3000:]
+    bar = re.search(r"\rgpt: 100%\|##########\| 4/4 \[[^\r\n]*", stderr)
+    if mode == "text":
+        assert bar, stderr
+        assert bar.group(0).isascii()
+    else:
+        assert bar is None and "%|" not in stderr, stderr
+
+
+def test_bad_progress_mode_is_a_physllm_error(monkeypatch):
+    from physllm.progress import progress_bar
+
+    monkeypatch.setenv("PHYSLLM_PROGRESS", "loud")
+    with pytest.raises(PhysllmError, match="PHYSLLM_PROGRESS"):
+        progress_bar(3, "x")
 
 
 # --------------------------------------------------------------------------- pieces
