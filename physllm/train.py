@@ -20,6 +20,7 @@ import math
 import os
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,11 +29,14 @@ from typing import Any
 import torch
 
 from physllm.checkpoint import (
+    find_checkpoint,
     load_trainer_state,
     load_weights,
     read_checkpoint_config,
+    recover_checkpoint,
     resolve_checkpoint_dir,
     save_checkpoint,
+    write_json_atomic,
 )
 from physllm.data import StreamSampler, TokenData, repo_root
 from physllm.errors import PhysllmError, TrainingDivergedError
@@ -329,7 +333,8 @@ def _prepare_model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelConfig
     return mcfg
 
 
-def _check_resume_config(cfg: TrainConfig, last_dir: Path) -> None:
+def _check_resume_config(cfg: TrainConfig, last_dir: Path) -> dict:
+    """The checkpoint's config.json, after checking it is the run ``cfg`` asks to continue."""
     saved = read_checkpoint_config(last_dir)
     if saved["model"] != cfg.model:
         raise PhysllmError(
@@ -343,6 +348,76 @@ def _check_resume_config(cfg: TrainConfig, last_dir: Path) -> None:
     ]
     if diff:
         raise PhysllmError(f"cannot resume: {last_dir} was trained with {', '.join(diff[:3])}")
+    step = saved.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise PhysllmError(f"cannot resume: {last_dir / 'config.json'} has no valid 'step'")
+    if step > cfg.steps:
+        raise PhysllmError(
+            f"nothing to do: {last_dir} is at step {step} and --steps is {cfg.steps}; "
+            "pass a larger --steps"
+        )
+    return saved
+
+
+def _read_json(path: Path) -> Any:
+    """``path``'s JSON; None if it does not exist. A PhysllmError naming it if unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise PhysllmError(f"{path} is corrupt or truncated ({type(err).__name__})") from None
+
+
+def _resume_history(out_dir: Path, state: dict, start_step: int) -> list[dict[str, Any]]:
+    """The loss history up to ``start_step``: from the trainer state (exact, written with
+    the checkpoint), else (checkpoints from before it was kept there) from history.json."""
+    if "history" in state:
+        return [dict(h) for h in state["history"]]
+    path = out_dir / "history.json"
+    try:
+        saved = _read_json(path)
+    except PhysllmError as err:
+        raise PhysllmError(
+            f"cannot resume: {err}; move it aside to resume without the loss history so far"
+        ) from None
+    if saved is None:
+        return []
+    if not isinstance(saved, list) or not all(isinstance(h, dict) and "step" in h for h in saved):
+        raise PhysllmError(f"cannot resume: {path} is not a list of history entries")
+    return [h for h in saved if h["step"] <= start_step]
+
+
+def _finished_run(
+    cfg: TrainConfig,
+    dist: Distributed,
+    out_dir: Path,
+    last_dir: Path,
+    step: int,
+    history: list[dict[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """``--resume`` of a run already at ``cfg.steps``: (its metrics.json, its history), files
+    unchanged. None when metrics.json is missing, unreadable or from an earlier step: the run
+    was killed after its last checkpoint, and the caller finishes it (the final evaluation)."""
+    try:
+        metrics = _read_json(out_dir / "metrics.json")
+    except PhysllmError:
+        return None
+    if not isinstance(metrics, dict) or metrics.get("steps") != step:
+        return None
+    if dist.is_main:
+        try:
+            readable = _read_json(out_dir / "history.json") is not None
+        except PhysllmError:
+            readable = False
+        if not readable:  # the only file touched: the checkpoint holds its exact contents
+            write_json_atomic(out_dir / "history.json", history)
+        print(
+            f"nothing to do: {last_dir} is already at step {step} (--steps {cfg.steps}); "
+            f"{out_dir / 'metrics.json'} unchanged",
+            file=sys.stderr,
+        )
+    return metrics, history
 
 
 # --------------------------------------------------------------------------- the loop
@@ -368,10 +443,12 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
     data = TokenData.load(cfg.corpus, cfg.tokenizer, cfg.max_chars)
     mcfg = _prepare_model_config(cfg, data.tokenizer)
     data.check_block(mcfg.block_size)
+    resume_dir = None  # last/, or what an interrupted save left (checkpoint.py's recovery rule)
     if cfg.resume:
-        if not (last_dir / "config.json").exists():
+        resume_dir = find_checkpoint(last_dir)
+        if resume_dir is None:
             raise PhysllmError(f"cannot resume: no checkpoint in {last_dir}")
-        _check_resume_config(cfg, last_dir)
+        _check_resume_config(cfg, resume_dir)
 
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = build_model(cfg.model, mcfg).to(device)
@@ -396,26 +473,37 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
     )
     carried: list[torch.Tensor] | None = None  # the state after the last step's block (rows, ...)
     start_step, best_val, history = 0, float("inf"), []
-    if cfg.resume:
-        load_weights(model, last_dir)
-        state = load_trainer_state(last_dir)
+    saved_timing: dict[str, float] = {}
+    if resume_dir is not None:
+        load_weights(model, resume_dir)
+        state = load_trainer_state(resume_dir)
         optimizer.load_state_dict(state["optimizer"])
         start_step, best_val = int(state["step"]), float(state["best_val"])
         batch_gen.set_state(state["batch_rng"])
         if streams is not None:
             if "streams" not in state:
-                raise PhysllmError(f"cannot resume: {last_dir} holds no stream positions")
+                raise PhysllmError(f"cannot resume: {resume_dir} holds no stream positions")
             streams.load_state_dict(state["streams"])
             carried = [t.to(device) for t in state["carried_state"]] or None
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        if (out_dir / "history.json").exists():
-            history = [
-                h
-                for h in json.loads((out_dir / "history.json").read_text())
-                if h["step"] <= start_step
-            ]
+        history = _resume_history(out_dir, state, start_step)
+        saved_timing = dict(state.get("timing", {}))
+        if start_step >= cfg.steps:
+            finished = _finished_run(cfg, dist, out_dir, last_dir, start_step, history)
+            if finished is not None:
+                metrics, history = finished
+                best = find_checkpoint(best_dir)
+                if best is not None:
+                    load_weights(model, best)  # what a full run returns: the best weights
+                model.eval()
+                return RunResult(model, data.tokenizer, data, metrics, history, out_dir)
+        dist.barrier()  # every rank has read resume_dir before it is moved into place
+        if dist.is_main:  # the writer's turn: undo what an interrupted save left
+            recover_checkpoint(last_dir)
+            recover_checkpoint(best_dir)
+        dist.barrier()
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -445,16 +533,23 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
             "best_val": best_val,
             "batch_rng": batch_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            # the loss curve so far, saved with the state it belongs to: a resume
+            # rebuilds history.json exactly, whatever became of that file
+            "history": history,
+            # this invocation's training time: metrics for a run killed after its last checkpoint
+            "timing": {"train_s": train_time, "steps": steps_run},
         }
         if streams is not None:
             trainer_state["streams"] = streams.state_dict()
             trainer_state["carried_state"] = [t.cpu() for t in carried or []]
         if device.type == "cuda":
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(last_dir, raw_model, data.tokenizer, trainer_state, **info)
+        # best/ first: last/ is what --resume continues from, so once it holds this
+        # step, best/ already does too (a kill in between just repeats this step).
         if is_best:
             save_checkpoint(best_dir, raw_model, data.tokenizer, **info)
-        (out_dir / "history.json").write_text(json.dumps(history))
+        save_checkpoint(last_dir, raw_model, data.tokenizer, trainer_state, **info)
+        write_json_atomic(out_dir / "history.json", history)
 
     block, micro = mcfg.block_size, cfg.batch_size
 
@@ -560,6 +655,10 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         raise PhysllmError(f"nothing to do: the run in {out_dir} already reached step {cfg.steps}")
     if (best_dir / "config.json").exists():
         load_weights(raw_model, best_dir)
+    # No step ran here only when resuming a run killed after its final checkpoint:
+    # its timing then comes from that checkpoint.
+    steps_timed = steps_run or int(saved_timing.get("steps", 0))
+    time_timed = train_time if steps_run else float(saved_timing.get("train_s", 0.0))
     final_iters = max(cfg.eval_iters, 20)
     val_loss, aux = evaluate("val", final_iters, cfg.seed + 20_000)
     train_eval, _ = evaluate("train", final_iters, cfg.seed + 30_000)
@@ -584,8 +683,9 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         "val_bpc": val_loss / math.log(2) / data.units_per_token("val"),
         **extra,
         "bpc_unit": data.tokenizer.unit,
-        "tokens_per_sec": steps_run * tokens_per_step / train_time if train_time else None,
-        "ms_per_step": 1000 * train_time / steps_run if steps_run else None,
+        "tokens_per_sec": steps_timed * tokens_per_step / time_timed if time_timed else None,
+        # NaN (not None) when unknown, a checkpoint from before timing was saved: callers format it
+        "ms_per_step": 1000 * time_timed / steps_timed if steps_timed else float("nan"),
         "wall_s": wall_s,
         "peak_mem_mb": peak_memory_mb(device),
         "device": device_description(device),
@@ -598,8 +698,8 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         **{f"aux_{k}": v for k, v in aux.items()},
     }
     if dist.is_main:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (out_dir / "history.json").write_text(json.dumps(history))
+        write_json_atomic(out_dir / "metrics.json", metrics, indent=2)
+        write_json_atomic(out_dir / "history.json", history)
     raw_model.eval()
     return RunResult(raw_model, data.tokenizer, data, metrics, history, out_dir)
 
