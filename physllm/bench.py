@@ -21,6 +21,15 @@ from typing import Any
 import torch
 
 from physllm.errors import PhysllmError
+from physllm.validation import (
+    DEVICE,
+    NON_NEGATIVE,
+    POSITIVE,
+    at_least,
+    check_fields,
+    one_of,
+    require,
+)
 
 
 @dataclass
@@ -42,6 +51,35 @@ class BenchConfig:
     timed_tokens: int = 256  # generate, lengths: tokens decoded one at a time and timed
     prefill_chunk: int = 1024  # generate: tokens per decode_step call while building the context
 
+    field_rules = {
+        "batch_size": POSITIVE,
+        "block_size": POSITIVE,
+        "n_layer": POSITIVE,
+        "n_head": POSITIVE,
+        "n_embd": POSITIVE,
+        "vocab_size": POSITIVE,
+        "steps": POSITIVE,
+        "warmup": NON_NEGATIVE,
+        "repeats": POSITIVE,  # the best of zero rounds is nothing
+        "device": DEVICE,
+        "threads": NON_NEGATIVE,
+        "mode": one_of("train", "generate", "lengths"),
+        "timed_tokens": at_least(2),
+        "prefill_chunk": POSITIVE,
+    }
+
+    def __post_init__(self) -> None:
+        """Check every field, the lengths and each model spec at this shape: bad input
+        fails here, before any measuring process starts."""
+        check_fields(self, self.field_rules)
+        require(
+            isinstance(self.models, list) and all(isinstance(m, str) for m in self.models),
+            f"models must be a list of model specs, got {self.models!r}",
+        )
+        parse_lengths(self.lengths)
+        for spec in self.models:
+            model_config_for(spec, self)
+
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"ngt:kernel=seed+n_coord=32"`` -> ``("ngt", {"kernel": "seed", "n_coord": 32})``."""
@@ -56,7 +94,12 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if not sep or key not in hints:
             raise PhysllmError(f"bad override {item!r} in {spec!r} (fields: {', '.join(hints)})")
         kind = hints[key]
-        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        try:
+            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise PhysllmError(
+                f"bad override {item!r} in {spec!r}: not a {kind.__name__}"
+            ) from None
     return name, overrides
 
 
@@ -74,7 +117,10 @@ def model_config_for(spec: str, cfg: BenchConfig):
     }
     if "dropout" in names:
         shape["dropout"] = 0.0
-    return name, config_cls(**{**shape, **overrides})
+    try:
+        return name, config_cls(**{**shape, **overrides})
+    except PhysllmError as err:
+        raise PhysllmError(f"model {spec!r} at this shape: {err}") from None
 
 
 def _rss_mb() -> float:

@@ -17,10 +17,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from physllm.errors import PhysllmError
+from physllm.validation import NON_NEGATIVE, POSITIVE, check_fields, check_values, in_range
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit status 2), like every other error."""
+    """argparse, but a usage error is one line (and exit status 2), like every other error,
+    and flags are never abbreviated: ``--mode`` must not quietly mean ``--model``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -104,6 +110,12 @@ def cmd_train(argv: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------- sample
 
+SAMPLE_RULES = {
+    "max_new_tokens": NON_NEGATIVE,
+    "num_samples": POSITIVE,
+    "seed": in_range(0, 2**32, high_open=True),  # as TrainConfig's
+}
+
 
 def cmd_sample(argv: Sequence[str]) -> None:
     import torch
@@ -125,11 +137,10 @@ def cmd_sample(argv: Sequence[str]) -> None:
     parser.add_argument("--device", default="cpu")
     add_dataclass_flags(parser.add_argument_group("sampling"), SamplingConfig)
     args = parser.parse_args(argv)
-    knobs = SamplingConfig(
-        **given(args, {f.name for f in dataclasses.fields(SamplingConfig)})
-    ).validate()
-    if args.max_new_tokens < 0 or args.num_samples < 1:
-        raise PhysllmError("--max-new-tokens must be >= 0 and --num-samples >= 1")
+    knobs = SamplingConfig(**given(args, {f.name for f in dataclasses.fields(SamplingConfig)}))
+    check_fields(knobs)  # finite numbers (an inf temperature or penalty is nonsense too)
+    knobs.validate()
+    check_values(vars(args), SAMPLE_RULES)
     device = resolve_device(args.device)
     model, tokenizer, _ = load_checkpoint(args.ckpt, device)
     ids = tokenizer.encode(args.prompt)
@@ -189,6 +200,8 @@ def cmd_bench(argv: Sequence[str]) -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_dataclass_flags(parser, BenchConfig, skip={"models"})
     args = parser.parse_args(argv)
+    if args.json:  # written after the (long) run: make sure it can be
+        check_writable_file(args.json, "--json")
     changes = given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
     labels: dict[str, str] = {}
     if args.all or not args.models:
@@ -233,6 +246,17 @@ def cmd_bench(argv: Sequence[str]) -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, fh, indent=2)
+
+
+def check_writable_file(path: str, what: str) -> None:
+    """``path`` can be (over)written: not a folder, and its folder exists."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise PhysllmError(f"{what} {path} is a folder, not a file")
+    if not target.parent.is_dir():
+        raise PhysllmError(f"{what} {path}: folder {target.parent} does not exist")
 
 
 def cmd_corpora(argv: Sequence[str]) -> None:

@@ -43,6 +43,33 @@ from physllm.errors import PhysllmError, TrainingDivergedError
 from physllm.lora import is_lora_name
 from physllm.models import LanguageModel, ModelConfig, build_model, get_model_classes
 from physllm.tokenization import Tokenizer
+from physllm.validation import (
+    DEVICE,
+    FRACTION,
+    NON_EMPTY,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    ConfigError,
+    Rule,
+    at_least,
+    check_fields,
+    in_range,
+    one_of,
+    require,
+)
+
+
+def _tokenizer_name_ok(name: str) -> bool:
+    """The tokenizer names physllm.tokenization knows (checked before any data is read)."""
+    kind, sep, arg = name.partition(":")
+    if kind in ("char", "byte"):
+        return not sep
+    if kind == "bpe":
+        return not sep or (arg.isascii() and arg.isdigit() and int(arg) > 0)
+    if kind == "hf":  # a transformers tokenizer (the Hopfield GPU preset's backbone's)
+        return bool(arg)
+    return kind == "tiktoken" and bool(arg or not sep)
 
 
 @dataclass
@@ -80,9 +107,58 @@ class TrainConfig:
     tensorboard: bool = True
     model_config: ModelConfig | None = None  # None: the model's defaults
 
-    def __post_init__(self):
+    # Declared constraints (physllm.validation); relations between fields are in validate().
+    field_rules = {
+        "corpus": NON_EMPTY,
+        "tokenizer": Rule(
+            _tokenizer_name_ok,
+            "must be char, byte, bpe, bpe:<vocab size>, tiktoken:<encoding> or hf:<id>",
+        ),
+        "max_chars": NON_NEGATIVE,
+        "out_dir": NON_EMPTY,
+        "steps": NON_NEGATIVE,  # 0: a config not for train() (Hopfield's pretrained backbone)
+        "batch_size": POSITIVE,
+        "grad_accum": POSITIVE,
+        "lr": POSITIVE_FLOAT,
+        "min_lr": at_least(0),
+        "warmup_steps": NON_NEGATIVE,
+        "lr_decay_steps": NON_NEGATIVE,
+        "weight_decay": at_least(0),
+        "beta1": FRACTION,
+        "beta2": FRACTION,
+        "grad_clip": at_least(0),
+        "eval_interval": POSITIVE,
+        "eval_iters": POSITIVE,
+        "log_interval": POSITIVE,
+        "stop_after": NON_NEGATIVE,
+        "device": DEVICE,
+        "dtype": one_of("auto", "float32", "bfloat16", "float16"),
+        "seed": in_range(0, 2**32, high_open=True),
+        "threads": NON_NEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
         if self.model_config is None:
             self.model_config = get_model_classes(self.model)[0]()
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Raise a :class:`~physllm.errors.PhysllmError` naming the first bad field (as its
+        ``--flag``). Runs at construction and again when training starts (notebooks
+        edit configs in place)."""
+        config_cls, _ = get_model_classes(self.model)
+        if not isinstance(self.model_config, config_cls):
+            raise ConfigError(
+                f"model {self.model!r} takes a {config_cls.__name__}, "
+                f"got {type(self.model_config).__name__}"
+            )
+        check_fields(self, self.field_rules)
+        require(
+            self.min_lr <= self.lr,
+            f"--min-lr ({self.min_lr:g}) must not exceed --lr ({self.lr:g})",
+        )
+        self.model_config.validate()
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_config"}
@@ -423,8 +499,35 @@ def _finished_run(
 # --------------------------------------------------------------------------- the loop
 
 
+def _preflight(cfg: TrainConfig) -> None:
+    """Checks that need no data: every config field, then the paths the run will use."""
+    if not isinstance(cfg, TrainConfig):
+        raise PhysllmError(f"train() takes a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()  # again: a notebook may have edited fields since construction
+    if cfg.steps < 1:
+        raise PhysllmError(f"--steps must be >= 1 to train, got {cfg.steps}")
+    out_dir = Path(cfg.out_dir)
+    # mkdir(parents=True) happens only after the data and model checks; make sure it will work
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise PhysllmError(f"--out-dir {out_dir}: {existing} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PhysllmError(f"--out-dir {out_dir}: cannot write in {existing}")
+    if cfg.init_from and not cfg.resume:
+        try:
+            resolve_checkpoint_dir(cfg.init_from)
+        except PhysllmError as err:
+            raise PhysllmError(f"--init-from: {err}") from None
+
+
 def train(cfg: TrainConfig) -> RunResult:
-    """Train ``cfg.model`` on ``cfg.corpus``; return the model, the data and the metrics."""
+    """Train ``cfg.model`` on ``cfg.corpus``; return the model, the data and the metrics.
+
+    Bad input is a :class:`PhysllmError` raised before anything is written: the
+    config and the paths it names first (:func:`_preflight`), then what needs the
+    data (a block longer than a split) and the model (a checkpoint that does not fit).
+    """
+    _preflight(cfg)
     dist = Distributed()
     try:
         return _train(cfg, dist)
@@ -471,6 +574,8 @@ def _train(cfg: TrainConfig, dist: Distributed) -> RunResult:
         if stateful
         else None
     )
+    if stateful:  # evaluation reads the val split as batch_size streams: check they fit now
+        StreamSampler(data, "val", cfg.batch_size, mcfg.block_size)
     carried: list[torch.Tensor] | None = None  # the state after the last step's block (rows, ...)
     start_step, best_val, history = 0, float("inf"), []
     saved_timing: dict[str, float] = {}
@@ -715,11 +820,13 @@ def device_description(device: torch.device) -> str:
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Inverse of ``TrainConfig.to_dict`` (checkpoints store it)."""
     values = dict(values)
-    model = values.pop("model")
+    model = values.pop("model", None)
     config_cls, _ = get_model_classes(model)
-    return TrainConfig(
-        model=model, model_config=config_cls.from_dict(values.pop("model_config")), **values
-    )
+    model_config = config_cls.from_dict(values.pop("model_config", {}))
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown TrainConfig field(s): {', '.join(map(str, unknown))}")
+    return TrainConfig(model=model, model_config=model_config, **values)
 
 
 __all__ = [

@@ -31,19 +31,30 @@ MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
 
 
 def get_model_classes(name: str) -> tuple[type[ModelConfig], type[LanguageModel]]:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise PhysllmError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+    if not isinstance(name, str) or name not in MODELS:  # a checkpoint's JSON may hold anything
+        raise PhysllmError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def build_model(name: str, config: ModelConfig | dict) -> LanguageModel:
-    """Instantiate model ``name`` from its config (dataclass or dict)."""
+    """Instantiate model ``name`` from its config (dataclass or dict, e.g. a checkpoint's).
+
+    Every config problem is a :class:`PhysllmError` naming the model, whether the
+    dict holds unknown fields or values its config class rejects.
+    """
     config_cls, model_cls = get_model_classes(name)
-    if isinstance(config, dict):
+    if isinstance(config, ModelConfig):
+        if not isinstance(config, config_cls):
+            raise PhysllmError(
+                f"model {name!r} takes a {config_cls.__name__}, got a {type(config).__name__}"
+            )
+        config.validate()  # it may have been edited since it was built
+    else:
         try:
             config = config_cls.from_dict(config)
-        except (TypeError, ValueError) as err:
+        except PhysllmError as err:
+            raise PhysllmError(f"bad {name} config: {err}") from None
+        except TypeError as err:  # not a mapping of field names
             raise PhysllmError(f"bad {name} config: {err}") from None
     return model_cls(config)
 

@@ -19,26 +19,66 @@ first, so the trainer can slice rows and restart them without knowing more.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from physllm.validation import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    Rule,
+    check_fields,
+    merged_rules,
+)
+
 
 @dataclass
 class ModelConfig:
+    """A model's hyperparameters, checked when built (:mod:`physllm.validation`).
+
+    Subclasses declare ``field_rules`` (merged with these; rules for fields a
+    config lacks are ignored, so the shape names common to most models are
+    declared once here) and put relations between fields in ``check``.
+    """
+
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
     block_size: int = 256  # longest context the model is trained on
+
+    field_rules: ClassVar[dict[str, Rule]] = {
+        "vocab_size": NON_NEGATIVE,
+        "block_size": POSITIVE,
+        "n_layer": POSITIVE,
+        "n_head": POSITIVE,
+        "n_embd": POSITIVE,
+        "dropout": FRACTION,
+    }
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> ModelConfig:
+        """Raise :class:`~physllm.validation.ConfigError` (a PhysllmError) on a bad field."""
+        check_fields(self, merged_rules(type(self)))
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Relations between fields (subclasses); every field is already well typed here."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         return cls(**values)
 
 

@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
+from physllm.validation import POSITIVE, POSITIVE_FLOAT, one_of, require
 
 State = list[torch.Tensor]  # one context vector (B, n_context) per layer
 
@@ -79,13 +79,20 @@ class ContextVectorConfig(ModelConfig):
     forget_bias: float = 1.0  # fixed form: forget gates start at sigmoid(1) = 0.73
     carry_state: bool = False  # train on consecutive blocks, state handed on (truncated BPTT)
 
-    def __post_init__(self):
-        if self.form not in ("fixed", "seed"):
-            raise PhysllmError(f"form must be 'fixed' or 'seed', got {self.form!r}")
-        if self.gates not in ("hidden", "input"):
-            raise PhysllmError(f"gates must be 'hidden' or 'input', got {self.gates!r}")
-        if self.gates == "input" and self.form == "seed":
-            raise PhysllmError("gates='input' is a variant of the fixed form (form='fixed')")
+    field_rules = {
+        "n_hidden": POSITIVE,
+        "n_context": POSITIVE,
+        "ffn_depth": POSITIVE,
+        "form": one_of("fixed", "seed"),
+        "gates": one_of("hidden", "input"),
+        "clamp": POSITIVE_FLOAT,
+    }
+
+    def check(self) -> None:
+        require(
+            not (self.gates == "input" and self.form == "seed"),
+            "--gates input is a variant of the fixed form (--form fixed)",
+        )
 
 
 # --------------------------------------------------------------------------- the scan

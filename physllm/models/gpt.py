@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.models.base import LanguageModel, ModelConfig
+from physllm.validation import check_multiple
 
 
 @dataclass
@@ -34,6 +35,9 @@ class GPTConfig(ModelConfig):
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False  # no biases in Linear/LayerNorm: slightly better and faster (nanoGPT)
+
+    def check(self) -> None:
+        check_multiple(self, "n_embd", "n_head")  # each head takes n_embd / n_head channels
 
 
 class LayerNorm(nn.Module):
@@ -51,7 +55,7 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
+        check_multiple(config, "n_embd", "n_head")  # configs edited after construction too
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)

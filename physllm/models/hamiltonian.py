@@ -57,6 +57,16 @@ from torch import nn
 from physllm.integrators import force_from_potential, leapfrog_step
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import CausalSelfAttention, init_gpt2_weights
+from physllm.validation import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    PROBABILITY,
+    at_least,
+    check_multiple,
+    one_of,
+    require,
+)
 
 
 @dataclass
@@ -85,11 +95,29 @@ class HamiltonianConfig(ModelConfig):
     gravity_max: int = 64
     gravity_scale: float = 0.1
 
-    def __post_init__(self):
-        if self.variant not in ("symplectic", "seed"):
-            raise ValueError(f"variant must be symplectic or seed, got {self.variant!r}")
-        if self.mode not in ("direct", "conservative"):
-            raise ValueError(f"mode must be direct or conservative, got {self.mode!r}")
+    field_rules = {
+        "variant": one_of("symplectic", "seed"),
+        "mode": one_of("direct", "conservative"),
+        "mlp_ratio": POSITIVE,
+        "dt": POSITIVE_FLOAT,  # a leapfrog step forward in time
+        "mass": POSITIVE_FLOAT,  # p / m
+        "decay_kernel": POSITIVE,
+        "decay_init": POSITIVE_FLOAT,  # softplus^{-1}(lambda) needs lambda > 0
+        "kappa_init": POSITIVE_FLOAT,  # likewise
+        "conv_kernel": POSITIVE,
+        "ema_beta": PROBABILITY,
+        "eos_id": at_least(-1),
+        "gravity_max": NON_NEGATIVE,
+    }
+
+    def check(self) -> None:
+        check_multiple(self, "n_embd", "n_head")
+        if self.variant == "seed":  # rotary positions rotate channel pairs of each head
+            head = self.n_embd // self.n_head
+            require(
+                head % 2 == 0,
+                f"--variant seed needs an even head size, got {head} (--n-embd / --n-head)",
+            )
 
 
 # --------------------------------------------------------------------------- symplectic parts

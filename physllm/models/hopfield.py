@@ -47,6 +47,16 @@ from physllm import hopfield_functional as hf
 from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import GPT, GPTConfig
+from physllm.validation import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    ConfigError,
+    Rule,
+    check_multiple,
+    one_of,
+    require,
+)
 
 
 @dataclass
@@ -78,13 +88,36 @@ class HopfieldConfig(ModelConfig):
     memory_facts: int = 16  # facts per episode at most (the number is drawn per step)
     lora_rank: int = 0  # LoRA on the backbone during memory training (0: off)
 
-    def __post_init__(self):
-        if self.combine not in ("add", "gated", "concat"):
-            raise ValueError(f"combine must be add, gated or concat, got {self.combine!r}")
-        if self.replacement not in ("fifo", "least_used"):
-            raise ValueError(f"replacement must be fifo or least_used, got {self.replacement!r}")
-        if self.n_updates < 1:
-            raise ValueError(f"n_updates must be >= 1, got {self.n_updates}")
+    field_rules = {
+        "backbone": Rule(
+            lambda v: v == "gpt" or (v.startswith("hf:") and len(v) > 3),
+            "must be 'gpt' or 'hf:<id or path>'",
+        ),
+        "mem_heads": POSITIVE,
+        "mem_head_dim": POSITIVE,
+        "key_window": POSITIVE,
+        "n_updates": POSITIVE,
+        "beta_init": POSITIVE_FLOAT,  # stored as log(beta)
+        "combine": one_of("add", "gated", "concat"),
+        "n_slots": POSITIVE,
+        "replacement": one_of("fifo", "least_used"),
+        "memory_steps": NON_NEGATIVE,
+        "memory_lr": POSITIVE_FLOAT,
+        "memory_batch": POSITIVE,
+        "memory_facts": POSITIVE,
+        "lora_rank": NON_NEGATIVE,
+    }
+
+    def check(self) -> None:
+        if self.backbone != "gpt":
+            return  # an hf: backbone's sizes are known once it is loaded (HopfieldMemory checks)
+        check_multiple(self, "n_embd", "n_head")
+        check_multiple(self, "n_embd", "mem_heads")
+        require(
+            -self.n_layer <= self.mem_layer < self.n_layer,
+            f"--mem-layer must be a block index in [-{self.n_layer}, {self.n_layer}) "
+            f"(--n-layer {self.n_layer}), got {self.mem_layer}",
+        )
 
 
 class MemoryState(NamedTuple):
@@ -190,7 +223,9 @@ class HopfieldMemory(nn.Module):
         super().__init__()
         H, dk = config.mem_heads, config.mem_head_dim
         if n_embd % H:
-            raise ValueError(f"hidden size {n_embd} is not divisible by mem_heads {H}")
+            raise ConfigError(
+                f"the backbone's hidden size {n_embd} is not a multiple of --mem-heads {H}"
+            )
         self.H, self.dk, self.dv = H, dk, n_embd // H
         self.n_updates, self.combine = config.n_updates, config.combine
         self.norm = nn.LayerNorm(n_embd)

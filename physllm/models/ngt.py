@@ -58,9 +58,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import GPT, GPTConfig, LayerNorm, init_gpt2_weights
+from physllm.validation import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    at_least,
+    check_multiple,
+    one_of,
+    require,
+)
 
 KERNELS = ("gaussian", "seed")
 CUTOFFS = ("auto", "none", "hard", "soft", "smooth")
@@ -91,20 +99,26 @@ class NGTConfig(ModelConfig):
     repulsion_samples: int = 64  # positions per sequence the repulsion looks at (evenly spaced)
     repulsion_eps: float = 1e-2  # softening: 1 / (d2 + eps) stays finite when two tokens meet
 
-    def __post_init__(self):
-        for name, value, allowed in (
-            ("kernel", self.kernel, KERNELS),
-            ("cutoff", self.cutoff, CUTOFFS),
-            ("mass_in", self.mass_in, MASS_MODES),
-        ):
-            if value not in allowed:
-                raise PhysllmError(f"ngt {name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise PhysllmError(f"ngt n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if self.kernel == "gaussian" and self.cutoff == "soft":
-            raise PhysllmError(
-                "cutoff='soft' is the seed's multiplicative cutoff: kernel='seed' only"
-            )
+    field_rules = {
+        "n_coord": POSITIVE,
+        "head_coord": POSITIVE,
+        "mlp_hidden": NON_NEGATIVE,
+        "kernel": one_of(*KERNELS),
+        "mass_in": one_of(*MASS_MODES),
+        "cutoff": one_of(*CUTOFFS),
+        "cutoff_width": POSITIVE_FLOAT,
+        "dist_eps": POSITIVE_FLOAT,  # 1 / (d2 + eps) at d2 = 0
+        "repulsion": at_least(0),
+        "repulsion_samples": POSITIVE,
+        "repulsion_eps": POSITIVE_FLOAT,
+    }
+
+    def check(self) -> None:
+        check_multiple(self, "n_embd", "n_head")
+        require(
+            not (self.kernel == "gaussian" and self.cutoff == "soft"),
+            "--cutoff soft is the seed's multiplicative cutoff: --kernel seed only",
+        )
 
     @property
     def resolved_cutoff(self) -> str:

@@ -66,6 +66,16 @@ from physllm.errors import PhysllmError
 from physllm.lora import apply_lora, mark_only_lora_trainable
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import MLP, LayerNorm, init_gpt2_weights
+from physllm.validation import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    at_least,
+    check_multiple,
+    one_of,
+    require,
+)
 
 PHASES = ("gain", "rotation", "none")
 GLOBALS = ("seed", "recurrent", "off")
@@ -92,24 +102,36 @@ class QLLMConfig(ModelConfig):
     lora_alpha: float = 64.0  # update scale alpha / r
     lora_dropout: float = 0.0
 
+    field_rules = {
+        "phase": one_of(*PHASES),
+        "globals": one_of(*GLOBALS),
+        "n_global": NON_NEGATIVE,
+        "segment_len": POSITIVE,
+        "coherence": at_least(0),
+        "lora_r": NON_NEGATIVE,
+        "lora_alpha": POSITIVE_FLOAT,
+        "lora_dropout": FRACTION,
+    }
+
+    def check(self) -> None:
+        check_multiple(self, "n_embd", "n_head")
+        require(
+            self.phase != "rotation" or self.n_embd % 2 == 0,
+            f"--phase rotation pairs channels: --n-embd must be even, got {self.n_embd}",
+        )
+        require(
+            not self.phase_per_position or self.phase == "rotation",
+            "phase_per_position (--phase-per-position) needs --phase rotation",
+        )
+        require(
+            self.globals == "off" or self.n_global >= 1,
+            f"--globals {self.globals} needs --n-global >= 1, got {self.n_global}",
+        )
+
 
 def check_config(config: QLLMConfig) -> None:
-    if config.phase not in PHASES:
-        raise PhysllmError(f"qllm phase must be one of {PHASES}, got {config.phase!r}")
-    if config.globals not in GLOBALS:
-        raise PhysllmError(f"qllm globals must be one of {GLOBALS}, got {config.globals!r}")
-    if config.phase == "rotation" and config.n_embd % 2:
-        raise PhysllmError(
-            f"phase='rotation' pairs channels: n_embd must be even, got {config.n_embd}"
-        )
-    if config.phase_per_position and config.phase != "rotation":
-        raise PhysllmError("phase_per_position needs phase='rotation'")
-    if config.globals != "off" and config.n_global < 1:
-        raise PhysllmError(f"globals={config.globals!r} needs n_global >= 1")
-    if config.globals == "recurrent" and config.segment_len < 1:
-        raise PhysllmError(f"segment_len must be >= 1, got {config.segment_len}")
-    if config.n_embd % config.n_head:
-        raise PhysllmError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+    """Raise a PhysllmError if ``config`` (perhaps edited since it was built) is not usable."""
+    config.validate()
 
 
 # --------------------------------------------------------------------------- phase module
