@@ -185,27 +185,31 @@ def test_train_then_sample_end_to_end(small_text_file, tmp_path):
     assert (
         metrics["model_config"]["n_embd"] == 16 and metrics["steps"] == 2
     )  # the flags reached the config
+    knobs = dict(temperature=0.8, top_k=10, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in knobs.items()]
     proc = physllm(
-        "sample",
-        "--ckpt",
-        str(out),
-        "--prompt",
-        "The ",
-        "--max-new-tokens",
-        "20",
-        "--temperature",
-        "0.8",
-        "--top-k",
-        "10",
-        "--top-p",
-        "0.9",
-        "--min-p",
-        "0.05",
-        "--repetition-penalty",
-        "1.2",
-    )
+        "sample", "--ckpt", str(out), "--prompt", "The ", "--max-new-tokens", "20",
+        "--seed", "7", *flags,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("The ") and len(proc.stdout) > len("The ")
+    # The same sampling in this process: a char model has no end token, so exactly 20
+    # new characters, and from the same seed exactly the characters the command printed.
+    import torch
+
+    from physllm.checkpoint import load_checkpoint
+    from physllm.sampling import generate
+
+    model, tokenizer, _ = load_checkpoint(out)
+    prompt = torch.tensor([tokenizer.encode("The ")])
+
+    def expected(seed: int) -> str:
+        gen = torch.Generator().manual_seed(seed)
+        new = generate(model, prompt, 20, generator=gen, **knobs)[0, prompt.size(1) :]
+        return tokenizer.decode(new.tolist())
+
+    assert tokenizer.eos_id is None and len(expected(7)) == 20
+    assert proc.stdout == "The " + expected(7) + "\n"
+    assert expected(7) != expected(1337)  # so the output above is --seed 7's, not the default's
 
 
 def test_every_command_has_help():
