@@ -22,6 +22,7 @@ from physllm.hopfield_tasks import (
 )
 from physllm.models import build_model
 from physllm.models.hopfield import HopfieldConfig, HopfieldLM
+from physllm.sampling import generate
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\nQA:?"))
 STOI = {c: i for i, c in enumerate(CHARS)}
@@ -153,31 +154,61 @@ def test_combine_modes_and_placement(combine):
 # --------------------------------------------------------------------------- calls and tasks
 
 
-def test_second_call_never_sees_first_calls_tokens():
-    model = tiny_model()
-    task = FactsTask(encode)
-    seen: list[torch.Tensor] = []
+def backbone_inputs(model: HopfieldLM, prompts: torch.Tensor, n_new: int):
+    """Call 2 (greedy, no write) with a spy on the backbone: its output and every row it was fed."""
+    seen: list[list[int]] = []
     forward = model.backbone.forward
 
     def spy(idx, read=None):
-        seen.append(idx.clone())
+        seen.extend(idx.tolist())
         return forward(idx, read)
 
+    model.backbone.forward = spy
+    try:
+        out = model.call(prompts, max_new_tokens=n_new, write=False, temperature=0)
+    finally:
+        model.backbone.forward = forward
+    return out, seen
+
+
+def leaked_codes(rows: list[list[int]], facts, prompt_len: int) -> set[str]:
+    """The codes of ``facts`` found in the part of ``rows`` the model did not generate
+    (the first ``prompt_len`` tokens): what a prompt could have leaked from call 1."""
+    found = set()
+    for row in rows:
+        given = row[:prompt_len]
+        for _, code in facts:
+            ids = encode(code)
+            if any(given[i : i + len(ids)] == ids for i in range(len(given) - len(ids) + 1)):
+                found.add(code)
+    return found
+
+
+def test_second_call_never_sees_first_calls_tokens():
+    model = tiny_model(block_size=128)  # the leaky prompts below fit in one block
+    task = FactsTask(encode)
     model.memory.reset()
     facts = task.facts(3, random.Random(0), "heldout")
     write = torch.tensor([encode(task.write_text(facts))])
     model.call(write)  # call 1
-    model.backbone.forward = spy
     prompts = task.prompts(facts)
-    out = model.call(prompts, max_new_tokens=task.code_len, write=False, temperature=0)  # call 2
+    out, seen = backbone_inputs(model, prompts, task.code_len)  # call 2
     assert out.shape == (3, prompts.size(1) + task.code_len)
-    assert seen, "call 2 ran the backbone"
-    for idx in seen:  # no row of call 2 holds any fact's code, nor the whole of call 1
-        for row in idx.tolist():
-            for _, code in facts:
-                code_ids = encode(" " + code + ".")
-                assert not any(row[i : i + len(code_ids)] == code_ids for i in range(len(row)))
-            assert len(row) < write.size(1)
+    # the backbone ran on the questions, then once more after each generated token
+    assert len(seen) == 3 * (1 + task.code_len)
+    # every row the backbone saw is its question plus the model's own answer so far ...
+    outs = out.tolist()
+    assert all(any(row == o[: len(row)] for o in outs) for row in seen)
+    assert all(len(row) >= prompts.size(1) for row in seen)
+    # ... and no question holds a code of call 1
+    assert leaked_codes(seen, facts, prompts.size(1)) == set()
+
+    # The search finds a leak where there is one: questions that repeat call 1's
+    # facts before asking (as a prompt carrying the context would) hand over every code.
+    leaky = torch.tensor([encode(task.write_text(facts)) + row for row in prompts.tolist()])
+    model.memory.reset()
+    _, seen = backbone_inputs(model, leaky, task.code_len)
+    assert leaked_codes(seen, facts, leaky.size(1)) == {code for _, code in facts}
 
 
 def test_facts_task_heldout_split_is_disjoint():
@@ -228,7 +259,6 @@ def tiny_llama():
 
 
 def test_hf_backbone_forward_generate_and_memory():
-    from physllm.sampling import generate
 
     model = HopfieldLM.from_hf(tiny_llama(), mem_heads=2, mem_head_dim=8, key_window=4).eval()
     x = torch.tensor([encode("the code of bolek is ")])
@@ -246,8 +276,61 @@ def test_hf_backbone_forward_generate_and_memory():
     assert len(hist) == 2 and any("lora_" in n for n, _ in model.backbone.named_parameters())
     decode = lambda ids: "".join(CHARS[i] for i in ids)  # noqa: E731
     scores = narrativeqa_eval(model, task, decode, records, max_new_tokens=3)
-    assert scores["questions"] == 1 and 0.0 <= scores["token_f1"] <= 1.0
+    # the same answer worked out by hand: summary in memory, greedy from the question alone
+    model.memory.reset()
+    model.memorize(torch.tensor([encode(records[0]["summary"])]))
+    prompt = torch.tensor([encode(task.prompt(records[0]))])
+    answer = decode(generate(model, prompt, 3, temperature=0)[0, prompt.size(1) :].tolist())
+    expected = token_f1(answer.split("\n")[0], records[0]["answers"])
+    assert scores == {"questions": 1, "token_f1": pytest.approx(expected)}
+    model.memory.reset()
     assert len(model.memory) == 0
+
+
+class ScriptedReader(torch.nn.Module):
+    """Answers "an old man" when its bank holds something, "a boat" when it is empty;
+    the answer's second line is noise that the evaluation must cut off."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.memory = MemoryStub()
+
+    def memorize(self, idx):
+        self.memory.n += idx.size(1)
+
+    def call(self, prompt, max_new_tokens, write=False, **_):
+        text = (" an old man" if self.memory.n else " a boat") + "\nold old"
+        return torch.cat([prompt, torch.tensor([encode(text)])[:, :max_new_tokens]], dim=1)
+
+
+class MemoryStub:
+    def __init__(self):
+        self.n = 0
+
+    def reset(self):
+        self.n = 0
+
+
+def test_narrativeqa_eval_scores_the_answer_line_by_hand():
+    records = [
+        {"summary": "a story.", "question": "who", "answers": ["the old man"]},  # F1 1
+        {"summary": "a story.", "question": "who", "answers": ["old man", "man in a boat"]},
+        {"summary": "a story.", "question": "who", "answers": ["a fisherman"]},  # F1 0
+    ]
+    task = NarrativeQATask(encode, records)
+    decode = lambda ids: "".join(CHARS[i] for i in ids)  # noqa: E731
+    reader = ScriptedReader()
+    with_memory = narrativeqa_eval(reader, task, decode, records, max_new_tokens=30)
+    # "an old man" -> {old, man}: 1 against "the old man"; 1 against "old man"; 0 against "a fisherman"
+    assert with_memory == {"questions": 3, "token_f1": pytest.approx((1 + 1 + 0) / 3)}
+    without = narrativeqa_eval(reader, task, decode, records, use_memory=False, max_new_tokens=30)
+    # "a boat" -> {boat}: 0; against "man in a boat" -> {man, in, boat}: p 1, r 1/3, F1 1/2
+    assert without == {"questions": 3, "token_f1": pytest.approx((0 + 0.5 + 0) / 3)}
+    assert with_memory["token_f1"] > without["token_f1"]
+    # max_new_tokens cuts the answer: " an ol" -> {ol}: no overlap anywhere
+    short = narrativeqa_eval(reader, task, decode, records, max_new_tokens=6)
+    assert short["token_f1"] == 0.0
 
 
 def test_hf_backbone_from_local_checkpoint(tmp_path):
@@ -330,9 +413,31 @@ def test_registry_presets_and_checkpoint(tmp_path):
 
 
 def test_notebook_runs(run_notebook):
+    from safetensors import safe_open
+
     _, out_dir = run_notebook("05_hopfield", steps=20)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["model"] == "hopfield" and metrics["steps"] == 20
-    for key in ("recall_with_memory", "recall_without_memory", "capacity_curve"):
-        assert key in metrics
+    assert metrics["memory_steps"] == 20  # `steps` sets stage 2 too
+    # Twenty steps learn too little for recall to be asserted here (the recall test
+    # above does that on a tiny model); what must hold is that each number is the
+    # measurement it is named after. Recall: 16 facts x 8 trials at the defaults.
+    with_memory, without = metrics["recall_with_memory"], metrics["recall_without_memory"]
+    for r in (with_memory, without):
+        assert (r["n_facts"], r["questions"]) == (16, 16 * 8)
+        assert 0 <= r["exact_match"] <= r["char_accuracy"] <= 1  # a whole match is 4 chars
+    assert without["exact_match"] < 0.05  # no memory: a guess, chance 26^-4
+    assert metrics["recall_exact_match"] == with_memory["exact_match"]
+    assert metrics["recall_exact_match_no_memory"] == without["exact_match"]
+    # a smoke run's capacity curve: the first three sizes, about 32 questions each
+    curve = metrics["capacity_curve"]
+    assert [(r["n_facts"], r["questions"]) for r in curve] == [(1, 32), (4, 32), (16, 32)]
+    # stage 2 trained the memory: every head's beta moved from its initial value
+    beta = metrics["learned_beta"]
+    assert len(beta) == metrics["model_config"]["mem_heads"]
+    assert all(b > 0 and abs(b - metrics["model_config"]["beta_init"]) > 1e-4 for b in beta)
+    assert metrics["memory_train_loss"] > 0 and metrics["memory_train_s"] > 0
+    # the saved memory holds call 1 of section 5: four facts, one slot per token but the last
+    bank = safe_open(str(out_dir / "memory.safetensors"), "pt")
+    assert int(bank.get_tensor("valid").sum()) == 4 * len("the code of bolek is xqzt.\n") - 1
     assert (out_dir / "energy_descent.png").exists()
