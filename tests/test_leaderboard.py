@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -127,26 +128,47 @@ def test_bench_all_config_labels_every_entry():
 # --------------------------------------------------------------------------- measuring
 
 
-def test_inference_speed_streams_the_model():
+def test_inference_speed_streams_the_model_and_times_one_token():
+    """A decode step made to cost a known 50 ms (the prompt 1 s): the measured time per
+    token must be that (plus a tiny model's step, however busy the machine), not the
+    prompt's, not a pass's total over its tokens (175 ms), not another unit."""
     torch.manual_seed(0)
     model = build_model("gpt", dict(vocab_size=20, block_size=16, n_layer=1, n_head=1, n_embd=16))
     model.train()
+    fed, step = [], model.decode_step
+
+    def slow_step(idx, state=None):
+        fed.append(tuple(idx.shape))
+        time.sleep(1.0 if idx.size(1) > 1 else 0.05)
+        return step(idx, state)
+
+    model.decode_step = slow_step
     speed = lb.inference_speed(model, torch.randint(20, (1, 4)), new_tokens=8, repeats=2)
-    assert speed["decode_tokens_per_sec"] > 0
-    assert speed["decode_ms_per_token"] == pytest.approx(1000 / speed["decode_tokens_per_sec"])
+    assert fed == ([(1, 4)] + [(1, 1)] * 8) * 2  # per pass: the prompt once, then one token a call
+    assert 50 <= speed["decode_ms_per_token"] < 100, speed
+    assert speed["decode_tokens_per_sec"] == pytest.approx(1000 / speed["decode_ms_per_token"])
     assert model.training  # left as it was found
 
 
 def test_measure_lengths_one_row_per_length_ascending():
+    """A large vocabulary makes the logits dominate the memory: at batch 4 x 512 they
+    are 64 MiB (float32), allocated fresh (above glibc's 32 MiB mmap threshold) and
+    held at once, so the peak at 512 must exceed them and exceed the peak at 32 by at
+    least the difference in logits."""
+    B, V = 4, 8192
     cfg = BenchConfig(
-        batch_size=2, n_layer=1, n_head=1, n_embd=16, vocab_size=20, steps=1, warmup=0,
-        lengths="32,16", timed_tokens=4, threads=1,
+        batch_size=B, n_layer=1, n_head=1, n_embd=16, vocab_size=V, steps=1, warmup=0,
+        lengths="512,32", timed_tokens=4, threads=1,
     )  # fmt: skip
     out = measure_lengths("context_vector:n_layer=1+n_hidden=16+n_context=8", cfg)
     rows = out["rows"]
-    assert [r["length"] for r in rows] == [16, 32]
+    assert [r["length"] for r in rows] == [32, 512]
     for r in rows:
-        assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0 and r["peak_mem_mb"] >= 0
+        assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0
+    logits_mb = {L: B * L * V * 4 / 2**20 for L in (32, 512)}
+    short, long = rows[0]["peak_mem_mb"], rows[1]["peak_mem_mb"]
+    assert long >= logits_mb[512], rows
+    assert long - short >= logits_mb[512] - logits_mb[32], rows
 
 
 # --------------------------------------------------------------------------- the table and the README
