@@ -209,6 +209,27 @@ def test_init_from_that_does_not_exist(small_text_file, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_init_from_a_different_model(existing_run, small_text_file, tmp_path, capsys):
+    """Weights that do not fit: found when the model is built, before --out-dir exists."""
+    out = tmp_path / "out"
+    before = fingerprint(existing_run)
+    args = ["train", "--corpus", str(small_text_file), "--out-dir", str(out), *TINY]
+    args += ["--model", "ngt", "--init-from", str(existing_run)]
+    assert_one_line_error(*run_in_process(capsys, *args), "do not match its config")
+    assert not out.exists()
+    assert fingerprint(existing_run) == before
+
+
+def test_flags_are_not_abbreviations(small_text_file, tmp_path, capsys):
+    """``--mode`` is Hamiltonian's field, not a prefix of ``--model`` (it used to be read as
+    ``--model conservative``): the error here must be about --lr, the real mistake."""
+    args = ["train", "--corpus", str(small_text_file), "--out-dir", str(tmp_path / "o"), *TINY]
+    args += ["--model", "hamiltonian", "--mode", "conservative", "--lr", "nan"]
+    assert_one_line_error(*run_in_process(capsys, *args), "--lr must be a finite number")
+    code, stderr = run_in_process(capsys, "train", "--n-lay", "3")
+    assert_one_line_error(code, stderr, "unrecognized arguments: --n-lay 3")
+
+
 @pytest.mark.parametrize(
     ("flags", "pattern"),
     [
