@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from physllm.checkpoint import load_checkpoint
 from physllm.steering import (
     DecodeConfig,
     continuation_nll,
     decode,
     repetition_rate,
+    run_once,
     steering_curve,
     target_rates,
 )
@@ -74,6 +77,24 @@ def test_steering_moves_the_target_rate(loaded):
     assert all(r["n"] == 50 and r["ppl"] > 1 for r in rows)
 
 
+@pytest.mark.parametrize("word", ["the", "def", "x"])
+def test_steering_shifts_the_next_token_distribution_toward_the_target(loaded, word):
+    """Deterministic: the probability of the target's tokens at the next position rises
+    strictly with the strength, from away (< 0) through unsteered (0) to toward (> 0)."""
+    from physllm.steering import forward_last, target_ids
+
+    model, tokenizer = loaded
+    ids = target_ids(tokenizer, word)
+    strengths = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    for prompt in ("The ", "and ", "in a ", "x = 1\n"):
+        idx = torch.tensor([tokenizer.encode(prompt)])
+        p = []
+        for s in strengths:
+            logits, _ = forward_last(model, idx, model.steer_vector(ids, s) if s else None)
+            p.append(float(logits.softmax(-1)[0, ids].sum()))
+        assert all(a < b for a, b in zip(p, p[1:])), (word, prompt, p)
+
+
 def test_decoders_pick_among_the_top_candidates(loaded):
     model, tokenizer = loaded
     idx = torch.tensor([tokenizer.encode("The "), tokenizer.encode("and ")])
@@ -115,8 +136,16 @@ def test_steer_command(ham_run):
         "--max-new-tokens", "20",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "steering toward 'the'" in r.stdout
-    assert "The " in r.stdout
+    # exactly what run_once prints in this process for the same steering and seed:
+    # the notice, the prompt, 20 new characters (a char model), a newline
+    model, tokenizer, _ = load_checkpoint(ham_run)
+    steered, plain = io.StringIO(), io.StringIO()
+    text = run_once(model, tokenizer, "The ", "steer", "the", 0.5, 20, 1337, out=steered)
+    assert len(text) == 20
+    expected = f"steering toward 'the' with strength 0.5\nThe {text}\n"
+    assert r.stdout == steered.getvalue() == expected
+    # and the steering changed the text: unsteered, the same seed samples another one
+    assert run_once(model, tokenizer, "The ", "sample", max_new_tokens=20, out=plain) != text
     for mode in ("3", "flow"):  # the interactive test runs all four
         r = steer_cli("--ckpt", str(ham_run), "--prompt", "The ", "--mode", mode,
                       "--max-new-tokens", "5")  # fmt: skip
