@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 
-from physllm.chat import ChatSession, dialogue_conversations, write_chat_parquet
-from physllm.data import CHAT_END, CHAT_ROLES, load_corpus
+from physllm.chat import STOP_MARKERS, ChatSession, dialogue_conversations, write_chat_parquet
+from physllm.checkpoint import load_checkpoint
+from physllm.data import CHAT_END, CHAT_ROLES, format_chat, load_corpus
 from physllm.errors import PhysllmError
-from physllm.sampling import SamplingConfig
+from physllm.sampling import SamplingConfig, generate
 from physllm.tokenization import CharTokenizer
 from physllm.train import make_config, train
 
@@ -122,10 +123,46 @@ def test_chat_repl_answers_piped_input_and_exits_at_eof(chat_run):
         env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr
-    # one reply per non-empty line (a barely trained model's replies may hold
-    # newlines of their own), then a clean exit at end of input
-    assert proc.stdout.count("assistant> ") == 2
-    assert proc.stdout.endswith("\n") and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # one reply per non-empty line, then a clean exit at end of input: each reply is
+    # exactly what a session with the same knobs and seed answers in this process
+    model, tok, _ = load_checkpoint(chat_run)
+    knobs = SamplingConfig(temperature=0.9, top_p=0.95, repetition_penalty=1.1)
+    session = ChatSession(model, tok, knobs, max_new_tokens=40, seed=1337)
+    replies = ["".join(session.reply(text)) for text in ("hello there", "how are you")]
+    assert proc.stdout == "".join(f"assistant> {r}\n" for r in replies)
+    assert any(replies)  # something was said
+
+
+def test_session_reply_is_the_models_greedy_continuation(chat_run):
+    """Greedy, so independent of the sampler's random stream: each reply is what
+    ``generate`` continues the whole conversation so far with, up to the first stop
+    marker; the model's state holds that conversation exactly, turn after turn."""
+    model, tok, _ = load_checkpoint(chat_run)
+    n_new = 40
+    session = ChatSession(model, tok, SamplingConfig(temperature=0), max_new_tokens=n_new)
+    history: list[int] = []  # the conversation's tokens as the model must have read them
+    stopped = 0
+    for k, text in enumerate(("hello there", "how are you", "tell me a fact")):
+        history += tok.encode(format_chat([{"role": "user", "content": text}]))
+        history += tok.encode(CHAT_ROLES["assistant"] + "\n")
+        new = generate(model, torch.tensor([history]), n_new, temperature=0)[0, len(history) :]
+        said = tok.decode(new.tolist())
+        # generation stops as soon as a marker is complete, the reply is cut where it starts
+        ends = [said.find(m) + len(m) for m in STOP_MARKERS if m in said]
+        consumed = said[: min(ends)] if ends else said
+        starts = [consumed.find(m) for m in STOP_MARKERS if m in consumed]
+        expected = consumed[: min(starts)] if starts else consumed
+        assert "".join(session.reply(text)) == expected
+        stopped += bool(ends)
+        history += tok.encode(consumed + ("" if ends else CHAT_END) + "\n")
+        assert session.context[0].tolist() == history
+        assert len(session.turns) == 2 * (k + 1)
+        assert session.turns[-2:] == [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": expected},
+        ]
+    assert stopped, "no reply reached an end marker: the stop path went untested"
 
 
 def test_chat_refuses_a_checkpoint_without_chat_markers(tmp_path):
