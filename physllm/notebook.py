@@ -1,7 +1,11 @@
 """Small helpers every notebook uses, so no notebook carries its own copy.
 
-* :func:`setup` seeds, picks the device and the preset (``auto`` is ``gpu``
-  when CUDA is there, else ``cpu``), sets CPU threads.
+* :func:`setup` seeds, picks the device and the preset (``auto`` is
+  ``$PHYSLLM_PRESET`` when set, else ``gpu`` when CUDA is there, else
+  ``cpu``), sets CPU threads. The test suite sets ``PHYSLLM_PRESET=cpu`` so
+  nbval and papermill never start a GPU-scale run.
+* :func:`corpus_notice` is the line a notebook prints first about its data
+  (TinyShakespeare, or the ``pydocs`` fallback and why).
 * :func:`resolve_out_dir` makes relative output folders relative to the
   repository root, so papermill from the root, nbval from ``notebooks/`` and
   Jupyter all write to the same place.
@@ -29,8 +33,20 @@ from physllm.errors import PhysllmError
 IN_COLAB = "google.colab" in sys.modules
 
 
+PRESET_ENV = "PHYSLLM_PRESET"
+
+
 def pick_preset(preset: str) -> str:
+    """Resolve ``auto``: ``$PHYSLLM_PRESET`` when set, else ``gpu`` with CUDA, else ``cpu``.
+
+    An explicit ``cpu`` or ``gpu`` always wins over the environment.
+    """
     if preset == "auto":
+        forced = os.environ.get(PRESET_ENV, "").strip()
+        if forced:
+            if forced not in ("cpu", "gpu"):
+                raise PhysllmError(f"{PRESET_ENV} must be cpu or gpu, got {forced!r}")
+            return forced
         return "gpu" if torch.cuda.is_available() else "cpu"
     if preset not in ("cpu", "gpu"):
         raise PhysllmError(f"preset must be auto, cpu or gpu, got {preset!r}")
@@ -49,6 +65,19 @@ def setup(
     if threads:
         torch.set_num_threads(threads)
     return pick_preset(preset), str(resolve_device(device))
+
+
+def corpus_notice(corpus: str = "default") -> str:
+    """One line saying what ``corpus`` reads; for ``default``, TinyShakespeare's path or
+    ``TinyShakespeare not found, using pydocs (<why>)``.
+
+    Notebooks print it in their setup cell, whose output nbval does not compare:
+    the fallback is then said there, once per kernel, and never reaches stderr in
+    a later cell whose output is compared.
+    """
+    from physllm.data import default_corpus_notice
+
+    return default_corpus_notice() if corpus == "default" else f"corpus: {corpus}"
 
 
 def resolve_out_dir(out_dir: str | os.PathLike) -> Path:

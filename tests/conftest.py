@@ -1,13 +1,62 @@
-"""Shared fixtures: offline data, a temporary cache, and a papermill runner."""
+"""Shared fixtures: offline data, a temporary cache, and a papermill runner.
+
+Two markers (registered in pyproject.toml) let CI choose subsets:
+
+* ``shakespeare``: the test needs TinyShakespeare on disk and skips, saying
+  so, where it is absent (a fresh offline clone has only ``pydocs``).
+* ``notebook``: set here on every test that runs a notebook through
+  papermill (``run_notebook``), so CI can rerun them with TinyShakespeare.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
+SHAKESPEARE_MISSING = "TinyShakespeare not on disk (set PHYSLLM_DATA_DIR)"
+
+
+def force_cpu_preset() -> None:
+    """Notebooks under test run the CPU preset unless PHYSLLM_PRESET says otherwise.
+
+    Set in this process's environment before any kernel starts: nbval's and
+    papermill's kernels inherit it, and ``pick_preset("auto")`` reads it before
+    it looks for CUDA (a CUDA machine would otherwise start the GPU-scale runs).
+    """
+    os.environ.setdefault("PHYSLLM_PRESET", "cpu")
+
+
+force_cpu_preset()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    force_cpu_preset()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "run_notebook" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.notebook)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("shakespeare") and not shakespeare_available():
+        pytest.skip(SHAKESPEARE_MISSING)
+
+
+@pytest.fixture
+def shakespeare_file() -> Path:
+    """The TinyShakespeare file on disk; the test skips (saying why) where there is none."""
+    from physllm.data import SHAKESPEARE_FILE, find_local_file
+
+    path = find_local_file(SHAKESPEARE_FILE)
+    if path is None:
+        pytest.skip(SHAKESPEARE_MISSING)
+    return path
 
 
 @pytest.fixture(autouse=True)
