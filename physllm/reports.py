@@ -79,6 +79,7 @@ WARN_MB = 10.0  # a report folder bigger than this gets a warning: reports are c
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
 INDEX_NAME = "README.md"
 LOCAL_DIR = "local"  # reports/local/: a user's own runs, gitignored (the module docstring)
+NBVAL_MARKER = re.compile(r"#\s*NBVAL_")  # "# NBVAL_IGNORE_OUTPUT" says nothing about a cell
 ENGINE_NAME = "physllm-report"  # the papermill engine that says which cell runs
 
 
@@ -290,8 +291,9 @@ def claim_run_dir(parent: Path, base: str) -> Path:
 
 
 def first_source_line(source: str, limit: int = 80) -> str:
-    """A cell's first non-blank line, cut to ``limit`` characters."""
-    line = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    """A cell's first non-blank line that is not an nbval marker, cut to ``limit`` characters."""
+    lines = [ln.strip() for ln in source.splitlines()]
+    line = next((ln for ln in lines if ln and not NBVAL_MARKER.match(ln)), "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -460,15 +462,36 @@ def collapse_carriage_returns(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n"))
 
 
+def coalesce_streams(outputs: list[Any]) -> list[Any]:
+    """Merge each run of consecutive stream outputs of one name (stdout, stderr) into one,
+    then collapse its carriage returns: the kernel sends every redraw of a text bar as its
+    own output, and the report keeps what a terminal would show, the bar's final state."""
+    merged: list[Any] = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (
+            output.get("output_type") == "stream"
+            and last is not None
+            and last.get("output_type") == "stream"
+            and last.get("name") == output.get("name")
+        ):
+            last["text"] += output["text"]
+        else:
+            merged.append(output)
+    for output in merged:
+        if output.get("output_type") == "stream" and "\r" in output["text"]:
+            output["text"] = collapse_carriage_returns(output["text"])
+    return merged
+
+
 def add_header(notebook_path: Path, text: str) -> None:
     """Put the report header cell on top; keep only the final state of text progress bars."""
     import nbformat
 
     nb = nbformat.read(notebook_path, as_version=4)
     for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream" and "\r" in output.get("text", ""):
-                output["text"] = collapse_carriage_returns(output["text"])
+        if cell.get("outputs"):
+            cell["outputs"] = coalesce_streams(cell["outputs"])
     cell = nbformat.v4.new_markdown_cell(text)
     cell.metadata["tags"] = ["report-header"]
     nb.cells.insert(0, cell)

@@ -146,7 +146,8 @@ def test_report_00_foundations_writes_agreeing_notebook_html_metrics_and_index(t
     # the text bar's redraws are collapsed to its final state in the report
     streams = [o for c in code for o in c.outputs if o.output_type == "stream"]
     assert not any("\r" in o.text for o in streams)
-    assert any(re.search(r"gpt: 100%\|#+\| 20/20", o.text) for o in streams)
+    bars = [ln for o in streams for ln in o.text.splitlines() if re.match(r"gpt: +\d+%\|", ln)]
+    assert len(bars) == 1 and re.match(r"gpt: 100%\|#+\| 20/20", bars[0]), bars
 
     # the HTML: the same run, figures embedded
     html = (run / "00_foundations.html").read_text()
@@ -466,6 +467,34 @@ def test_bad_progress_mode_is_a_physllm_error(monkeypatch):
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def test_stream_outputs_keep_what_a_terminal_shows():
+    def stream(name, text):
+        return {"output_type": "stream", "name": name, "text": text}
+
+    image = {"output_type": "display_data", "data": {"text/plain": "<Figure>"}}
+    outputs = [
+        stream("stderr", "corpus notice\n"),
+        stream("stderr", "\rgpt:   0%|   | 0/4"),
+        stream("stderr", "\rgpt:  50%|#  | 2/4"),
+        stream("stderr", "\rgpt: 100%|## | 4/4\n"),
+        stream("stdout", "done\n"),
+        image,
+        stream("stdout", "after\n"),
+    ]
+    assert reports_mod.coalesce_streams(outputs) == [
+        stream("stderr", "corpus notice\ngpt: 100%|## | 4/4\n"),
+        stream("stdout", "done\n"),
+        image,
+        stream("stdout", "after\n"),
+    ]
+
+
+def test_cell_lines_name_the_code_not_nbval_markers():
+    source = "\n# NBVAL_IGNORE_OUTPUT\nresult = train(cfg)  # the main run\n"
+    assert reports_mod.first_source_line(source) == "result = train(cfg)  # the main run"
+    assert reports_mod.first_source_line("x = 1" * 40).endswith("...")
 
 
 def test_parameters_are_typed_like_papermill():
