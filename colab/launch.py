@@ -5,9 +5,12 @@
 #     gpuType: T4
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -184,9 +187,11 @@ else:
     print("reports are in", reports, "(not copied to Drive)")
 
 # %%
-# The index of runs (links are relative to the reports folder).
+# The index of this machine's runs (links are relative to its folder). The
+# launcher's runs are local runs (`reports/local/`); committed reference runs
+# are written with `--reference` (see colab/README.md).
 from IPython.display import Markdown, display
 
-display(Markdown((reports / "README.md").read_text()))
+display(Markdown((reports / "local" / "README.md").read_text()))
 if result.returncode != 0:
     raise RuntimeError("a notebook failed: its report shows the failing cell (see above)")

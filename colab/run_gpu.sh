@@ -11,7 +11,7 @@
 #              (default https://github.com/physllm/physllm)
 #   BRANCH     branch to clone (default main)
 #   WORKDIR    where to clone (default ./physllm)
-#   EXTRA      more report arguments, e.g. "-p steps 2000 --run-name gpu-short"
+#   EXTRA      more report arguments, e.g. "-p steps 2000 --run-name gpu-short" or "--replace"
 #   ALLOW_CPU  1: run even without a GPU (for trying the script; the presets are huge)
 #   SKIP_INSTALL 1: the environment is ready (a rerun on the same box)
 #   REPORTS_DIR where reports go (default reports/ in the repository)
@@ -82,14 +82,15 @@ EOF
 fi
 echo "== notebooks: ${notebooks[*]}"
 
-# 5. Run them: one report per notebook under reports/<notebook>/gpu/ (checkpoints
-#    are not kept), the index reports/README.md rebuilt. A failure does not stop
-#    the others.
+# 5. Run them as reference runs (the ones to commit): one report per notebook
+#    under reports/<notebook>/gpu/ (checkpoints are not kept), the index
+#    reports/README.md and the README tables rebuilt. An existing gpu run is
+#    kept unless EXTRA says --replace. A failure does not stop the others.
 reports="$(mkdir -p "${REPORTS_DIR:-reports}" && cd "${REPORTS_DIR:-reports}" && pwd)"
 status=0
 # shellcheck disable=SC2086  # EXTRA is meant to split into words
 "$PYTHON" -m physllm report "${notebooks[@]}" -p preset gpu --reports-dir "$reports" \
-    --log-output $EXTRA || status=$?
+    --reference --log-output $EXTRA || status=$?
 
 # 6. Collect: one tarball of the reports to copy home (scp, runpodctl send, ...).
 tarball="$(dirname "$reports")/reports-gpu-$(date -u +%Y%m%d-%H%M).tar.gz"
