@@ -37,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     force_cpu_preset()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "run_notebook" in getattr(item, "fixturenames", ()):
