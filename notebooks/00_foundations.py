@@ -56,7 +56,7 @@ import torch
 from physllm import data as pdata
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
 from physllm.models.gpt import GPT, CausalSelfAttention
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.sampling import generate
 from physllm.tokenization import BPETokenizer, ByteTokenizer, CharTokenizer
 from physllm.train import make_config, train
@@ -65,6 +65,7 @@ from physllm.train import make_config, train
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(corpus_notice(corpus))
 
 # %% [markdown]
 # ## 1. Data
@@ -80,6 +81,7 @@ for row in pdata.list_corpora():
     print(f"{row['corpus']:<12} {row['source']}")
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 corpus_name = pdata.resolve_default_corpus() if corpus == "default" else corpus
 splits = pdata.load_corpus(corpus_name)
 print(corpus_name, {k: len(v) for k, v in splits.items()}, "characters")
@@ -217,6 +219,7 @@ save_figure(fig, out_dir, "loss_curves")
 # A model that beats the unigram baseline has learned to use context.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 train_ids = torch.tensor(result.data.splits["train"][:].astype("int64"))
 val_ids = torch.tensor(result.data.splits["val"][:].astype("int64"))
 V = result.tokenizer.vocab_size

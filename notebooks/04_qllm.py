@@ -59,7 +59,7 @@ phase = "rotation"  # gain (the seed's PhaseRotator) | rotation | none
 phase_per_position = True  # rotation: one phase per (position, channel pair)
 global_tokens = "recurrent"  # seed (constant prefix) | recurrent (memory across segments) | off
 coherence = 0.1  # lambda, weight of the coherence loss
-finetune_corpus = "pydocs"  # LoRA fine-tune: from `corpus` to this one
+finetune_corpus = "pydocs"  # LoRA fine-tune: from `corpus` to this one (Python source if `corpus` is this one)
 finetune_steps = 100
 lora_r = 32
 lora_alpha = 64.0
@@ -69,8 +69,10 @@ sample_tokens = 200
 # %%
 # NBVAL_IGNORE_OUTPUT
 import copy
+import inspect
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -86,7 +88,7 @@ from physllm.models.qllm import (
     coherence_loss,
     window_mask,
 )
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.presets import get_preset
 from physllm.sampling import generate
 from physllm.train import autocast_context, estimate_loss, make_config, resolve_device, train
@@ -95,6 +97,7 @@ notebook_start = time.perf_counter()
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(corpus_notice(corpus))
 
 # %% [markdown]
 # ## 1. Derivation
@@ -424,12 +427,17 @@ show_source(merge_lora)
 # `lora_r=32`, a new corpus, and `init_from` pointing at the trained QLLM
 # (its weights load into the base; the adapters, which the checkpoint lacks,
 # keep their init). The loss on the new corpus's validation split is
-# measured on the same batches before and after.
+# measured on the same batches before and after. The new corpus is the
+# Python documentation (`pydocs`) after TinyShakespeare; where the main run
+# read `pydocs` already (offline, without TinyShakespeare), it is Python
+# code: the standard library's `inspect.py`, which every Python install
+# carries, a shift from English prose to source code.
 
 # %%
 ft_corpus = finetune_corpus
 if ft_corpus == q_run.metrics["corpus"]:
-    ft_corpus = "shakespeare" if finetune_corpus != "shakespeare" else "pydocs"
+    ft_corpus = inspect.getsourcefile(inspect)  # about 120 KB of Python, always on disk
+ft_name = Path(ft_corpus).name if Path(ft_corpus).is_file() else ft_corpus
 ft_cfg = copy.deepcopy(qcfg)
 ft_cfg.corpus, ft_cfg.out_dir, ft_cfg.init_from = ft_corpus, str(out_dir / "qllm_lora"), str(q_run.out_dir / "best")
 ft_cfg.steps, ft_cfg.warmup_steps, ft_cfg.eval_interval = capped(finetune_steps), 10, max(1, capped(finetune_steps) // 2)
@@ -437,12 +445,13 @@ ft_cfg.lr, ft_cfg.min_lr, ft_cfg.weight_decay = 2e-3, 2e-4, 0.0
 ft_cfg.model_config.lora_r, ft_cfg.model_config.lora_alpha = lora_r, lora_alpha
 adapted = build_model("qllm", ft_cfg.model_config)
 counts = lora_parameter_counts(adapted)
-print(f"fine-tune {q_run.metrics['corpus']} -> {ft_corpus}: {counts['lora']:,} adapter parameters "
+print(f"LoRA fine-tune: {counts['lora']:,} adapter parameters "
       f"({counts['lora'] / counts['total']:.1%} of {counts['total']:,}); trainable {counts['trainable']:,}")
 assert counts["trainable"] == counts["lora"] == q_run.model.config.n_layer * 4 * lora_r * 2 * q_run.model.config.n_embd
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+print(f"fine-tune {q_run.metrics['corpus']} -> {ft_name}")
 ft_data = TokenData.load(ft_corpus, tokenizer)
 dev = resolve_device(device)
 ctx, _ = autocast_context(dev, ft_cfg.dtype)
@@ -450,7 +459,7 @@ eval_seed, eval_iters = ft_cfg.seed + 20_000, max(ft_cfg.eval_iters, 20)  # the 
 loss_before, _ = estimate_loss(q_run.model, ft_data, "val", eval_iters, ft_cfg.batch_size, dev, ctx, eval_seed)
 ft_run = train(ft_cfg)
 loss_after = ft_run.metrics["val_loss"]
-print(f"{ft_corpus} val loss: base {loss_before:.4f} -> LoRA {loss_after:.4f} nats "
+print(f"{ft_name} val loss: base {loss_before:.4f} -> LoRA {loss_after:.4f} nats "
       f"({loss_before / math.log(2):.3f} -> {ft_run.metrics['val_bpc']:.3f} bits/byte) after {ft_cfg.steps} steps")
 
 # %%
@@ -570,7 +579,7 @@ save_figure(fig, out_dir, "ablation")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-main_table = loss_table({"qllm": q_run.metrics, "gpt": g_run.metrics, f"qllm + LoRA on {ft_corpus}": ft_run.metrics})
+main_table = loss_table({"qllm": q_run.metrics, "gpt": g_run.metrics, f"qllm + LoRA on {ft_name}": ft_run.metrics})
 main_table["val bits/byte"] = main_table["val_bpc"]
 main_table
 

@@ -76,13 +76,14 @@ from physllm.analysis.memory import (
 )
 from physllm.hopfield_tasks import FactsTask, capacity_curve, recall, train_memory
 from physllm.models.hopfield import HopfieldLM, HopfieldMemory, MemoryBank
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.train import make_config, train
 
 # NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(corpus_notice(corpus))
 
 # %% [markdown]
 # ## 1. Derivation
@@ -294,15 +295,16 @@ table = recall_table({"with memory": with_memory, "without memory (reset)": with
 table
 
 # %%
-# What must hold: without memory the codes cannot be known; with it they are
-# (the 90% goal is asserted only for full runs, not for `-p steps 20` smoke tests).
-full_run = memory_steps >= 200
+# What must hold: without memory the codes cannot be known; with it they are.
+# Asserted at the default 150 memory steps and above; smoke tests (`-p steps 20`,
+# fewer than 100 memory steps) check the plumbing only, like the capacity curve below.
+smoke = memory_steps < 100
 print("no-memory recall at chance (< 5%):", without_memory["exact_match"] < 0.05)
 assert without_memory["exact_match"] < 0.05
-print("memory beats no memory:", with_memory["char_accuracy"] > without_memory["char_accuracy"] or not full_run)
-assert with_memory["char_accuracy"] > without_memory["char_accuracy"] or not full_run
-print(">= 90% exact-match recall with memory:", with_memory["exact_match"] >= 0.9 or not full_run)
-assert with_memory["exact_match"] >= 0.9 or not full_run
+print("memory beats no memory:", with_memory["char_accuracy"] > without_memory["char_accuracy"] or smoke)
+assert with_memory["char_accuracy"] > without_memory["char_accuracy"] or smoke
+print(">= 90% exact-match recall with memory:", with_memory["exact_match"] >= 0.9 or smoke)
+assert with_memory["exact_match"] >= 0.9 or smoke
 
 # %% [markdown]
 # A call's memory can be saved and loaded: here call 1 happens, the bank is

@@ -74,12 +74,13 @@ from physllm.analysis import plot_length_sweep, plot_loss_curves, save_figure
 from physllm.bench import format_length_table
 from physllm.data import TokenData
 from physllm.models import MODELS
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
 threads = threads or torch.get_num_threads()  # explicit from here on: every run gets the same
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={threads}")
+print(corpus_notice(corpus if corpus != "default" else lb.recipe(preset)["corpus"]))
 
 # %% [markdown]
 # ## 1. The entries and the rules
@@ -133,7 +134,7 @@ configs = lb.build_configs(
     preset, data.tokenizer.vocab_size, lb.select_entries(entries), out_dir=out_dir, **budget
 )
 shown = ("corpus", "tokenizer", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "seed")
-print({k: v for k, v in configs["gpt"].to_dict().items() if k in shown}, "corpus:", data.corpus)
+print({k: v for k, v in configs["gpt"].to_dict().items() if k in shown})
 ref_params = lb.count_params("gpt", configs["gpt"].model_config.to_dict())
 for name, cfg in configs.items():
     n = lb.count_params(cfg.model, cfg.model_config.to_dict())
@@ -157,6 +158,7 @@ assert within
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+print("corpus:", data.corpus)
 results = lb.run_entries(configs)
 metrics = {name: r.metrics for name, r in results.items()}
 
