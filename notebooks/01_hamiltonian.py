@@ -96,7 +96,7 @@ from physllm.integrators import (
     reversibility_error,
 )
 from physllm.models.hamiltonian import DecayConv, HamiltonianLM, SeedBlock, SymplecticLayer
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.presets import baseline_overrides
 from physllm.steering import (
     compare_decoders,
@@ -112,6 +112,7 @@ notebook_start = time.perf_counter()
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(corpus_notice(corpus))
 
 # %% [markdown]
 # ## 1. Derivation

@@ -76,12 +76,14 @@ from physllm.models.context_vector import (
     linear_scan,
     sequential_scan,
 )
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
+from physllm.presets import get_preset
 from physllm.train import estimate_stream_loss, make_config, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
 print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(corpus_notice(corpus if preset == "cpu" else get_preset("context_vector", preset)["corpus"]))
 
 # %% [markdown]
 # ## 1. The recurrence

@@ -91,7 +91,7 @@ from physllm.models.ngt import (
     pairwise_d2,
     repulsion_energy,
 )
-from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.presets import get_preset
 from physllm.train import TrainConfig, make_config, train
 
@@ -100,6 +100,7 @@ out_dir = resolve_out_dir(out_dir)
 print(
     f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}"
 )
+print(corpus_notice(corpus if corpus != "default" else get_preset("ngt", preset)["corpus"]))
 
 # %% [markdown]
 # ## 1. From Newton's law to an attention score
