@@ -336,11 +336,9 @@ def test_the_notice_shown_by_a_caller_is_not_repeated(no_play, monkeypatch, caps
     assert capsys.readouterr().err == ""
 
 
-def test_checksum_constant_matches_the_real_play():
-    path = pdata.find_local_file(pdata.SHAKESPEARE_FILE)
-    if path is None:
-        pytest.skip("TinyShakespeare not on disk (set PHYSLLM_DATA_DIR to check the constant)")
-    body = path.read_bytes()
+@pytest.mark.shakespeare
+def test_checksum_constant_matches_the_real_play(shakespeare_file):
+    body = shakespeare_file.read_bytes()
     assert len(body) == 1_115_394
     assert pdata.hashlib.sha256(body).hexdigest() == pdata.SHAKESPEARE_SHA256
 
