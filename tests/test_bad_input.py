@@ -77,27 +77,10 @@ def assert_one_line_error(code: int, stderr: str, pattern: str) -> None:
 @pytest.fixture(scope="session")
 def existing_run(tmp_path_factory, small_text_file) -> Path:
     """A run folder (best/, last/, metrics) from a 4-step tiny GPT: what bad input must not touch."""
-    from physllm.train import make_config, train
+    from physllm.train import train
 
     out = tmp_path_factory.mktemp("existing") / "run"
-    train(
-        make_config(
-            "gpt",
-            corpus=str(small_text_file),
-            out_dir=str(out),
-            steps=4,
-            eval_interval=2,
-            eval_iters=1,
-            warmup_steps=0,
-            n_layer=1,
-            n_head=2,
-            n_embd=16,
-            block_size=16,
-            batch_size=4,
-            progress=False,
-            tensorboard=False,
-        )
-    )
+    train(_tiny_config(small_text_file, out, steps=4, eval_interval=2, batch_size=4))
     assert (out / "best" / "config.json").exists() and (out / "last" / "config.json").exists()
     return out
 
