@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from physllm import hopfield_functional as hf
+from physllm import hopfield_functional as hopfield_fn
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def energy_descent(model, task, n_facts: int = 8, update_steps: int = 8, seed: i
     layer = model.memory_layer
     q = layer.state_pattern(model.hidden(prompts))  # (n, H, T, dk)
     q = q.transpose(0, 1).reshape(1, layer.H, -1, layer.dk)  # all probes share the memory
-    _, _, energies = hf.retrieve(q, memory.keys, layer.beta, update_steps, memory.valid)
+    _, _, energies = hopfield_fn.retrieve(q, memory.keys, layer.beta, update_steps, memory.valid)
     return energies[:, 0]  # (steps + 1, H, Q)
 
 
@@ -66,7 +66,7 @@ def retrieval_vs_beta(
     xi = X[0, 0, which] + noise * torch.randn(probes, dim, generator=gen)
     rows = []
     for beta in betas:
-        out, _, _ = hf.retrieve(xi[None, None], X, beta, 1)
+        out, _, _ = hopfield_fn.retrieve(xi[None, None], X, beta, 1)
         out = out[0, 0]  # (probes, dim)
         nearest = (out @ X[0, 0].T).argmax(-1)
         cos = torch.nn.functional.cosine_similarity(out, X[0, 0, which], dim=-1)

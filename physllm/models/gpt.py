@@ -16,7 +16,6 @@ Attention, for one head with queries Q, keys K, values V (T x hs each):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.models.base import LanguageModel, ModelConfig
+from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import check_multiple
 
 
@@ -38,18 +38,6 @@ class GPTConfig(ModelConfig):
 
     def check(self) -> None:
         check_multiple(self, "n_embd", "n_head")  # each head takes n_embd / n_head channels
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
-
-    def __init__(self, ndim: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,44 +80,19 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
 
     def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         a, cache = self.attn(self.ln_1(x), cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, cache
-
-
-def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
-    """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer)."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    for name, p in model.named_parameters():
-        if name.endswith("c_proj.weight"):  # each residual branch adds variance: keep the sum O(1)
-            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
 
 class GPT(LanguageModel):

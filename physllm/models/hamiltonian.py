@@ -56,7 +56,8 @@ from torch import nn
 
 from physllm.integrators import force_from_potential, leapfrog_step
 from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.gpt import CausalSelfAttention, init_gpt2_weights
+from physllm.models.gpt import CausalSelfAttention
+from physllm.nn import init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm import hopfield_functional as hf
+from physllm import hopfield_functional as hopfield_fn
 from physllm.errors import PhysllmError
 from physllm.models.base import LanguageModel, ModelConfig
 from physllm.models.gpt import GPT, GPTConfig
@@ -281,7 +281,7 @@ class HopfieldMemory(nn.Module):
             .transpose(1, 2)
             .reshape(Bm, self.H, -1, self.dk)
         )
-        r, assoc, energies = hf.retrieve(
+        r, assoc, energies = hopfield_fn.retrieve(
             q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values
         )
         r = r.view(Bm, self.H, Bq // Bm, T, self.dv).permute(0, 2, 3, 1, 4).reshape(Bq, T, C)

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.gpt import GPT, GPTConfig, LayerNorm, init_gpt2_weights
+from physllm.models.gpt import GPT, GPTConfig
+from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -316,17 +317,6 @@ class GravityAttention(nn.Module):
         return s.softmax(dim=-1)
 
 
-class MLP(nn.Module):
-    def __init__(self, config: NGTConfig, hidden: int):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
 class NGTBlock(nn.Module):
     """Identical to GPT's pre-LN block except that attention reads coordinates, which it moves."""
 
@@ -335,7 +325,7 @@ class NGTBlock(nn.Module):
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
         self.attn = GravityAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
-        self.mlp = MLP(config, mlp_hidden)
+        self.mlp = MLP(config.n_embd, mlp_hidden, bias=config.bias, dropout=config.dropout)
         self.coord_next = nn.Linear(config.n_embd, config.n_coord, bias=config.bias)  # W_next
         self.ln_z = LayerNorm(config.n_coord, config.bias)
 

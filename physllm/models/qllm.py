@@ -65,7 +65,7 @@ from torch import nn
 from physllm.errors import PhysllmError
 from physllm.lora import apply_lora, mark_only_lora_trainable
 from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.gpt import MLP, LayerNorm, init_gpt2_weights
+from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import (
     FRACTION,
     NON_NEGATIVE,
@@ -239,7 +239,7 @@ class Block(nn.Module):
         self.phase = make_phase(config, n_pos)
         self.attn = Attention(config)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.phase(self.ln_1(x)), mask)
