@@ -34,18 +34,10 @@ import torch
 
 from physllm.data import CHAT_END, CHAT_ROLES, format_chat
 from physllm.errors import PhysllmError
-from physllm.sampling import SamplingConfig, pick_token
+from physllm.sampling import SamplingConfig, TextStream, pick_token
 
 STOP_MARKERS = (CHAT_END, *CHAT_ROLES.values())  # the reply ends where a marker starts
 PENALTY_WINDOW = 512  # the repetition penalty looks at this many recent tokens
-
-
-def _held_back(text: str) -> int:
-    """How many trailing characters could be the start of a stop marker (not shown yet)."""
-    for k in range(min(len(text), max(map(len, STOP_MARKERS))), 0, -1):
-        if any(m.startswith(text[-k:]) for m in STOP_MARKERS):
-            return k
-    return 0
 
 
 class ChatSession:
@@ -96,27 +88,22 @@ class ChatSession:
         """Stream the assistant's answer to ``text``, piece by piece."""
         prompt = format_chat([{"role": "user", "content": text}]) + CHAT_ROLES["assistant"] + "\n"
         self._feed(prompt)  # may raise PhysllmError (characters outside a char vocabulary)
-        ids: list[int] = []
-        shown, answer = 0, ""
+        # The answer ends where a marker starts; a split character or a possible
+        # marker prefix is not shown until it is known.
+        stream = TextStream(self.tokenizer, stops=STOP_MARKERS)
         for _ in range(self.max_new_tokens):
             token = pick_token(self.logits, self.context, self.sampling, self.generator)  # (1, 1)
-            ids.append(int(token))
             self._feed_ids(token)
-            answer = self.tokenizer.decode(ids)
-            cut = min((answer.find(m) for m in STOP_MARKERS if m in answer), default=-1)
-            if cut >= 0:
-                answer = answer[:cut]
+            piece = stream.push(token)
+            if stream.stopped:
                 break
-            if answer.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
-                continue
-            safe = len(answer) - _held_back(answer)
-            if safe > shown:
-                yield answer[shown:safe]
-                shown = safe
+            if piece:
+                yield piece
         else:  # out of tokens: close the turn so the history keeps the training format
             self._feed(CHAT_END)
-        if len(answer) > shown:
-            yield answer[shown:]
+        if rest := stream.flush():
+            yield rest
+        answer = stream.text
         self._feed("\n")
         self.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
 

@@ -1,4 +1,8 @@
-"""``python -m physllm <command>``: train, sample, bench, corpora.
+"""``python -m physllm <command>``: train, sample, bench, corpora, steer, report, chat.
+
+The commands are the :data:`COMMANDS` table below; ``python -m physllm --help``
+lists them with one line each. steer, report and chat live beside the code
+they drive (:mod:`physllm.steering`, :mod:`physllm.reports`, :mod:`physllm.chat`).
 
 Every field of :class:`~physllm.train.TrainConfig` and of the chosen model's
 config is a flag (``n_embd`` -> ``--n-embd``). Bad input ends with one line on
@@ -121,7 +125,7 @@ def cmd_sample(argv: Sequence[str]) -> None:
     import torch
 
     from physllm.checkpoint import load_checkpoint
-    from physllm.sampling import SamplingConfig, stream_generate
+    from physllm.sampling import SamplingConfig, TextStream, stream_generate
     from physllm.train import resolve_device
 
     parser = ArgumentParser(
@@ -152,7 +156,7 @@ def cmd_sample(argv: Sequence[str]) -> None:
             print("\n" + "-" * 40)
         sys.stdout.write(args.prompt)
         idx = torch.tensor([ids], device=device)
-        pending: list[int] = []  # tokens whose text is not complete yet (split UTF-8 bytes)
+        stream = TextStream(tokenizer)  # holds back a character split over byte tokens
         for token in stream_generate(
             model,
             idx,
@@ -161,13 +165,10 @@ def cmd_sample(argv: Sequence[str]) -> None:
             eos_id=tokenizer.eos_id,
             **dataclasses.asdict(knobs),
         ):
-            pending.append(int(token))
-            text = tokenizer.decode(pending)
-            if not text.endswith("\ufffd"):
-                sys.stdout.write(text)
+            if piece := stream.push(token):
+                sys.stdout.write(piece)
                 sys.stdout.flush()
-                pending = []
-        sys.stdout.write(tokenizer.decode(pending) + "\n")
+        sys.stdout.write(stream.flush() + "\n")
 
 
 # --------------------------------------------------------------------------- bench, corpora

@@ -15,7 +15,7 @@ context with logit l and penalty r > 1:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,3 +147,83 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.T
     """Prompt (B, T) -> prompt plus up to ``max_new_tokens`` tokens (B, T + n)."""
     new = list(stream_generate(model, idx, max_new_tokens, **kwargs))
     return torch.cat([idx, *new], dim=1)
+
+
+# --------------------------------------------------------------------------- streaming text
+
+REPLACEMENT = "\ufffd"  # what a byte-level decode gives for an incomplete UTF-8 sequence
+
+
+def _stop_prefix(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could be the start of a stop marker."""
+    for k in range(min(len(text), max(map(len, stops), default=0)), 0, -1):
+        if any(m.startswith(text[-k:]) for m in stops):
+            return k
+    return 0
+
+
+class TextStream:
+    """Turn a stream of token ids into text that is safe to show as it comes.
+
+    A byte-level tokenizer (``byte``, ``bpe``, ``tiktoken``) can split one
+    character over several tokens: ``"é"`` is two bytes, an emoji four. Decoding
+    such a prefix gives U+FFFD, and printing it would show a wrong character. So
+    tokens whose text ends in U+FFFD are held back until the character is
+    complete; a char tokenizer's text always passes straight through.
+
+    With ``stops`` (chat's turn markers) the text ends where the first marker
+    starts, and trailing characters that could be the start of a marker are held
+    back too, so a marker is never half shown. ``stopped`` says a marker came.
+
+    ``push(token)`` returns the text newly safe to show (often ``""``);
+    ``flush()`` returns the rest, including an incomplete character (as U+FFFD)
+    or a held-back marker prefix; ``text`` is everything so far. The pieces
+    joined equal ``tokenizer.decode`` of all tokens (cut at the first marker).
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.stopped = False
+        self._done = ""  # decoded text that ends on a complete character
+        self._pending: list[int] = []  # tokens whose text is not complete yet
+        self._shown = 0  # characters of _done already returned
+        self._cut: int | None = None  # where the first stop marker starts
+
+    @property
+    def text(self) -> str:
+        """All text so far: complete, plus the pending tokens' decode, cut at a marker."""
+        if self._cut is not None:
+            return self._done[: self._cut]
+        return self._done + (self.tokenizer.decode(self._pending) if self._pending else "")
+
+    def push(self, token: int) -> str:
+        """Add one token id; return the text that became safe to show."""
+        if self.stopped:
+            return ""
+        self._pending.append(int(token))
+        tail = self.tokenizer.decode(self._pending)
+        full = self._done + tail
+        # A marker is looked for before waiting on a split character: the
+        # marker's own characters are complete even if what follows is not.
+        cuts = [full.find(m) for m in self.stops if m in full]
+        if cuts:
+            self._done, self._pending, self._cut = full, [], min(cuts)
+            self.stopped = True
+            return ""
+        if tail.endswith(REPLACEMENT):  # half a UTF-8 character: wait for the rest
+            return ""
+        self._done, self._pending = full, []
+        safe = len(full) - _stop_prefix(full, self.stops)
+        if safe <= self._shown:
+            return ""
+        piece, self._shown = full[self._shown : safe], safe
+        return piece
+
+    def flush(self) -> str:
+        """The text not returned yet (held back or incomplete); the stream is then empty."""
+        text = self.text
+        if self._cut is None:
+            self._done, self._pending = text, []
+        rest, self._shown = text[self._shown :], len(text)
+        return rest

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from physllm.errors import PhysllmError
-from physllm.sampling import SamplingConfig, pick_token
+from physllm.sampling import SamplingConfig, TextStream, pick_token
 
 MODES = {"1": "sample", "2": "steer", "3": "least-action", "4": "flow"}
 
@@ -361,20 +361,14 @@ def run_once(
     gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], device=device)
     out.write(prompt)
-    pending: list[int] = []
-    text = []
+    stream = TextStream(tokenizer)  # holds back a character split over byte tokens
     model.eval()
     for token in iter_decode(model, idx, max_new_tokens, mode, steer, cfg, gen):
-        pending.append(int(token))
-        piece = tokenizer.decode(pending)
-        if not piece.endswith("\ufffd"):
+        if piece := stream.push(token):
             out.write(piece)
             out.flush()
-            text.append(piece)
-            pending = []
-    tail = tokenizer.decode(pending) if pending else ""
-    out.write(tail + "\n")
-    return "".join(text) + tail
+    out.write(stream.flush() + "\n")
+    return stream.text
 
 
 def interactive(model, tokenizer, args, stdin=None, out=None) -> None:

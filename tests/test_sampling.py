@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from physllm.data import CHAT_END, CHAT_ROLES
 from physllm.errors import PhysllmError
 from physllm.sampling import (
     SamplingConfig,
+    TextStream,
     apply_min_p,
     apply_repetition_penalty,
     apply_top_k,
@@ -15,6 +17,7 @@ from physllm.sampling import (
     generate,
     stream_generate,
 )
+from physllm.tokenization import ByteTokenizer, CharTokenizer
 
 
 def logits_of(probs: list[float]) -> torch.Tensor:
@@ -111,3 +114,133 @@ def test_samples_never_leave_the_nucleus():
     for _ in range(50):
         token = generate(model, torch.tensor([[0]]), 1, top_p=0.6, generator=gen)[0, 1].item()
         assert token in allowed
+
+
+# --------------------------------------------------------------------------- TextStream
+
+STOPS = (CHAT_END, *CHAT_ROLES.values())
+
+
+def streamed(stream: TextStream, ids: list[int]) -> list[str]:
+    pieces = [stream.push(i) for i in ids]
+    return [*pieces, stream.flush()]
+
+
+def test_text_stream_holds_back_a_split_utf8_character():
+    tok = ByteTokenizer()
+    text = "café 🙂 ok"
+    ids = tok.encode(text)  # é is 2 bytes, the emoji 4: each is split over tokens
+    assert tok.decode(ids[:4]).endswith("\ufffd")  # a plain decode would show garbage
+    pieces = streamed(TextStream(tok), ids)
+    assert "".join(pieces) == text == tok.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+    assert "é" in pieces and "🙂" in pieces  # shown whole, once complete
+
+
+def test_text_stream_flush_gives_an_incomplete_tail():
+    tok = ByteTokenizer()
+    ids = tok.encode("a🙂")[:3]  # the emoji cut off after 2 of its 4 bytes
+    stream = TextStream(tok)
+    assert [stream.push(i) for i in ids] == ["a", "", ""]
+    assert stream.flush() == tok.decode(ids[1:])  # shown as U+FFFD at the very end
+    assert stream.text == tok.decode(ids)
+
+
+def test_text_stream_passes_char_tokens_straight_through():
+    tok = CharTokenizer.fit("hello wörld")
+    ids = tok.encode("hö wo")
+    stream = TextStream(tok)
+    assert [stream.push(i) for i in ids] == list("hö wo")
+    assert stream.flush() == ""
+
+
+def test_text_stream_cuts_at_a_stop_marker_and_never_shows_its_prefix():
+    tok = ByteTokenizer()
+    reply = "Hi <3 é"
+    ids = tok.encode(reply + CHAT_END + "\nmore")
+    stream = TextStream(tok, stops=STOPS)
+    pieces = []
+    for i in ids:
+        pieces.append(stream.push(i))
+        if stream.stopped:
+            break
+    pieces.append(stream.flush())
+    assert "".join(pieces) == reply == stream.text
+    # "<" waits (it could open a marker) and shows with the "3"; "é" shows whole;
+    # the marker's start is held back and then dropped; nothing after it comes
+    assert [p for p in pieces if p] == ["H", "i", " ", "<3", " ", "é"]
+
+
+def test_text_stream_flushes_a_held_marker_prefix_that_never_completed():
+    tok = ByteTokenizer()
+    stream = TextStream(tok, stops=STOPS)
+    assert "".join(stream.push(i) for i in tok.encode("ok <|en")) == "ok "
+    assert not stream.stopped
+    assert stream.flush() == "<|en"
+
+
+# The three loops TextStream replaced (cli sample, steering generate_text, chat
+# reply), copied as they were: the stream must give the same text on any bytes.
+def old_cli(tok, ids):
+    out, pending = [], []
+    for t in ids:
+        pending.append(t)
+        text = tok.decode(pending)
+        if not text.endswith("\ufffd"):
+            out.append(text)
+            pending = []
+    return "".join(out) + tok.decode(pending)
+
+
+def old_chat(tok, ids):
+    def held_back(text):
+        for k in range(min(len(text), max(map(len, STOPS))), 0, -1):
+            if any(m.startswith(text[-k:]) for m in STOPS):
+                return k
+        return 0
+
+    out, seen, shown, answer = [], [], 0, ""
+    for t in ids:
+        seen.append(t)
+        answer = tok.decode(seen)
+        cut = min((answer.find(m) for m in STOPS if m in answer), default=-1)
+        if cut >= 0:
+            answer = answer[:cut]
+            break
+        if answer.endswith("\ufffd"):
+            continue
+        safe = len(answer) - held_back(answer)
+        if safe > shown:
+            out.append(answer[shown:safe])
+            shown = safe
+    if len(answer) > shown:
+        out.append(answer[shown:])
+    return out, answer
+
+
+def test_text_stream_matches_the_loops_it_replaced():
+    tok = ByteTokenizer()
+    gen = torch.Generator().manual_seed(0)
+    # bytes drawn from ASCII, marker characters and UTF-8 lead/continuation bytes
+    alphabet = torch.tensor(list(b"ab <|>endusr\n") + [0xC3, 0xA9, 0xF0, 0x9F, 0x99, 0x82, 0xFF])
+    stopped = 0
+    for _ in range(300):
+        ids = alphabet[torch.randint(len(alphabet), (40,), generator=gen)].tolist()
+        if torch.rand((), generator=gen) < 0.5:  # half the streams hold a whole marker
+            at = int(torch.randint(40, (), generator=gen))
+            ids[at:at] = tok.encode(STOPS[at % len(STOPS)])
+        plain = TextStream(tok)
+        assert "".join(streamed(plain, ids)) == old_cli(tok, ids) == plain.text
+        chat = TextStream(tok, stops=STOPS)
+        pieces = []
+        for i in ids:
+            piece = chat.push(i)
+            if chat.stopped:
+                break
+            if piece:
+                pieces.append(piece)
+        if rest := chat.flush():
+            pieces.append(rest)
+        assert (pieces, chat.text) == old_chat(tok, ids)
+        stopped += chat.stopped
+    assert 100 < stopped < 300  # both endings were exercised
