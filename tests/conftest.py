@@ -20,23 +20,6 @@ NOTEBOOKS = REPO / "notebooks"
 SHAKESPEARE_MISSING = "TinyShakespeare not on disk (set PHYSLLM_DATA_DIR)"
 
 
-def force_cpu_preset() -> None:
-    """Notebooks under test run the CPU preset unless PHYSLLM_PRESET says otherwise.
-
-    Set in this process's environment before any kernel starts: nbval's and
-    papermill's kernels inherit it, and ``pick_preset("auto")`` reads it before
-    it looks for CUDA (a CUDA machine would otherwise start the GPU-scale runs).
-    """
-    os.environ.setdefault("PHYSLLM_PRESET", "cpu")
-
-
-force_cpu_preset()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    force_cpu_preset()
-
-
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects on the marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -125,8 +108,6 @@ TINY_GPT = dict(
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, small_text_file) -> Path:
     """A tiny GPT trained for 20 steps on the small corpus: a run folder with best/ and last/."""
-    import os
-
     from physllm.train import make_config, train
 
     os.environ.setdefault(
