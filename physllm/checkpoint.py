@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,11 +192,14 @@ def recover_checkpoint(directory: str | Path) -> Path | None:
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    """Write JSON through a temporary sibling and ``os.replace``: a kill leaves the old file or the new one, never half of one."""
+    """Write JSON through a temporary sibling and ``os.replace``: a kill leaves the old file or the new one, never half of one.
+
+    The sibling's name is fixed (``.NAME.tmp``; one writer per file, the main rank), so
+    what a kill leaves behind is overwritten and renamed away by the next write."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with open(tmp_name, "w") as fh:
             fh.write(json.dumps(obj, indent=indent))
         os.replace(tmp_name, path)
     except BaseException:

@@ -336,3 +336,16 @@ def test_json_outputs_are_written_atomically(tmp_path, monkeypatch):
         write_json_atomic(path, {"a": 2, "long": "x" * 10_000})
     assert json.loads(path.read_text()) == {"a": 1}  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temp left
+
+
+def test_what_a_kill_leaves_of_a_json_write_is_gone_after_the_next_write(tmp_path):
+    """SIGKILL skips the cleanup above: the half-written sibling stays until the next write
+    of the same file, which reuses its name and renames it away (a resumed run leaves none)."""
+    from physllm.checkpoint import write_json_atomic
+
+    path = tmp_path / "history.json"
+    write_json_atomic(path, [{"step": 1}])
+    (tmp_path / ".history.json.tmp").write_text('[{"step": 1}, {"st')  # killed mid-write
+    write_json_atomic(path, [{"step": 1}, {"step": 2}])
+    assert json.loads(path.read_text()) == [{"step": 1}, {"step": 2}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
