@@ -55,7 +55,8 @@ import torch
 
 from physllm import data as pdata
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
-from physllm.models.gpt import GPT, CausalSelfAttention
+from physllm.gpt.model import GPT
+from physllm.nn import CausalSelfAttention
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.sampling import generate
 from physllm.tokenization import BPETokenizer, ByteTokenizer, CharTokenizer

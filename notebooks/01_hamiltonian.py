@@ -27,7 +27,7 @@
 # beside attention and a learned distance penalty, and no integrator at all.
 #
 # This notebook builds both, on one model file
-# (`physllm/models/hamiltonian.py`):
+# (`physllm/hamiltonian/model.py`):
 #
 # * `variant="seed"`: the seed's code, faithfully, with its steering and its
 #   four decoders, so its claims can be checked against a validation set and a
@@ -76,7 +76,7 @@ import time
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
-from physllm.analysis.energy import (
+from physllm.hamiltonian.analysis import (
     plot_decay,
     plot_energy_drift,
     plot_energy_history,
@@ -84,7 +84,7 @@ from physllm.analysis.energy import (
     plot_phase_space,
     plot_steering_curve,
 )
-from physllm.integrators import (
+from physllm.hamiltonian.integrators import (
     energy_drift_vs_dt,
     euler_step,
     force_from_potential,
@@ -95,16 +95,16 @@ from physllm.integrators import (
     relative_energy_error,
     reversibility_error,
 )
-from physllm.models.hamiltonian import DecayConv, HamiltonianLM, SeedBlock, SymplecticLayer
-from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.presets import baseline_overrides
-from physllm.steering import (
+from physllm.hamiltonian.model import DecayConv, HamiltonianLM, SeedBlock, SymplecticLayer
+from physllm.hamiltonian.steering import (
     compare_decoders,
     iter_flow,
     iter_least_action,
     run_once,
     steering_curve,
 )
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
+from physllm.presets import baseline_overrides
 from physllm.train import make_config, train
 
 notebook_start = time.perf_counter()
@@ -179,7 +179,7 @@ print(corpus_notice(corpus))
 # %% [markdown]
 # ## 2. The integrators on a harmonic oscillator
 #
-# The functional core, `physllm/integrators.py`: the same `leapfrog_step` the
+# The functional core, `physllm/hamiltonian/integrators.py`: the same `leapfrog_step` the
 # model's layers call.
 
 # %%
@@ -337,7 +337,7 @@ cons64.load_state_dict(cons.state_dict())
 cons64.eval()
 layer1 = cons64.layers[0]
 with torch.no_grad():
-    qm, pm = cons64.initial_state(xb[:1, :16].cpu())  # the first 16 tokens of a validation sequence
+    qm, pm = cons64.phase_space(xb[:1, :16].cpu())  # the first 16 tokens of a validation sequence
     cm = layer1.context(qm)
 
 def V_model(q):

@@ -29,7 +29,7 @@
 # with the HF transformers wrapper and a chat demo.
 #
 # What the seed's code did, and what we changed, is in
-# `physllm/models/context_vector.py`'s docstring: `form="seed"` reproduces it
+# `physllm/context_vector/model.py`'s docstring: `form="seed"` reproduces it
 # (Linear+ReLU FNN without residuals, no tanh on the delta, context clamped to
 # +-10); `form="fixed"` is the repaired form; `gates="input"` is the scan
 # variant.
@@ -62,20 +62,20 @@ import pandas as pd
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
-from physllm.analysis.streaming import (
+from physllm.context_vector.analysis import (
     gate_summary,
     plot_context_heatmap,
     plot_gate_stats,
     plot_streaming_bench,
 )
-from physllm.models import match_field
-from physllm.models.context_vector import (
+from physllm.context_vector.model import (
     FNN,
     ContextLayer,
     ContextVectorModel,
     linear_scan,
     sequential_scan,
 )
+from physllm.models import match_field
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.presets import get_preset
 from physllm.train import estimate_stream_loss, make_config, train
@@ -169,7 +169,7 @@ scan_err = (linear_scan(a, b, c0) - sequential_scan(a, b, c0)).abs().max().item(
 print("scan == loop (max abs diff < 1e-5):", scan_err < 1e-5)
 assert scan_err < 1e-5
 
-from physllm.models.context_vector import ContextVectorConfig
+from physllm.context_vector.model import ContextVectorConfig
 
 for form, gates in [("seed", "hidden"), ("fixed", "hidden"), ("fixed", "input")]:
     torch.manual_seed(0)
@@ -403,7 +403,7 @@ assert cv_growth < 1.05  # the goal: under 5% growth of peak memory
 # %% [markdown]
 # ## 7. HF transformers
 #
-# `physllm.hf` wraps the model as a `PreTrainedModel` + `GenerationMixin`,
+# `physllm.context_vector.hf` wraps the model as a `PreTrainedModel` + `GenerationMixin`,
 # registered with `AutoConfig`/`AutoModelForCausalLM` (no
 # `trust_remote_code`). Its cache is the state, so `generate` feeds the prompt
 # once and then one token per step.
@@ -412,7 +412,7 @@ assert cv_growth < 1.05  # the goal: under 5% growth of peak memory
 # NBVAL_IGNORE_OUTPUT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import physllm.hf as phf
+import physllm.context_vector.hf as phf
 
 main = "scan" if "scan" in results else "seed"
 hf_dir = out_dir / "hf"
@@ -459,7 +459,12 @@ print(hf_tok.decode(out[0]))
 import tempfile
 from pathlib import Path
 
-from physllm.chat import ChatSession, dialogue_conversations, local_data, write_chat_parquet
+from physllm.context_vector.chat import (
+    ChatSession,
+    dialogue_conversations,
+    local_data,
+    write_chat_parquet,
+)
 from physllm.data import find_local_file, format_chat
 from physllm.sampling import SamplingConfig
 

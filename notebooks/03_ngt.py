@@ -71,7 +71,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
-from physllm.analysis.coordinates import (
+from physllm.bench import BenchConfig, format_table, run_bench
+from physllm.gpt.model import GPTConfig
+from physllm.ngt.analysis import (
     export_projector,
     pca_3d,
     plot_attention_maps,
@@ -80,9 +82,7 @@ from physllm.analysis.coordinates import (
     plot_kernel_weights,
     plot_token_masses,
 )
-from physllm.bench import BenchConfig, format_table, run_bench
-from physllm.models.gpt import GPTConfig
-from physllm.models.ngt import (
+from physllm.ngt.model import (
     GravityAttention,
     NGTBlock,
     augmented_qk,
@@ -204,7 +204,7 @@ assert max_diff < 1e-5
 # %% [markdown]
 # ## 2. The implementation
 #
-# `physllm/models/ngt.py`. The augmented queries and keys:
+# `physllm/ngt/model.py`. The augmented queries and keys:
 
 # %%
 show_source(augmented_qk)

@@ -61,7 +61,7 @@ global_tokens = "recurrent"  # seed (constant prefix) | recurrent (memory across
 coherence = 0.1  # lambda, weight of the coherence loss
 finetune_corpus = "pydocs"  # LoRA fine-tune: from `corpus` to this one (Python source if `corpus` is this one)
 finetune_steps = 100
-lora_r = 32
+lora_rank = 32
 lora_alpha = 64.0
 ablation_steps = 250
 sample_tokens = 200
@@ -80,7 +80,9 @@ from physllm.analysis import loss_table, plot_loss_curves, save_figure
 from physllm.data import TokenData, resolve_default_corpus
 from physllm.lora import LoRALinear, lora_parameter_counts, merge_lora
 from physllm.models import build_model
-from physllm.models.qllm import (
+from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
+from physllm.presets import get_preset
+from physllm.qllm.model import (
     QLLM,
     PhaseGain,
     PhaseRotation,
@@ -88,8 +90,6 @@ from physllm.models.qllm import (
     coherence_loss,
     window_mask,
 )
-from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.presets import get_preset
 from physllm.sampling import generate
 from physllm.train import autocast_context, estimate_loss, make_config, resolve_device, train
 
@@ -251,7 +251,7 @@ with torch.no_grad():
 # %% [markdown]
 # ## 2. Implementation walk-through
 #
-# `physllm/models/qllm.py` reads top to bottom: config, the three phase
+# `physllm/qllm/model.py` reads top to bottom: config, the three phase
 # forms, the coherence loss, attention and block, the attention mask that
 # places the globals, and the model. The phase forms:
 
@@ -424,7 +424,7 @@ show_source(merge_lora)
 
 # %% [markdown]
 # The fine-tune is an ordinary training run: the same config with
-# `lora_r=32`, a new corpus, and `init_from` pointing at the trained QLLM
+# `lora_rank=32`, a new corpus, and `init_from` pointing at the trained QLLM
 # (its weights load into the base; the adapters, which the checkpoint lacks,
 # keep their init). The loss on the new corpus's validation split is
 # measured on the same batches before and after. The new corpus is the
@@ -442,12 +442,12 @@ ft_cfg = copy.deepcopy(qcfg)
 ft_cfg.corpus, ft_cfg.out_dir, ft_cfg.init_from = ft_corpus, str(out_dir / "qllm_lora"), str(q_run.out_dir / "best")
 ft_cfg.steps, ft_cfg.warmup_steps, ft_cfg.eval_interval = capped(finetune_steps), 10, max(1, capped(finetune_steps) // 2)
 ft_cfg.lr, ft_cfg.min_lr, ft_cfg.weight_decay = 2e-3, 2e-4, 0.0
-ft_cfg.model_config.lora_r, ft_cfg.model_config.lora_alpha = lora_r, lora_alpha
+ft_cfg.model_config.lora_rank, ft_cfg.model_config.lora_alpha = lora_rank, lora_alpha
 adapted = build_model("qllm", ft_cfg.model_config)
 counts = lora_parameter_counts(adapted)
 print(f"LoRA fine-tune: {counts['lora']:,} adapter parameters "
       f"({counts['lora'] / counts['total']:.1%} of {counts['total']:,}); trainable {counts['trainable']:,}")
-assert counts["trainable"] == counts["lora"] == q_run.model.config.n_layer * 4 * lora_r * 2 * q_run.model.config.n_embd
+assert counts["trainable"] == counts["lora"] == q_run.model.config.n_layer * 4 * lora_rank * 2 * q_run.model.config.n_embd
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -65,17 +65,17 @@ import random
 
 import torch
 
-from physllm import hopfield_functional as hf
 from physllm.analysis import plot_loss_curves, save_figure
-from physllm.analysis.memory import (
+from physllm.hopfield import functional as hopfield_fn
+from physllm.hopfield.analysis import (
     energy_descent,
     plot_capacity_curve,
     plot_energy_descent,
     recall_table,
     retrieval_vs_beta,
 )
-from physllm.hopfield_tasks import FactsTask, capacity_curve, recall, train_memory
-from physllm.models.hopfield import HopfieldLM, HopfieldMemory, MemoryBank
+from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
+from physllm.hopfield.tasks import FactsTask, capacity_curve, recall, train_memory
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.train import make_config, train
 
@@ -145,12 +145,12 @@ print(corpus_notice(corpus))
 gen = torch.Generator().manual_seed(seed)
 X = torch.randn(1, 1, 64, 32, generator=gen, dtype=torch.float64)  # 64 stored patterns, d = 32
 probes = X[:, :, :8] + 0.8 * torch.randn(1, 1, 8, 32, generator=gen, dtype=torch.float64)
-_, _, E = hf.retrieve(probes, X, beta=0.05, update_steps_max=10)
+_, _, E = hopfield_fn.retrieve(probes, X, beta=0.05, update_steps_max=10)
 print("energy never increases over 10 updates:", bool((E[1:] - E[:-1] <= 1e-9).all()))
 assert (E[1:] - E[:-1] <= 1e-9).all()
 q, k, v = torch.randn(3, 1, 1, 5, 16, generator=gen).unbind(0)
 attention = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-print("one update with beta = 1/sqrt(d) is attention:", torch.allclose(hf.retrieve(q, k, 1 / math.sqrt(16), 1, pattern_projection=v)[0], attention, atol=1e-6))
+print("one update with beta = 1/sqrt(d) is attention:", torch.allclose(hopfield_fn.retrieve(q, k, 1 / math.sqrt(16), 1, pattern_projection=v)[0], attention, atol=1e-6))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -166,15 +166,15 @@ pd.DataFrame(rows).set_index("beta")
 #
 # ## 2. Implementation
 #
-# The pure update lives in `physllm/hopfield_functional.py` (names after
+# The pure update lives in `physllm/hopfield/functional.py` (names after
 # ml-jku/hopfield-layers: `stored_pattern`, `state_pattern`,
 # `update_steps_max`):
 
 # %%
-show_source(hf.retrieve)
+show_source(hopfield_fn.retrieve)
 
 # %% [markdown]
-# The memory layer (`physllm/models/hopfield.py`) sits after the backbone's
+# The memory layer (`physllm/hopfield/model.py`) sits after the backbone's
 # last block. A call **writes** one slot per token $s$: the key is a linear
 # map of the last `key_window` hidden states (what the context looked like),
 # the value the embedding of the *next* token (what came after), so a later
@@ -403,7 +403,7 @@ recall_table({"question = the fact's wording": with_memory, "paraphrased questio
 # NBVAL_IGNORE_OUTPUT
 narrativeqa = None
 if preset == "gpu":
-    from physllm.hopfield_tasks import load_hf_hopfield, run_narrativeqa
+    from physllm.hopfield.tasks import load_hf_hopfield, run_narrativeqa
 
     gpu_cfg = make_config("hopfield", "gpu", device=device, seed=seed).model_config
     hf_model, hf_tok = load_hf_hopfield(gpu_cfg, device)

@@ -2,7 +2,7 @@
 
 The commands are the :data:`COMMANDS` table below; ``python -m physllm --help``
 lists them with one line each. steer, report and chat live beside the code
-they drive (:mod:`physllm.steering`, :mod:`physllm.reports`, :mod:`physllm.chat`).
+they drive (:mod:`physllm.hamiltonian.steering`, :mod:`physllm.reports`, :mod:`physllm.context_vector.chat`).
 
 Every field of :class:`~physllm.train.TrainConfig` and of the chosen model's
 config is a flag (``n_embd`` -> ``--n-embd``). Bad input ends with one line on
@@ -288,14 +288,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("physllm.cli:cmd_bench", "speed and memory of models side by side"),
     "corpora": ("physllm.cli:cmd_corpora", "list corpora and cache state"),
     "steer": (
-        "physllm.steering:cmd_steer",
+        "physllm.hamiltonian.steering:cmd_steer",
         "steer generation toward or away from a word (Hamiltonian)",
     ),
     "report": (
         "physllm.reports:cmd_report",
         "run notebooks with papermill into reports/ and rebuild the index",
     ),
-    "chat": ("physllm.chat:cmd_chat", "chat with a chat-trained model (REPL)"),
+    "chat": ("physllm.context_vector.chat:cmd_chat", "chat with a chat-trained model (REPL)"),
 }
 
 

@@ -39,14 +39,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from physllm.arch import Entry
 from physllm.errors import PhysllmError
-from physllm.models import count_params, match_field
+from physllm.models import ARCHITECTURES, count_params, match_field
 from physllm.presets import NANOGPT_CHAR_CPU, PRESETS
 
 NOTEBOOK = "06_leaderboard"
@@ -55,73 +55,9 @@ SHAPE_FIELDS = ("n_layer", "n_head", "n_embd")  # the transformer shape every en
 PARAM_TOLERANCE = 0.10  # every entry's parameter count within 10% of GPT's
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One row: ``model`` (a registry name) with ``overrides``; ``match`` names an integer
-    config field searched (in steps of ``match_step``) to bring the parameter count
-    nearest GPT's; ``own_shape`` keeps the model preset's ``n_layer``/``n_head``/``n_embd``."""
-
-    name: str
-    model: str
-    variant: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    match: str | None = None
-    match_step: int = 16
-    own_shape: bool = False
-    per_preset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-
-ENTRIES: tuple[Entry, ...] = (
-    Entry("gpt", "gpt", "vanilla: pre-LN, learned positions, tied embeddings (the reference)"),
-    Entry(
-        "hamiltonian",
-        "hamiltonian",
-        "symplectic: leapfrog layers, direct force",
-        per_preset={"gpu": {"eos_id": -1}},  # its gpu preset's id is gpt2's; bytes have none
-    ),
-    # Attention-free and one layer deep (the seed's depth): its own widths, the FNN widened.
-    Entry(
-        "context_vector-seed",
-        "context_vector",
-        "the seed's form (ReLU FNN, no tanh, clamp)",
-        {"form": "seed", "gates": "hidden"},
-        match="n_hidden",
-        own_shape=True,
-        # one 25M-parameter layer would be all FNN: stack four, as at scale one would
-        per_preset={"gpu": {"n_layer": 4}},
-    ),
-    Entry(
-        "context_vector-fixed",
-        "context_vector",
-        "fixed form (LayerNorm'ed input, residual GELU FNN, tanh delta)",
-        {"form": "fixed", "gates": "hidden"},
-        match="n_hidden",
-        own_shape=True,
-        per_preset={"gpu": {"n_layer": 4}},
-    ),
-    # mlp_hidden=0: NGT's MLP widened until it matches GPT (it has no query/key projections)
-    Entry(
-        "ngt-gaussian",
-        "ngt",
-        "attractive gaussian kernel through SDPA",
-        {"kernel": "gaussian", "mlp_hidden": 0},
-    ),
-    Entry(
-        "ngt-seed",
-        "ngt",
-        "the seed's repulsive kernel, hard cutoff",
-        {"kernel": "seed", "mlp_hidden": 0},
-    ),
-    Entry("qllm", "qllm", "rotation phases, recurrent global memory tokens, coherence loss"),
-    # With its bank empty (language modelling) the memory is not read: the model is its
-    # GPT backbone. The smallest key window keeps the unused layer within the tolerance.
-    Entry(
-        "hopfield",
-        "hopfield",
-        "GPT backbone + Hopfield memory layer, bank empty",
-        {"backbone": "gpt", "key_window": 1, "lora_rank": 0},
-    ),
-)
+# Each architecture declares its rows (``ARCH.leaderboard``); the table lists them in
+# the registry's order, GPT (the reference) first.
+ENTRIES: tuple[Entry, ...] = tuple(e for arch in ARCHITECTURES.values() for e in arch.leaderboard)
 
 # One recipe per preset: every field that decides a run's budget or optimizer.
 RECIPES: dict[str, dict[str, Any]] = {

@@ -164,7 +164,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its weight (W += (alpha/r) B A) and turn the layer back
     into a plain ``nn.Linear``; in place, returns ``model``.
 
-    If ``model.config`` has a ``lora_r`` field it is set to 0, so a checkpoint of
+    If ``model.config`` has a ``lora_rank`` field it is set to 0, so a checkpoint of
     the merged model describes (and reloads as) a model without adapters.
     """
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
@@ -182,8 +182,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, plain)
     config = getattr(model, "config", None)
-    if found and config is not None and hasattr(config, "lora_r"):
-        config.lora_r = 0
+    if found and config is not None and hasattr(config, "lora_rank"):
+        config.lora_rank = 0
     return model
 
 

@@ -1,6 +1,7 @@
 """Building blocks shared by several architectures, defined once.
 
-GPT, QLLM and NGT use the same GELU MLP and bias-optional LayerNorm, and
+GPT, QLLM and NGT use the same GELU MLP and bias-optional LayerNorm, GPT and the
+Hamiltonian model's potential the same causal attention, and
 GPT, QLLM, NGT and the Hamiltonian model start from GPT-2's init. The blocks
 take plain ints and flags rather than a config, so any model can build them.
 Parameter names (``c_fc``, ``c_proj``, ``weight``, ``bias``) are part of the
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm", "init_gpt2_weights"]
+from physllm.validation import ConfigError
+
+__all__ = ["MLP", "CausalSelfAttention", "LayerNorm", "init_gpt2_weights"]
 
 
 class LayerNorm(nn.Module):
@@ -48,6 +51,50 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention with an optional key/value cache (GPT's; see
+    :mod:`physllm.gpt.model` for the math), through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:  # configs edited after construction too
+            raise ConfigError(f"--n-embd ({n_embd}) must be a multiple of --n-head ({n_head})")
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head = n_head
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """x (B, T, C); ``cache`` the (k, v) of earlier positions, or None."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([cache[1], v], dim=2)
+        # With a cache the T new queries sit at the end: query i may see keys up
+        # to T_past + i, which is the causal mask shifted right by T_past.
+        T_past = k.size(2) - T
+        if T_past == 0:
+            mask, causal = None, True
+        else:
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(T_past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:

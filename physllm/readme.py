@@ -19,38 +19,19 @@ A README without a section's markers is left as it is.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from physllm.arch import Headline
 from physllm.leaderboard import readme_text as leaderboard_readme_text
 from physllm.leaderboard import replace_between
+from physllm.models import ARCHITECTURES
 
 NOTEBOOK_MARKERS = ("<!-- results:notebooks:start -->", "<!-- results:notebooks:end -->")
 
 
-@dataclass(frozen=True)
-class Headline:
-    """One row: run ``run`` of ``notebook``'s report against its run ``baseline``."""
-
-    notebook: str
-    run: str
-    variant: str
-    baseline: str = "gpt"
-
-
-HEADLINES: tuple[Headline, ...] = (
-    Headline("01_hamiltonian", "symplectic", "symplectic (leapfrog, direct force)"),
-    Headline("01_hamiltonian", "symplectic-conservative", "symplectic, conservative (F = -dV/dq)"),
-    Headline("01_hamiltonian", "seed", "the seed's model"),
-    Headline("02_context_vector", "seed", "the seed's form, truncated BPTT †"),
-    Headline("02_context_vector", "seed_windows", "the seed's form, random windows"),
-    Headline("02_context_vector", "fixed", "fixed form, truncated BPTT †"),
-    Headline("02_context_vector", "scan", "parallel-scan form, truncated BPTT †"),
-    Headline("02_context_vector", "scan_windows", "parallel-scan form, random windows"),
-    Headline("03_ngt", "ngt", "attractive (gaussian) kernel"),
-    Headline("04_qllm", "qllm", "per-position rotation, recurrent globals (bytes)"),
-)
+# Each architecture declares its headline runs (``ARCH.headlines``), in notebook order.
+HEADLINES: tuple[Headline, ...] = tuple(h for a in ARCHITECTURES.values() for h in a.headlines)
 
 
 def _report_metrics(reports_dir: Path, notebook: str, tag: str = "cpu") -> dict[str, Any] | None:

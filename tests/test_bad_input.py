@@ -365,12 +365,12 @@ def test_bench_json_into_a_missing_folder(tmp_path, capsys):
 
 
 def _api_cases():
-    from physllm.models.context_vector import ContextVectorConfig
-    from physllm.models.gpt import GPTConfig
-    from physllm.models.hamiltonian import HamiltonianConfig
-    from physllm.models.hopfield import HopfieldConfig
-    from physllm.models.ngt import NGTConfig
-    from physllm.models.qllm import QLLMConfig
+    from physllm.context_vector.model import ContextVectorConfig
+    from physllm.gpt.model import GPTConfig
+    from physllm.hamiltonian.model import HamiltonianConfig
+    from physllm.hopfield.model import HopfieldConfig
+    from physllm.ngt.model import NGTConfig
+    from physllm.qllm.model import QLLMConfig
     from physllm.train import TrainConfig, make_config
 
     return [
@@ -422,15 +422,15 @@ def test_api_bad_config_raises(factory, kwargs, pattern):
 
 def test_config_errors_are_value_errors_too():
     """Python callers may catch the usual ValueError for a bad argument."""
-    from physllm.models.gpt import GPTConfig
+    from physllm.gpt.model import GPTConfig
 
     with pytest.raises(ValueError, match="--n-layer"):
         GPTConfig(n_layer=0)
 
 
 def test_build_model_rejects_bad_dicts_and_edited_configs():
+    from physllm.gpt.model import GPTConfig
     from physllm.models import build_model
-    from physllm.models.gpt import GPTConfig
 
     with pytest.raises(PhysllmError, match="bad gpt config: --n-layer must be >= 1"):
         build_model("gpt", {"n_layer": 0})

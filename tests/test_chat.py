@@ -9,8 +9,13 @@ import sys
 import pytest
 import torch
 
-from physllm.chat import STOP_MARKERS, ChatSession, dialogue_conversations, write_chat_parquet
 from physllm.checkpoint import load_checkpoint
+from physllm.context_vector.chat import (
+    STOP_MARKERS,
+    ChatSession,
+    dialogue_conversations,
+    write_chat_parquet,
+)
 from physllm.data import CHAT_END, CHAT_ROLES, format_chat, load_corpus
 from physllm.errors import PhysllmError
 from physllm.sampling import SamplingConfig, generate
@@ -167,7 +172,7 @@ def test_session_reply_is_the_models_greedy_continuation(chat_run):
 
 def test_chat_refuses_a_checkpoint_without_chat_markers(tmp_path):
     from physllm.checkpoint import save_checkpoint
-    from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
+    from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel
 
     tok = CharTokenizer.fit("plain text only\n")
     model = ContextVectorModel(

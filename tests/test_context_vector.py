@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from physllm.bench import BenchConfig, measure_generation
-from physllm.errors import PhysllmError
-from physllm.models import GPT, GPTConfig, build_model, match_field
-from physllm.models.context_vector import (
+from physllm.context_vector.model import (
     ContextVectorConfig,
     ContextVectorModel,
     linear_scan,
     sequential_scan,
 )
+from physllm.errors import PhysllmError
+from physllm.gpt import GPT, GPTConfig
+from physllm.models import build_model, match_field
 from physllm.train import make_config
 
 from .conftest import REPO

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from physllm.checkpoint import load_checkpoint, save_checkpoint
+from physllm.gpt.model import GPT, GPTConfig
 from physllm.models import MODELS, build_model
-from physllm.models.gpt import GPT, GPTConfig
 from physllm.tokenization import ByteTokenizer
 
 

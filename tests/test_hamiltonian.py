@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from physllm.hamiltonian.model import HamiltonianConfig, HamiltonianLM, ema_scan
 from physllm.models import MODELS, build_model
-from physllm.models.hamiltonian import HamiltonianConfig, HamiltonianLM, ema_scan
 from physllm.sampling import generate
 from tests.conftest import TINY_GPT
 
@@ -85,7 +85,7 @@ def test_energy_along_layers_is_conserved_to_second_order():
         with torch.no_grad():
             for layer in model.layers:
                 layer.v.normal_(std=1.0)
-            for emb in (model.wte, model.wpe, model.wpe_p):
+            for emb in (model.wte, model.wpe, model.wte_p):
                 emb.weight.normal_(std=1.0)
         e = model.layer_energies(torch.randint(0, 30, (2, 10)))
         assert e["H_in"].shape == (2, 2, 10)

@@ -10,16 +10,16 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from physllm.checkpoint import save_checkpoint  # noqa: E402
-from physllm.errors import PhysllmError  # noqa: E402
-from physllm.hf import (  # noqa: E402
+from physllm.context_vector.hf import (  # noqa: E402
     ContextVectorForCausalLM,
     ContextVectorHFConfig,
     export_checkpoint,
     hf_tokenizer,
     to_hf,
 )
-from physllm.models import GPT, GPTConfig  # noqa: E402
-from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel  # noqa: E402
+from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel  # noqa: E402
+from physllm.errors import PhysllmError  # noqa: E402
+from physllm.gpt import GPT, GPTConfig  # noqa: E402
 from physllm.sampling import generate  # noqa: E402
 from physllm.tokenization import BPETokenizer, CharTokenizer  # noqa: E402
 

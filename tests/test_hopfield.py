@@ -8,9 +8,10 @@ import random
 import pytest
 import torch
 
-from physllm import hopfield_functional as hf
 from physllm.errors import PhysllmError
-from physllm.hopfield_tasks import (
+from physllm.hopfield import functional as hopfield_fn
+from physllm.hopfield.model import HopfieldConfig, HopfieldLM
+from physllm.hopfield.tasks import (
     FactsTask,
     NarrativeQATask,
     is_heldout,
@@ -21,7 +22,6 @@ from physllm.hopfield_tasks import (
     train_memory,
 )
 from physllm.models import build_model
-from physllm.models.hopfield import HopfieldConfig, HopfieldLM
 from physllm.sampling import generate
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\nQA:?"))
@@ -49,7 +49,7 @@ def test_energy_never_increases_over_updates():
     state = torch.randn(2, 3, 5, 16, generator=gen, dtype=torch.float64)
     beta = torch.tensor([0.1, 1.0, 4.0], dtype=torch.float64)
     mask = torch.rand(2, 40, generator=gen) > 0.3
-    _, _, energies = hf.retrieve(state, stored, beta, update_steps_max=12, mask=mask)
+    _, _, energies = hopfield_fn.retrieve(state, stored, beta, update_steps_max=12, mask=mask)
     assert energies.shape == (13, 2, 3, 5)
     steps = energies[1:] - energies[:-1]
     assert steps.max() <= 1e-9, steps.max()
@@ -60,7 +60,7 @@ def test_one_update_is_attention():
     gen = torch.Generator().manual_seed(1)
     keys, values = torch.randn(1, 2, 9, 8, generator=gen), torch.randn(1, 2, 9, 4, generator=gen)
     q = torch.randn(1, 2, 3, 8, generator=gen)
-    out, _, _ = hf.retrieve(q, keys, 0.5, 1, pattern_projection=values)
+    out, _, _ = hopfield_fn.retrieve(q, keys, 0.5, 1, pattern_projection=values)
     ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=0.5)
     torch.testing.assert_close(out, ref)
 
@@ -69,9 +69,11 @@ def test_noisy_pattern_retrieves_stored_pattern_with_large_beta():
     gen = torch.Generator().manual_seed(2)
     X = torch.randn(1, 1, 64, 32, generator=gen)
     noisy = X[:, :, 17:18] + 0.5 * torch.randn(1, 1, 1, 32, generator=gen)
-    out, _, _ = hf.retrieve(noisy, X, beta=8.0, update_steps_max=1)
+    out, _, _ = hopfield_fn.retrieve(noisy, X, beta=8.0, update_steps_max=1)
     torch.testing.assert_close(out, X[:, :, 17:18], atol=1e-4, rtol=0)
-    blurred, _, _ = hf.retrieve(noisy, X, beta=1e-3, update_steps_max=1)  # small beta: an average
+    blurred, _, _ = hopfield_fn.retrieve(
+        noisy, X, beta=1e-3, update_steps_max=1
+    )  # small beta: an average
     assert (blurred - X[:, :, 17:18]).abs().max() > 0.5
 
 

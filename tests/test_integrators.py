@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from physllm.integrators import (
+from physllm.hamiltonian.integrators import (
     energy_drift_vs_dt,
     force_from_potential,
     harmonic_exact,
@@ -19,7 +19,7 @@ from physllm.integrators import (
     relative_energy_error,
     reversibility_error,
 )
-from physllm.models.hamiltonian import DecayConv, HamiltonianConfig, HamiltonianLM
+from physllm.hamiltonian.model import DecayConv, HamiltonianConfig, HamiltonianLM
 
 DTS = [0.01, 0.02, 0.05, 0.1]
 
@@ -47,10 +47,10 @@ def model_system(seed: int = 0):
         layer.v.normal_(std=1.0)
         layer.c_fc.weight.normal_(std=0.5)
         model.wte.weight.normal_(std=1.0)
-        model.wpe_p.weight.normal_(std=1.0)
+        model.wte_p.weight.normal_(std=1.0)
     idx = torch.randint(0, 20, (2, 8))
     with torch.no_grad():
-        q0, p0 = model.initial_state(idx)
+        q0, p0 = model.phase_space(idx)
         c = layer.context(q0)  # fixed context
 
     def V(q):  # one energy per token: given the context, tokens move independently

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from physllm.errors import PhysllmError
+from physllm.gpt.model import GPT, GPTConfig
 from physllm.models import build_model
-from physllm.models.gpt import GPT, GPTConfig
-from physllm.models.ngt import (
+from physllm.ngt.model import (
     NGT,
     GravityAttention,
     NGTConfig,
@@ -300,7 +300,7 @@ def test_bench_takes_ngt_specs():
 
 
 def test_coordinate_plots_and_projector(tmp_path):
-    from physllm.analysis.coordinates import (
+    from physllm.ngt.analysis import (
         export_projector,
         kernel_weight_vs_distance,
         pca_3d,

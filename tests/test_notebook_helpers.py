@@ -89,7 +89,9 @@ def test_shakespeare_marker_skips_with_the_reason_where_the_file_is_absent(monke
         pytest.skip("this checkout's data/ holds TinyShakespeare: absence cannot be simulated")
     monkeypatch.setenv("PHYSLLM_DATA_DIR", str(tmp_path))  # an empty data folder
     marked = SimpleNamespace(get_closest_marker=lambda name: name == "shakespeare" or None)
-    with pytest.raises(pytest.skip.Exception, match=r"TinyShakespeare not on disk \(set PHYSLLM_DATA_DIR\)"):
+    with pytest.raises(
+        pytest.skip.Exception, match=r"TinyShakespeare not on disk \(set PHYSLLM_DATA_DIR\)"
+    ):
         conftest.pytest_runtest_setup(marked)
     unmarked = SimpleNamespace(get_closest_marker=lambda name: None)
     conftest.pytest_runtest_setup(unmarked)  # no marker: runs whatever the data

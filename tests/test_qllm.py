@@ -11,7 +11,7 @@ import torch
 from physllm.errors import PhysllmError
 from physllm.lora import LoRALinear, merge_lora
 from physllm.models import build_model
-from physllm.models.qllm import (
+from physllm.qllm.model import (
     QLLM,
     PhaseGain,
     PhaseRotation,
@@ -158,7 +158,7 @@ def test_coherence_loss_and_eval_loss():
 
 
 def test_lora_on_qllm_trains_only_adapters_and_merges_exactly():
-    model = tiny(lora_r=4, lora_alpha=8)
+    model = tiny(lora_rank=4, lora_alpha=8)
     adapted = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     assert len(adapted) == 8 and {n.rsplit(".", 1)[1] for n in adapted} == {"q", "k", "v", "o"}
     model.train()
@@ -178,7 +178,7 @@ def test_lora_on_qllm_trains_only_adapters_and_merges_exactly():
     model.eval()
     before, _ = model(idx)
     merge_lora(model)
-    assert model.config.lora_r == 0
+    assert model.config.lora_rank == 0
     after, _ = model(idx)
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
     assert (after - model.__class__(model.config).eval()(idx)[0]).abs().max() > 0
@@ -231,7 +231,7 @@ def test_lora_finetune_through_the_trainer(tmp_path):
             warmup_steps=0,
             out_dir=str(tmp_path / "lora"),
             init_from=str(tmp_path / "base"),
-            lora_r=4,
+            lora_rank=4,
             **shape,
         )
     )
@@ -242,7 +242,7 @@ def test_lora_finetune_through_the_trainer(tmp_path):
         torch.testing.assert_close(tuned_sd[k], v)
     assert any(tuned_sd[k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)
     reloaded, _, meta = load_checkpoint(tmp_path / "lora")
-    assert meta["config"]["lora_r"] == 4
+    assert meta["config"]["lora_rank"] == 4
     metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert metrics["model"] == "qllm" and metrics["bpc_unit"] == "byte"
 

@@ -144,8 +144,9 @@ def assert_same_run(out: Path, reference: Path) -> None:
     for key in ("steps", "val_loss", "train_loss", "val_bpc", "tokens_seen"):
         assert metrics[key] == expected[key], key
     for folder in ("last", "best"):
-        ours, theirs = load_file(out / folder / "model.safetensors"), load_file(
-            reference / folder / "model.safetensors"
+        ours, theirs = (
+            load_file(out / folder / "model.safetensors"),
+            load_file(reference / folder / "model.safetensors"),
         )
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), folder
@@ -157,7 +158,9 @@ def assert_same_run(out: Path, reference: Path) -> None:
 def snapshot(out: Path) -> dict[str, str]:
     """Every file and folder under ``out`` with a digest of its bytes."""
     return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
         for p in sorted(out.rglob("*"))
     }
 
@@ -268,9 +271,7 @@ def test_resume_with_fewer_steps_than_done_is_one_line(tmp_path, launch, referen
     assert snapshot(out) == before
 
 
-def test_resume_at_exactly_the_steps_done_reports_and_changes_nothing(
-    tmp_path, launch, reference
-):
+def test_resume_at_exactly_the_steps_done_reports_and_changes_nothing(tmp_path, launch, reference):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = snapshot(out)

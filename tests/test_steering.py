@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from physllm.checkpoint import load_checkpoint
-from physllm.steering import (
+from physllm.hamiltonian.steering import (
     DecodeConfig,
     continuation_nll,
     decode,
@@ -81,7 +81,7 @@ def test_steering_moves_the_target_rate(loaded):
 def test_steering_shifts_the_next_token_distribution_toward_the_target(loaded, word):
     """Deterministic: the probability of the target's tokens at the next position rises
     strictly with the strength, from away (< 0) through unsteered (0) to toward (> 0)."""
-    from physllm.steering import forward_last, target_ids
+    from physllm.hamiltonian.steering import forward_last, target_ids
 
     model, tokenizer = loaded
     ids = target_ids(tokenizer, word)

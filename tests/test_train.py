@@ -120,7 +120,7 @@ def test_truncated_bptt_hands_each_row_its_state(
     small_text_file, tmp_path, monkeypatch, grad_accum
 ):
     """carry_state: each step's block continues the last one and starts from its final state."""
-    from physllm.models.context_vector import ContextVectorModel
+    from physllm.context_vector.model import ContextVectorModel
 
     calls = []
     forward = ContextVectorModel.forward
@@ -164,7 +164,7 @@ def test_resume_with_another_config_is_refused(small_text_file, tiny_run):
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(small_text_file, tmp_path, monkeypatch):
-    import physllm.models.gpt as gpt_module
+    import physllm.gpt.model as gpt_module
 
     real = gpt_module.F.cross_entropy
     calls = {"n": 0}

@@ -54,10 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.integrators import force_from_potential, leapfrog_step
-from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.gpt import CausalSelfAttention
-from physllm.nn import init_gpt2_weights
+from physllm.arch import LanguageModel, ModelConfig
+from physllm.hamiltonian.integrators import force_from_potential, leapfrog_step
+from physllm.nn import CausalSelfAttention, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -163,7 +162,7 @@ class SymplecticLayer(nn.Module):
         C, H = config.n_embd, config.mlp_ratio * config.n_embd
         self.mode, self.mass = config.mode, config.mass
         self.ln_ctx = nn.LayerNorm(C, bias=config.bias)
-        self.guide = CausalSelfAttention(config)  # type: ignore[arg-type]  (same fields as GPTConfig)
+        self.guide = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
         self.local = DecayConv(C, config.decay_kernel, config.decay_init)
         self.ln_q = nn.LayerNorm(C, bias=config.bias)
         self.c_fc = nn.Linear(C, H, bias=config.bias)
@@ -234,7 +233,7 @@ def rope(x: torch.Tensor) -> torch.Tensor:
     return x * angle.cos() + torch.cat([-x2, x1], dim=-1) * angle.sin()
 
 
-class GravityAttention(nn.Module):
+class DistancePenaltyAttention(nn.Module):
     """RoPE attention minus a learned per-head distance penalty (the seed's "gravity")."""
 
     def __init__(self, config: HamiltonianConfig):
@@ -267,7 +266,7 @@ class SeedBlock(nn.Module):
         super().__init__()
         C = config.n_embd
         self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.attn = GravityAttention(config)
+        self.attn = DistancePenaltyAttention(config)
         self.k = config.conv_kernel
         self.reflex = nn.Conv1d(C, C, self.k, padding=self.k - 1, groups=C)
         self.c_fc = nn.Linear(C, 4 * C, bias=False)
@@ -285,12 +284,13 @@ class SeedBlock(nn.Module):
 
 class HamiltonianLM(LanguageModel):
     config_class = HamiltonianConfig
+    renamed_parameters = {"wpe_p.": "wte_p."}  # the momentum table is token-indexed
 
     def __init__(self, config: HamiltonianConfig):
         super().__init__(config)
         C, V = config.n_embd, config.vocab_size
         self.wte = nn.Embedding(V, C)  # q (tied to the head)
-        self.wpe_p = nn.Embedding(V, C)  # p
+        self.wte_p = nn.Embedding(V, C)  # p
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.wte.weight
         self.drop = nn.Dropout(config.dropout)
@@ -309,14 +309,14 @@ class HamiltonianLM(LanguageModel):
 
     # ----------------------------------------------------------------- forward passes
 
-    def initial_state(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def phase_space(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Symplectic: q_0 = E_q[x] + P[t], p_0 = E_p[x]; both (B, T, C)."""
         pos = torch.arange(idx.size(1), device=idx.device)
-        return self.drop(self.wte(idx) + self.wpe(pos)), self.drop(self.wpe_p(idx))
+        return self.drop(self.wte(idx) + self.wpe(pos)), self.drop(self.wte_p(idx))
 
     def seed_embedding(self, idx: torch.Tensor) -> torch.Tensor:
         """Seed: x = E_q[x_t] + EMA_beta(E_p[x_t] - E_p[x_{t-1}]), halved at end-of-text."""
-        p = self.wpe_p(idx)
+        p = self.wte_p(idx)
         velocity = torch.cat([torch.zeros_like(p[:, :1]), p[:, 1:] - p[:, :-1]], dim=1)
         reset = ((idx == self.config.eos_id).to(p.dtype) * 0.5).unsqueeze(-1)
         return self.wte(idx) + ema_scan(velocity, self.config.ema_beta, reset)
@@ -332,7 +332,7 @@ class HamiltonianLM(LanguageModel):
         """
         out: dict[str, Any] = {}
         if self.config.variant == "symplectic":
-            q, p = self.initial_state(idx)
+            q, p = self.phase_space(idx)
             qs, ps = [q], [p]
             for layer in self.layers:
                 q, p = layer(q, p, steer)
@@ -412,7 +412,7 @@ class HamiltonianLM(LanguageModel):
         """
         if self.config.variant != "symplectic" or self.config.mode != "conservative":
             raise ValueError("energies are defined in the symplectic variant's conservative mode")
-        q, p = self.initial_state(idx)
+        q, p = self.phase_space(idx)
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("kinetic", "V_in", "V_out")}
         rows["kinetic_out"] = []
         for layer in self.layers:

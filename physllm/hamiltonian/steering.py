@@ -316,7 +316,7 @@ def compare_decoders(
 
 def _load(ckpt: str, device: str):
     from physllm.checkpoint import load_checkpoint
-    from physllm.models.hamiltonian import HamiltonianLM
+    from physllm.hamiltonian.model import HamiltonianLM
     from physllm.train import resolve_device
 
     dev = resolve_device(device)

@@ -7,7 +7,7 @@
 * :func:`export_projector`: the same coordinates for TensorBoard's projector.
 * :func:`plot_attention_maps`, :func:`plot_token_masses`, :func:`plot_aux_history`.
 
-Traces come from :meth:`physllm.models.ngt.NGT.forward_with_trace`.
+Traces come from :meth:`physllm.ngt.model.NGT.forward_with_trace`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from physllm.models.ngt import gaussian_scores, seed_scores
+from physllm.ngt.model import gaussian_scores, seed_scores
 
 
 def kernel_weight_vs_distance(

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.models.base import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, ModelConfig
 from physllm.validation import POSITIVE, POSITIVE_FLOAT, one_of, require
 
 State = list[torch.Tensor]  # one context vector (B, n_context) per layer

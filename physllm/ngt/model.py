@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.gpt import GPT, GPTConfig
+from physllm.arch import LanguageModel, ModelConfig
+from physllm.gpt.model import GPT, GPTConfig
 from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,

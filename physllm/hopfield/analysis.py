@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from physllm import hopfield_functional as hopfield_fn
+from physllm.hopfield import functional as hopfield_fn
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """HF transformers wrapper for the context-vector model (New-LLM).
 
-Identical to :class:`physllm.models.context_vector.ContextVectorModel`
+Identical to :class:`physllm.context_vector.model.ContextVectorModel`
 except that it speaks transformers' language: a ``PreTrainedConfig``, a
 ``PreTrainedModel`` + ``GenerationMixin`` whose ``forward`` takes
 ``input_ids``/``labels`` and returns ``logits``/``loss``, and the recurrent
@@ -11,7 +11,7 @@ plain ``state`` argument, not a key/value ``Cache``.
 
 Registered with ``AutoConfig``/``AutoModelForCausalLM`` on import, so
 
-    import physllm.hf
+    import physllm.context_vector.hf
     model = AutoModelForCausalLM.from_pretrained(path)   # no trust_remote_code
 
 works for folders written by ``save_pretrained`` (or :func:`export_checkpoint`).
@@ -35,8 +35,8 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
+from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel
 from physllm.errors import PhysllmError
-from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
 from physllm.tokenization import BPETokenizer, CharTokenizer, Tokenizer
 
 

@@ -1,7 +1,9 @@
-"""Model registry: ``MODELS[name] -> (ConfigClass, ModelClass)``.
+"""The registry: every architecture's :class:`~physllm.arch.Architecture`, by name.
 
-Each architecture lives in its own file, read top to bottom: config
-dataclass, parts, model. Register new ones here.
+Each architecture is one folder (``physllm/<name>/``) whose ``ARCH`` says what
+it is; this module collects them, in the order tables list them (GPT, the
+reference, first). Adding one is a line here (or :func:`register` from outside
+the package; see CONTRIBUTING.md). ``MODELS[name] -> (ConfigClass, ModelClass)``.
 """
 
 from __future__ import annotations
@@ -11,29 +13,43 @@ from typing import Any
 
 import torch
 
+from physllm import context_vector, gpt, hamiltonian, hopfield, ngt, qllm
+from physllm.arch import Architecture, LanguageModel, ModelConfig
 from physllm.errors import PhysllmError
-from physllm.models.base import LanguageModel, ModelConfig
-from physllm.models.context_vector import ContextVectorConfig, ContextVectorModel
-from physllm.models.gpt import GPT, GPTConfig
-from physllm.models.hamiltonian import HamiltonianConfig, HamiltonianLM
-from physllm.models.hopfield import HopfieldConfig, HopfieldLM
-from physllm.models.ngt import NGT, NGTConfig
-from physllm.models.qllm import QLLM, QLLMConfig
 
-MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
-    "gpt": (GPTConfig, GPT),
-    "hopfield": (HopfieldConfig, HopfieldLM),
-    "hamiltonian": (HamiltonianConfig, HamiltonianLM),
-    "ngt": (NGTConfig, NGT),
-    "qllm": (QLLMConfig, QLLM),
-    "context_vector": (ContextVectorConfig, ContextVectorModel),
-}
+ARCHITECTURES: dict[str, Architecture] = {}
+MODELS: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {}
+
+
+def register(arch: Architecture, replace: bool = False) -> Architecture:
+    """Add ``arch`` to the registry (its model, presets, leaderboard rows, headlines and
+    commands become visible to the trainer, the leaderboard, the README and the CLI)."""
+    if arch.name in ARCHITECTURES and not replace:
+        raise PhysllmError(f"an architecture named {arch.name!r} is already registered")
+    ARCHITECTURES[arch.name] = arch
+    MODELS[arch.name] = (arch.config_class, arch.model_class)
+    return arch
+
+
+def unregister(name: str) -> None:
+    """Remove architecture ``name`` (tests that register a throwaway one clean up with this)."""
+    ARCHITECTURES.pop(name, None)
+    MODELS.pop(name, None)
+
+
+for _package in (gpt, hamiltonian, context_vector, ngt, qllm, hopfield):  # notebook order
+    register(_package.ARCH)
+
+
+def get_architecture(name: str) -> Architecture:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise PhysllmError(f"unknown model {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
 
 
 def get_model_classes(name: str) -> tuple[type[ModelConfig], type[LanguageModel]]:
-    if not isinstance(name, str) or name not in MODELS:  # a checkpoint's JSON may hold anything
-        raise PhysllmError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name]
+    arch = get_architecture(name)  # a checkpoint's JSON may hold anything: checked there
+    return arch.config_class, arch.model_class
 
 
 def build_model(name: str, config: ModelConfig | dict) -> LanguageModel:
@@ -96,11 +112,13 @@ def match_field(
 
 
 __all__ = [
+    "ARCHITECTURES",
     "MODELS",
-    "GPT",
-    "GPTConfig",
     "LanguageModel",
     "ModelConfig",
+    "get_architecture",
+    "register",
+    "unregister",
     "build_model",
     "count_params",
     "get_model_classes",

@@ -1,6 +1,6 @@
 """QLLM: a byte-level transformer with a phase module, global memory tokens and a coherence loss.
 
-Identical to :mod:`physllm.models.gpt` (pre-LN blocks, GELU MLP, tied head,
+Identical to :mod:`physllm.gpt.model` (pre-LN blocks, GELU MLP, tied head,
 GPT-2 init) except for four things.
 
 **Separate q, k, v, o projections**, so LoRA (:mod:`physllm.lora`) can adapt
@@ -62,9 +62,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from physllm.arch import LanguageModel, ModelConfig
 from physllm.errors import PhysllmError
 from physllm.lora import apply_lora, mark_only_lora_trainable
-from physllm.models.base import LanguageModel, ModelConfig
 from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import (
     FRACTION,
@@ -98,17 +98,18 @@ class QLLMConfig(ModelConfig):
         64  # recurrent: bytes per segment (a block is ceil(block_size / this) segments)
     )
     coherence: float = 0.1  # lambda; our choice (0: off)
-    lora_r: int = 0  # 0: no adapters; > 0: LoRA on q, k, v, o and the base frozen
+    lora_rank: int = 0  # 0: no adapters; > 0: LoRA on q, k, v, o and the base frozen
     lora_alpha: float = 64.0  # update scale alpha / r
     lora_dropout: float = 0.0
 
+    renamed_fields = {"lora_r": "lora_rank"}
     field_rules = {
         "phase": one_of(*PHASES),
         "globals": one_of(*GLOBALS),
         "n_global": NON_NEGATIVE,
         "segment_len": POSITIVE,
         "coherence": at_least(0),
-        "lora_r": NON_NEGATIVE,
+        "lora_rank": NON_NEGATIVE,
         "lora_alpha": POSITIVE_FLOAT,
         "lora_dropout": FRACTION,
     }
@@ -300,9 +301,9 @@ class QLLM(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("attn.o.weight"):  # residual projection, as GPT's c_proj
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        if config.lora_r > 0:
+        if config.lora_rank > 0:
             apply_lora(
-                self, ("q", "k", "v", "o"), config.lora_r, config.lora_alpha, config.lora_dropout
+                self, ("q", "k", "v", "o"), config.lora_rank, config.lora_alpha, config.lora_dropout
             )
             mark_only_lora_trainable(self)
 

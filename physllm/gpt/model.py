@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.models.base import LanguageModel, ModelConfig
-from physllm.nn import MLP, LayerNorm, init_gpt2_weights
+from physllm.arch import LanguageModel, ModelConfig
+from physllm.nn import MLP, CausalSelfAttention, LayerNorm, init_gpt2_weights
 from physllm.validation import check_multiple
 
 
@@ -40,51 +40,11 @@ class GPTConfig(ModelConfig):
         check_multiple(self, "n_embd", "n_head")  # each head takes n_embd / n_head channels
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        check_multiple(config, "n_embd", "n_head")  # configs edited after construction too
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-
-    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
-        """x (B, T, C); ``cache`` the (k, v) of earlier positions, or None."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hs)
-            v = torch.cat([cache[1], v], dim=2)
-        # With a cache the T new queries sit at the end: query i may see keys up
-        # to T_past + i, which is the causal mask shifted right by T_past.
-        T_past = k.size(2) - T
-        if T_past == 0:
-            mask, causal = None, True
-        else:
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(T_past)
-            causal = False
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
-        return self.resid_dropout(self.c_proj(y)), (k, v)
-
-
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
 

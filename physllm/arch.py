@@ -18,7 +18,9 @@ first, so the trainer can slice rows and restart them without knowing more.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +58,9 @@ class ModelConfig:
         "dropout": FRACTION,
     }
 
+    # old field name -> new one, so checkpoints written before a rename still load
+    renamed_fields: ClassVar[dict[str, str]] = {}
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -73,8 +78,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (a checkpoint's ``config.json``); fields renamed since the
+        checkpoint was written (:attr:`renamed_fields`) are read under their new name."""
         if not isinstance(values, dict):
             raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
+        values = {cls.renamed_fields.get(k, k): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -86,12 +94,22 @@ class LanguageModel(nn.Module):
     """Base class: subclasses set ``config_class`` and implement ``forward``."""
 
     config_class: type[ModelConfig] = ModelConfig
+    # old parameter-name prefix -> new one, so checkpoints written before a rename still load
+    renamed_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        if self.renamed_parameters:
+            self._register_load_state_dict_pre_hook(self._rename_old_parameters)
         self.last_aux: dict[str, float] = {}
         self.last_state: Any = None  # carries_state models: the state after the last forward
+
+    def _rename_old_parameters(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        for key in list(state_dict):
+            for old, new in self.renamed_parameters.items():
+                if key.startswith(prefix + old):
+                    state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
     def carries_state(self) -> bool:
         """True: train on consecutive blocks with the state handed on (truncated BPTT)."""
@@ -127,3 +145,100 @@ class LanguageModel(nn.Module):
         history = history[:, -self.config.block_size :]
         logits, _ = self(history)
         return logits[:, -1, :], history
+
+
+# --------------------------------------------------------------------------- descriptors
+#
+# An architecture is one folder, ``physllm/<name>/``, whose ``__init__`` holds an
+# :class:`Architecture`: everything the rest of the package needs to know about
+# it (its config and model, presets, leaderboard rows, README headlines, CLI
+# commands). :mod:`physllm.models` collects them; nothing else names a model.
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration, split by who reads it: ``model`` fields go to the model's
+    config, ``train`` fields to the trainer's (:class:`physllm.training.TrainConfig`).
+
+    ``cpu`` presets run in about three minutes on two CPU cores; ``gpu`` presets
+    are the seed projects' own scale."""
+
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """Both halves as one flat dict (a copy: safe to modify)."""
+        return {**self.train, **self.model}
+
+    def with_(self, model: Mapping[str, Any] = (), train: Mapping[str, Any] = ()) -> Preset:
+        """This preset with some fields changed (or added)."""
+        return replace(
+            self, model={**self.model, **dict(model)}, train={**self.train, **dict(train)}
+        )
+
+    def without(self, *names: str) -> Preset:
+        """This preset without fields ``names`` (their defaults apply)."""
+        return replace(
+            self,
+            model={k: v for k, v in self.model.items() if k not in names},
+            train={k: v for k, v in self.train.items() if k not in names},
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One leaderboard row: ``model`` (a registry name) with ``overrides``; ``match`` names
+    an integer config field searched (in steps of ``match_step``) to bring the parameter
+    count nearest GPT's; ``own_shape`` keeps the model preset's ``n_layer``/``n_head``/``n_embd``."""
+
+    name: str
+    model: str
+    variant: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    match: str | None = None
+    match_step: int = 16
+    own_shape: bool = False
+    per_preset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One README row: run ``run`` of ``notebook``'s report against its run ``baseline``."""
+
+    notebook: str
+    run: str
+    variant: str
+    baseline: str = "gpt"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command an architecture adds: ``python -m physllm <name> --ckpt RUN ...``.
+
+    The CLI builds the parser (``--ckpt`` and ``--device`` are added for every
+    command), calls ``add_arguments(parser)``, then ``check(args)`` (bad input
+    fails here, before any file is read), loads the checkpoint and calls
+    ``run(args, model, tokenizer, device)``. Loading and errors are the CLI's.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[..., None]
+    check: Callable[[argparse.Namespace], None] = lambda args: None
+    description: str = ""
+    model_class: type | None = None  # the checkpoint must hold one of these (None: any)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the package needs to know about one architecture (see CONTRIBUTING.md)."""
+
+    name: str
+    config_class: type[ModelConfig]
+    model_class: type[LanguageModel]
+    notebook: str | None = None  # e.g. "03_ngt"
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    leaderboard: tuple[Entry, ...] = ()
+    headlines: tuple[Headline, ...] = ()
+    commands: tuple[Command, ...] = ()

@@ -1,7 +1,7 @@
 """Figures for the Hamiltonian model (notebook 01): energy along the layers, energy
 drift against dt, phase-space trajectories, the learned local decay, and the
 measured steering curve. Each function takes numbers already computed (by
-:mod:`physllm.integrators`, the model or :mod:`physllm.steering`) and returns a
+:mod:`physllm.hamiltonian.integrators`, the model or :mod:`physllm.hamiltonian.steering`) and returns a
 matplotlib figure."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from physllm.integrators import loglog_slope
+from physllm.hamiltonian.integrators import loglog_slope
 
 
 def plot_layer_energies(energies: dict[str, torch.Tensor]):

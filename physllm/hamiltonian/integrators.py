@@ -1,6 +1,6 @@
 """Symplectic and non-symplectic integrators for H(q, p) = |p|^2 / 2m + V(q).
 
-The functional core of the Hamiltonian model (``physllm.models.hamiltonian``):
+The functional core of the Hamiltonian model (``physllm.hamiltonian.model``):
 each of its layers is one :func:`leapfrog_step`. Everything here is a pure
 function of tensors and a force (or potential) callable, so it can be checked
 on a harmonic oscillator, where the exact answer is known, and on the model's

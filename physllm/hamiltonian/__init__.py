@@ -1,0 +1,31 @@
+"""The Hamiltonian LLM (notebook 01): tokens with position and momentum, a symplectic
+integrator as the layers, steering toward or away from a word."""
+
+from physllm.arch import Architecture, Entry, Headline
+from physllm.hamiltonian.model import HamiltonianConfig, HamiltonianLM
+from physllm.hamiltonian.presets import PRESETS
+
+ARCH = Architecture(
+    name="hamiltonian",
+    config_class=HamiltonianConfig,
+    model_class=HamiltonianLM,
+    notebook="01_hamiltonian",
+    presets=PRESETS,
+    leaderboard=(
+        Entry(
+            "hamiltonian",
+            "hamiltonian",
+            "symplectic: leapfrog layers, direct force",
+            per_preset={"gpu": {"eos_id": -1}},  # its gpu preset's id is gpt2"s; bytes have none
+        ),
+    ),
+    headlines=(
+        Headline("01_hamiltonian", "symplectic", "symplectic (leapfrog, direct force)"),
+        Headline(
+            "01_hamiltonian", "symplectic-conservative", "symplectic, conservative (F = -dV/dq)"
+        ),
+        Headline("01_hamiltonian", "seed", "the seed's model"),
+    ),
+)
+
+__all__ = ["ARCH", "HamiltonianConfig", "HamiltonianLM"]
