@@ -20,7 +20,7 @@
 #
 # Every physics-inspired model in this repository is measured against the
 # model trained here: nanoGPT's character-level Shakespeare GPT, trained by
-# the same `physllm.train.train` that every other notebook uses. This notebook
+# the same `physllm.training.train` that every other notebook uses. This notebook
 # walks through the pieces in order: a corpus, a tokenizer, attention as a
 # weighted average, the causal mask, training, samples and the numbers a
 # report records.
@@ -60,7 +60,7 @@ from physllm.nn import CausalSelfAttention
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.sampling import generate
 from physllm.tokenization import BPETokenizer, ByteTokenizer, CharTokenizer
-from physllm.train import make_config, train
+from physllm.training import make_config, train
 
 # NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device)

@@ -104,8 +104,8 @@ from physllm.hamiltonian.steering import (
     steering_curve,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.presets import baseline_overrides
-from physllm.train import make_config, train
+from physllm.training import baseline_overrides
+from physllm.training import make_config, train
 
 notebook_start = time.perf_counter()
 # NBVAL_IGNORE_OUTPUT
@@ -237,7 +237,7 @@ show_source(SeedBlock)
 # %% [markdown]
 # ## 4. Training next to a vanilla GPT
 #
-# Four runs through `physllm.train.train` on the same preset, data and
+# Four runs through `physllm.training.train` on the same preset, data and
 # steps: the main symplectic model, the other force mode, the seed variant,
 # and GPT. The models match in size: a direct symplectic layer (attention
 # $4C^2$, $W_1$, $W_2$ $8C^2$) and a seed block both have GPT's $12C^2$;

@@ -81,7 +81,7 @@ from physllm.data import TokenData, resolve_default_corpus
 from physllm.lora import LoRALinear, lora_parameter_counts, merge_lora
 from physllm.models import build_model
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.presets import get_preset
+from physllm.training import get_preset
 from physllm.qllm.model import (
     QLLM,
     PhaseGain,
@@ -91,7 +91,7 @@ from physllm.qllm.model import (
     window_mask,
 )
 from physllm.sampling import generate
-from physllm.train import autocast_context, estimate_loss, make_config, resolve_device, train
+from physllm.training import autocast_context, estimate_loss, make_config, resolve_device, train
 
 notebook_start = time.perf_counter()
 preset, device = setup(seed=seed, preset=preset, device=device)
@@ -310,7 +310,7 @@ with torch.no_grad():
 # %% [markdown]
 # ## 3. QLLM against a byte-level GPT at matched parameters and steps
 #
-# Both models train through the same `physllm.train.train` on bytes, with the
+# Both models train through the same `physllm.training.train` on bytes, with the
 # preset's shape, batch, schedule and steps; QLLM's extra parameters (the
 # globals, the phases, the memory norm) are about 1% of the total.
 

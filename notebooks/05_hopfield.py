@@ -77,7 +77,7 @@ from physllm.hopfield.analysis import (
 from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
 from physllm.hopfield.tasks import FactsTask, capacity_curve, recall, train_memory
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.train import make_config, train
+from physllm.training import make_config, train
 
 # NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)

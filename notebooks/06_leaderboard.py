@@ -149,7 +149,7 @@ assert within
 # %% [markdown]
 # ## 2. Training
 #
-# One after another in this process, through `physllm.train.train`. After each
+# One after another in this process, through `physllm.training.train`. After each
 # run the trained model streams text: a 16-token validation prompt, then one
 # token per `decode_step` call up to the block length (GPT reads its key/value
 # cache, the context vector its state, QLLM its global memory; the others

@@ -2,7 +2,7 @@
 
 The package holds every piece of logic; the notebooks in ``notebooks/`` import
 it, explain it and run it. Start with :mod:`physllm.models` (the architectures),
-:mod:`physllm.train` (one trainer) and :mod:`physllm.sampling` (decoding).
+:mod:`physllm.training` (one trainer) and :mod:`physllm.sampling` (decoding).
 """
 
 from physllm.errors import PhysllmError

@@ -140,7 +140,7 @@ def _measure_training(
     resident high-water mark since this call began, above ``baseline`` MB (default:
     what the process holds when the call begins)."""
     from physllm.models import build_model
-    from physllm.train import peak_rss_mb, reset_peak_rss, resolve_device
+    from physllm.training import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -232,7 +232,7 @@ def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
 
 def hardware() -> str:
     """The run's device in ``metrics.json``'s words, plus the torch version."""
-    from physllm.train import device_description
+    from physllm.training import device_description
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return f"{device_description(device)}, torch {torch.__version__}"
@@ -292,7 +292,7 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     of the cache (GPT: keys and values; context_vector: its state vectors).
     """
     from physllm.models import build_model
-    from physllm.train import peak_rss_mb, reset_peak_rss, resolve_device
+    from physllm.training import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -4,7 +4,7 @@ The commands are the :data:`COMMANDS` table below; ``python -m physllm --help``
 lists them with one line each. steer, report and chat live beside the code
 they drive (:mod:`physllm.hamiltonian.steering`, :mod:`physllm.reports`, :mod:`physllm.context_vector.chat`).
 
-Every field of :class:`~physllm.train.TrainConfig` and of the chosen model's
+Every field of :class:`~physllm.training.TrainConfig` and of the chosen model's
 config is a flag (``n_embd`` -> ``--n-embd``). Bad input ends with one line on
 stderr and exit status 2; nothing on disk is touched before the input is
 known to be good.
@@ -76,13 +76,13 @@ def given(args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
 
 def train_parser(model: str) -> ArgumentParser:
     from physllm.models import get_model_classes
-    from physllm.train import TrainConfig
+    from physllm.training import TrainConfig
 
     parser = ArgumentParser(
         prog="physllm train", description="Train a model; writes OUT/metrics.json and checkpoints."
     )
     parser.add_argument(
-        "--preset", default=None, help="a named configuration (physllm/presets.py), e.g. cpu or gpu"
+        "--preset", default=None, help="a named configuration (physllm/training/presets.py), e.g. cpu or gpu"
     )
     add_dataclass_flags(parser.add_argument_group("training"), TrainConfig, skip={"model_config"})
     add_dataclass_flags(parser.add_argument_group(f"model ({model})"), get_model_classes(model)[0])
@@ -91,7 +91,7 @@ def train_parser(model: str) -> ArgumentParser:
 
 def cmd_train(argv: Sequence[str]) -> None:
     from physllm.models import MODELS
-    from physllm.train import make_config, train
+    from physllm.training import make_config, train
 
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--model", default="gpt")
@@ -124,9 +124,9 @@ SAMPLE_RULES = {
 def cmd_sample(argv: Sequence[str]) -> None:
     import torch
 
-    from physllm.checkpoint import load_checkpoint
+    from physllm.training.checkpoint import load_checkpoint
     from physllm.sampling import SamplingConfig, TextStream, stream_generate
-    from physllm.train import resolve_device
+    from physllm.training import resolve_device
 
     parser = ArgumentParser(
         prog="physllm sample", description="Continue a prompt with a trained model."

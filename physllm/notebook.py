@@ -57,7 +57,7 @@ def setup(
     seed: int = 1337, preset: str = "auto", device: str = "auto", threads: int = 0
 ) -> tuple[str, str]:
     """Seed everything; return ``(preset, device)`` resolved from ``auto``."""
-    from physllm.train import resolve_device
+    from physllm.training import resolve_device
 
     random.seed(seed)
     np.random.seed(seed)

@@ -79,7 +79,7 @@ def _device_name_ok(name: str) -> bool:
     return kind == "cuda" and index.isascii() and index.isdigit()
 
 
-# whether the device is present is checked when it is used (physllm.train.resolve_device)
+# whether the device is present is checked when it is used (physllm.training.resolve_device)
 DEVICE = Rule(_device_name_ok, "must be auto, cpu, cuda, cuda:<index> or mps")
 POSITIVE = at_least(1)  # sizes and counts
 NON_NEGATIVE = at_least(0)  # counts where 0 means "off" or "automatic"

@@ -108,7 +108,7 @@ TINY_GPT = dict(
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, small_text_file) -> Path:
     """A tiny GPT trained for 20 steps on the small corpus: a run folder with best/ and last/."""
-    from physllm.train import make_config, train
+    from physllm.training import make_config, train
 
     os.environ.setdefault(
         "PHYSLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "physllm-cache")

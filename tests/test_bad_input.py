@@ -77,7 +77,7 @@ def assert_one_line_error(code: int, stderr: str, pattern: str) -> None:
 @pytest.fixture(scope="session")
 def existing_run(tmp_path_factory, small_text_file) -> Path:
     """A run folder (best/, last/, metrics) from a 4-step tiny GPT: what bad input must not touch."""
-    from physllm.train import train
+    from physllm.training import train
 
     out = tmp_path_factory.mktemp("existing") / "run"
     train(_tiny_config(small_text_file, out, steps=4, eval_interval=2, batch_size=4))
@@ -371,7 +371,7 @@ def _api_cases():
     from physllm.hopfield.model import HopfieldConfig
     from physllm.ngt.model import NGTConfig
     from physllm.qllm.model import QLLMConfig
-    from physllm.train import TrainConfig, make_config
+    from physllm.training import TrainConfig, make_config
 
     return [
         (TrainConfig, dict(lr=float("nan")), "--lr must be a finite number"),
@@ -443,7 +443,7 @@ def test_build_model_rejects_bad_dicts_and_edited_configs():
 
 
 def test_config_from_dict_rejects_bad_content():
-    from physllm.train import config_from_dict, make_config
+    from physllm.training import config_from_dict, make_config
 
     good = make_config("gpt", steps=10).to_dict()
     assert config_from_dict(good).to_dict() == good  # the round trip still works
@@ -454,7 +454,7 @@ def test_config_from_dict_rejects_bad_content():
 
 
 def _tiny_config(corpus: Path, out: Path, **changes):
-    from physllm.train import make_config
+    from physllm.training import make_config
 
     values = dict(
         corpus=str(corpus),
@@ -474,7 +474,7 @@ def _tiny_config(corpus: Path, out: Path, **changes):
 
 
 def test_train_rejects_a_block_longer_than_the_corpus(small_text_file, tmp_path):
-    from physllm.train import train
+    from physllm.training import train
 
     out = tmp_path / "out"
     with pytest.raises(PhysllmError, match="fewer than one block of 100000"):
@@ -484,7 +484,7 @@ def test_train_rejects_a_block_longer_than_the_corpus(small_text_file, tmp_path)
 
 def test_train_revalidates_a_config_edited_in_place(small_text_file, tmp_path):
     """Notebooks set fields after make_config: train() checks them again before starting."""
-    from physllm.train import train
+    from physllm.training import train
 
     out = tmp_path / "out"
     cfg = _tiny_config(small_text_file, out)
@@ -506,8 +506,8 @@ def test_train_revalidates_a_config_edited_in_place(small_text_file, tmp_path):
 def test_every_preset_and_leaderboard_config_is_valid():
     """Validation must not reject what the project itself ships."""
     from physllm.leaderboard import build_configs
-    from physllm.presets import PRESETS
-    from physllm.train import make_config
+    from physllm.training import PRESETS
+    from physllm.training import make_config
 
     for model, presets in PRESETS.items():
         for preset in presets:

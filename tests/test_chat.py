@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from physllm.checkpoint import load_checkpoint
+from physllm.training.checkpoint import load_checkpoint
 from physllm.context_vector.chat import (
     STOP_MARKERS,
     ChatSession,
@@ -20,7 +20,7 @@ from physllm.data import CHAT_END, CHAT_ROLES, format_chat, load_corpus
 from physllm.errors import PhysllmError
 from physllm.sampling import SamplingConfig, generate
 from physllm.tokenization import CharTokenizer
-from physllm.train import make_config, train
+from physllm.training import make_config, train
 
 from .conftest import REPO
 
@@ -171,7 +171,7 @@ def test_session_reply_is_the_models_greedy_continuation(chat_run):
 
 
 def test_chat_refuses_a_checkpoint_without_chat_markers(tmp_path):
-    from physllm.checkpoint import save_checkpoint
+    from physllm.training.checkpoint import save_checkpoint
     from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel
 
     tok = CharTokenizer.fit("plain text only\n")

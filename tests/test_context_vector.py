@@ -19,7 +19,7 @@ from physllm.context_vector.model import (
 from physllm.errors import PhysllmError
 from physllm.gpt import GPT, GPTConfig
 from physllm.models import build_model, match_field
-from physllm.train import make_config
+from physllm.training import make_config
 
 from .conftest import REPO
 

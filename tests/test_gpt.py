@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from physllm.checkpoint import load_checkpoint, save_checkpoint
+from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.models import MODELS, build_model
 from physllm.tokenization import ByteTokenizer

@@ -137,8 +137,8 @@ def test_steer_vector_uses_every_token(variant):
 
 @pytest.mark.parametrize("kind", ["symplectic-direct", "seed"])
 def test_trains_through_physllm_train(kind, small_text_file, tmp_path):
-    from physllm.checkpoint import load_checkpoint
-    from physllm.train import make_config, train
+    from physllm.training.checkpoint import load_checkpoint
+    from physllm.training import make_config, train
 
     cfg = make_config(
         "hamiltonian",
@@ -161,7 +161,7 @@ def test_trains_through_physllm_train(kind, small_text_file, tmp_path):
 
 
 def test_gpu_preset_is_the_seeds_configuration():
-    from physllm.train import make_config
+    from physllm.training import make_config
 
     cfg = make_config("hamiltonian", "gpu")
     m = cfg.model_config

@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from physllm.checkpoint import save_checkpoint  # noqa: E402
+from physllm.training.checkpoint import save_checkpoint  # noqa: E402
 from physllm.context_vector.hf import (  # noqa: E402
     ContextVectorForCausalLM,
     ContextVectorHFConfig,

@@ -197,7 +197,7 @@ def test_parameters_match_the_vanilla_gpt():
 def test_gpu_preset_is_the_seeds_wikitext103_run():
     from dataclasses import replace
 
-    from physllm.train import make_config
+    from physllm.training import make_config
 
     cfg = make_config("ngt", "gpu")
     m = cfg.model_config
@@ -257,7 +257,7 @@ def test_bad_options_are_clear_errors():
 
 
 def test_generation_and_checkpoint_round_trip(tmp_path):
-    from physllm.checkpoint import load_checkpoint, save_checkpoint
+    from physllm.training.checkpoint import load_checkpoint, save_checkpoint
     from physllm.sampling import generate
     from physllm.tokenization import CharTokenizer
 

@@ -429,7 +429,7 @@ def test_corpus_line_names_explicit_corpora():
 
 TRAIN_SNIPPET = """
 import sys
-from physllm.train import make_config, train
+from physllm.training import make_config, train
 cfg = make_config("gpt", corpus=sys.argv[1], out_dir=sys.argv[2], steps=4, n_layer=1, n_head=1,
                   n_embd=16, block_size=16, batch_size=2, eval_iters=1, warmup_steps=1,
                   progress=False, tensorboard=False)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from physllm.checkpoint import (
+from physllm.training.checkpoint import (
     CRASH_ENV,
     MARKER,
     TRAINER_STATE,
@@ -49,7 +49,7 @@ TRAIN_ARGS = [
 # slow enough to be killed mid-way on any machine, and its numbers are unchanged.
 LAUNCH = """
 import os, sys, time
-import physllm.train as train_module
+import physllm.training.trainer as train_module
 schedule, pause = train_module.lr_at, float(os.environ.get("SLOW", "0"))
 def slowed(step, cfg):
     time.sleep(pause)
@@ -324,7 +324,7 @@ def test_truncated_history_without_a_saved_copy_is_one_line(tmp_path, launch, ha
 
 
 def test_json_outputs_are_written_atomically(tmp_path, monkeypatch):
-    from physllm.checkpoint import write_json_atomic
+    from physllm.training.checkpoint import write_json_atomic
 
     path = tmp_path / "metrics.json"
     write_json_atomic(path, {"a": 1})
@@ -342,7 +342,7 @@ def test_json_outputs_are_written_atomically(tmp_path, monkeypatch):
 def test_what_a_kill_leaves_of_a_json_write_is_gone_after_the_next_write(tmp_path):
     """SIGKILL skips the cleanup above: the half-written sibling stays until the next write
     of the same file, which reuses its name and renames it away (a resumed run leaves none)."""
-    from physllm.checkpoint import write_json_atomic
+    from physllm.training.checkpoint import write_json_atomic
 
     path = tmp_path / "history.json"
     write_json_atomic(path, [{"step": 1}])

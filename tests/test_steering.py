@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from physllm.checkpoint import load_checkpoint
+from physllm.training.checkpoint import load_checkpoint
 from physllm.hamiltonian.steering import (
     DecodeConfig,
     continuation_nll,
@@ -27,7 +27,7 @@ from tests.conftest import REPO, TINY_GPT
 @pytest.fixture(scope="module")
 def ham_run(tmp_path_factory, small_text_file) -> Path:
     """A tiny symplectic Hamiltonian model trained 40 steps on the small corpus."""
-    from physllm.train import make_config, train
+    from physllm.training import make_config, train
 
     out = tmp_path_factory.mktemp("ham_run")
     train(
@@ -46,7 +46,7 @@ def ham_run(tmp_path_factory, small_text_file) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(ham_run):
-    from physllm.checkpoint import load_checkpoint
+    from physllm.training.checkpoint import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(ham_run)
     return model, tokenizer

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from physllm.checkpoint import load_checkpoint
+from physllm.training.checkpoint import load_checkpoint
 from physllm.errors import PhysllmError, TrainingDivergedError
-from physllm.train import lr_at, make_config, train
+from physllm.training import lr_at, make_config, train
 
 from .conftest import REPO, TINY_GPT
 
@@ -185,7 +185,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(small_text_file, tmp
 
 DDP_SCRIPT = """
 import hashlib, os, sys, torch
-from physllm.train import make_config, train
+from physllm.training import make_config, train
 corpus, out, model = sys.argv[1], sys.argv[2], sys.argv[3]
 from physllm.data import StreamSampler
 init = StreamSampler.__init__

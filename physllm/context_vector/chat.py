@@ -167,9 +167,9 @@ def local_data(data_dir: str | Path, cache_dir: str | Path) -> Iterator[None]:
 
 
 def cmd_chat(argv: Sequence[str]) -> None:
-    from physllm.checkpoint import load_checkpoint
+    from physllm.training.checkpoint import load_checkpoint
     from physllm.cli import ArgumentParser, add_dataclass_flags, given
-    from physllm.train import resolve_device
+    from physllm.training import resolve_device
 
     parser = ArgumentParser(
         prog="physllm chat",

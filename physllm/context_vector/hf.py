@@ -181,7 +181,7 @@ def hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     """A physllm context_vector checkpoint (or run folder) -> an HF folder (weights + tokenizer)."""
-    from physllm.checkpoint import load_checkpoint
+    from physllm.training.checkpoint import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(ckpt)
     hf = to_hf(model)

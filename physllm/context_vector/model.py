@@ -41,7 +41,7 @@ Two gatings (``gates``):
   h_t = FNN([x_t, LayerNorm(c_{t-1})]).
 
 Training (``carry_state``): with ``carry_state=True`` (the presets' choice,
-as the seed describes) :func:`physllm.train.train` reads the corpus as
+as the seed describes) :func:`physllm.training.train` reads the corpus as
 ``batch_size`` parallel streams of consecutive blocks and hands each row's
 context from one block to the next, detached: truncated backpropagation
 through time. The gradient reaches back at most one block, but the forward

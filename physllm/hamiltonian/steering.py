@@ -315,9 +315,9 @@ def compare_decoders(
 
 
 def _load(ckpt: str, device: str):
-    from physllm.checkpoint import load_checkpoint
+    from physllm.training.checkpoint import load_checkpoint
     from physllm.hamiltonian.model import HamiltonianLM
-    from physllm.train import resolve_device
+    from physllm.training import resolve_device
 
     dev = resolve_device(device)
     model, tokenizer, _ = load_checkpoint(ckpt, dev)

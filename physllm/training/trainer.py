@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from physllm.checkpoint import (
+from physllm.training.checkpoint import (
     find_checkpoint,
     load_trainer_state,
     load_weights,
@@ -172,7 +172,7 @@ def make_config(model: str = "gpt", preset: str | None = None, **overrides: Any)
     Overrides may name TrainConfig fields or the model config's fields alike
     (``make_config("gpt", "cpu", steps=100, n_layer=2)``); an unknown name is an error.
     """
-    from physllm.presets import get_preset
+    from physllm.training import get_preset
 
     values = {**(get_preset(model, preset) if preset else {}), **overrides}
     config_cls, _ = get_model_classes(model)

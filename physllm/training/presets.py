@@ -37,7 +37,7 @@ def baseline_overrides(model: str, preset: str, baseline: str = "gpt") -> dict[s
     import dataclasses
 
     from physllm.models import get_model_classes
-    from physllm.train import TrainConfig
+    from physllm.training import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} | {
         f.name for f in dataclasses.fields(get_model_classes(baseline)[0])
