@@ -69,7 +69,7 @@ import dataclasses
 import pandas as pd
 import torch
 
-from physllm import leaderboard as lb
+from physllm.experiments import leaderboard as lb
 from physllm.analysis import plot_length_sweep, plot_loss_curves, save_figure
 from physllm.bench import format_length_table
 from physllm.data import TokenData

@@ -260,7 +260,7 @@ def test_bench_prints_ratios_against_gpt(tmp_path):
 
 
 def test_bench_all_is_every_leaderboard_entry_with_ratios_against_gpt(tmp_path):
-    from physllm.leaderboard import ENTRIES
+    from physllm.experiments.leaderboard import ENTRIES
     from physllm.models import MODELS
 
     out = tmp_path / "bench.json"

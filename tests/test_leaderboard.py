@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from physllm import leaderboard as lb
 from physllm.bench import BenchConfig, measure_lengths, model_config_for
 from physllm.errors import PhysllmError
+from physllm.experiments import leaderboard as lb
 from physllm.models import MODELS, build_model
+from physllm.reporting import readme as rd
+from physllm.reporting import rebuild_index
 
 from .conftest import shakespeare_available
 
@@ -230,36 +232,34 @@ old text
 
 def test_readme_section_placeholder_table_and_gpu_block(tmp_path):
     reports = tmp_path / "reports"
-    text = lb.readme_text(README, reports)
+    text = rd.leaderboard_text(README, reports)
     assert "No CPU leaderboard report yet" in text and "old text" not in text
     assert "leaderboard:gpu" not in text and text.endswith("## next section\n")
 
     write_report(reports, "cpu", fake_metrics())
-    text = lb.readme_text(text, reports)
-    start, end = lb.markers("cpu")
+    text = rd.leaderboard_text(text, reports)
+    start, end = rd.markers("cpu")
     section = text.split(start)[1].split(end)[0]
     assert "cpu (test box)" in section and "400 steps of 12 x 64 tokens" in section
     assert "| ngt (seed) |" in section and "| context_vector (fixed) |" in section
     assert "2.010" in section and "3m 21s" in section and "abc1234" in section
     assert "| 2.020 † |" in section and "† Trained on consecutive blocks" in section
     assert "leaderboard:gpu" not in text
-    assert lb.readme_text(text, reports) == text  # idempotent
+    assert rd.leaderboard_text(text, reports) == text  # idempotent
 
     write_report(reports, "gpu", fake_metrics("cuda (Test GPU)"))
-    text = lb.readme_text(text, reports)
+    text = rd.leaderboard_text(text, reports)
     assert text.index("leaderboard:cpu:end") < text.index("leaderboard:gpu:start")
     assert "cuda (Test GPU)" in text and "Every model at one budget, GPU" in text
-    assert lb.readme_text(text, reports) == text
+    assert rd.leaderboard_text(text, reports) == text
 
     write_report(reports, "gpu", fake_metrics("cuda (Test GPU)"), status="failed")
-    text = lb.readme_text(text, reports)  # a failed GPU run: no GPU table
+    text = rd.leaderboard_text(text, reports)  # a failed GPU run: no GPU table
     assert "leaderboard:gpu" not in text and text.endswith("## next section\n")
-    assert lb.readme_text("no markers here\n", reports) == "no markers here\n"
+    assert rd.leaderboard_text("no markers here\n", reports) == "no markers here\n"
 
 
 def test_rebuild_index_regenerates_the_readme_beside_the_reports(tmp_path):
-    from physllm.reports import rebuild_index
-
     reports = tmp_path / "reports"
     write_report(reports, "cpu", fake_metrics())
     (tmp_path / "README.md").write_text(README)
@@ -292,7 +292,7 @@ def test_notebook_runs_with_few_steps(run_notebook, tmp_path):
     reports = tmp_path / "reports"
     folder = write_report(reports, "cpu", metrics)
     shutil.copy(out_dir / "metrics.json", folder / "metrics.json")
-    section = lb.render_section("cpu", reports)
+    section = rd.render_section("cpu", reports)
     for e in lb.ENTRIES:
         label = e.model if e.name == e.model else f"{e.model} ({e.name.split('-', 1)[1]})"
         assert f"| {label} |" in section

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from physllm import readme
+from physllm.reporting import readme, rebuild_index
 
 from .conftest import REPO
 
@@ -86,8 +86,6 @@ def test_repo_readme_is_what_the_committed_reports_generate():
 
 
 def test_a_local_index_leaves_the_readme_beside_it_alone(tmp_path):
-    from physllm.reports import rebuild_index
-
     reports = tmp_path / "reports"
     write_notebook_report(reports, "03_ngt", {"ngt": run_metrics(2.0), "gpt": run_metrics(2.1)})
     write_notebook_report(

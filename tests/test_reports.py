@@ -17,9 +17,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import physllm.reports as reports_mod
+import physllm.reporting.runner as reports_mod
 from physllm.errors import PhysllmError
-from physllm.reports import (
+from physllm.reporting import (
     collect_runs,
     corpus_line,
     default_run_name,
@@ -407,7 +407,7 @@ def test_reference_run_is_written_or_replaced_only_when_asked(tmp_path):
 def test_first_line_for_an_offline_default_corpus_says_it_falls_back(tmp_path):
     if (REPO / "data" / "tinyshakespeare.txt").exists():
         pytest.skip("data/tinyshakespeare.txt is here: default does not fall back on this machine")
-    script = "from physllm.reports import corpus_line; print(corpus_line({'nb': {}}, {'corpus': 'default'}))"
+    script = "from physllm.reporting import corpus_line; print(corpus_line({'nb': {}}, {'corpus': 'default'}))"
     proc = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,

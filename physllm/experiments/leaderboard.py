@@ -3,12 +3,12 @@
 Each :class:`Entry` is a row: a registered model, the variant's config
 overrides and, where the variant is far from GPT's size, the config field that
 is searched to match GPT's parameter count (:func:`match_field`). Every entry
-trains through :func:`physllm.train.train` with one recipe
+trains through :func:`physllm.training.train` with one recipe
 (:data:`RECIPES`): the same corpus, tokenizer, batch, block, steps, schedule,
 optimizer settings and seed. A configuration is built in layers, each
 overriding the one before:
 
-1. the model's own preset (``physllm.presets``, same preset name): its
+1. the model's own preset (``physllm.training``, same preset name): its
    architecture knobs (NGT's coordinate sizes, QLLM's globals and segments,
    the context vector's widths) and anything else it sets;
 2. the recipe (every training field, plus ``block_size`` and ``dropout``) and,
@@ -26,17 +26,15 @@ training length is the table's peak memory (one process held all the
 training runs, so the trainer's own peak is not per model).
 
 The README's results section is generated from the leaderboard report's
-``metrics.json`` (:func:`readme_text`, applied by :func:`physllm.readme.update_readme`
-when :func:`physllm.reports.rebuild_index` runs), between ``<!-- leaderboard:<hw>:start -->``
-and ``<!-- leaderboard:<hw>:end -->`` markers: ``cpu`` always, ``gpu`` only
-once a GPU report exists.
+``metrics.json`` by the reporting layer (:func:`physllm.reporting.readme.leaderboard_text`,
+applied when :func:`physllm.reporting.index.rebuild_index` runs); this module only
+runs the entries and builds the rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,9 +43,10 @@ from typing import Any
 import torch
 
 from physllm.arch import Entry
+from physllm.bench import BenchConfig, decode_speed, model_config_for, run_length_bench
 from physllm.errors import PhysllmError
-from physllm.models import ARCHITECTURES, count_params, match_field
-from physllm.presets import NANOGPT_CHAR_CPU, PRESETS
+from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
+from physllm.training import NANOGPT_CHAR_CPU, PRESETS, TrainConfig, make_config, train
 
 NOTEBOOK = "06_leaderboard"
 REFERENCE = "gpt"
@@ -61,7 +60,7 @@ ENTRIES: tuple[Entry, ...] = tuple(e for arch in ARCHITECTURES.values() for e in
 
 # One recipe per preset: every field that decides a run's budget or optimizer.
 RECIPES: dict[str, dict[str, Any]] = {
-    # nanoGPT's Shakespeare-char CPU recipe (physllm.presets) on bytes, fewer steps so
+    # nanoGPT's Shakespeare-char CPU recipe (physllm.training) on bytes, fewer steps so
     # that eight models train in about three minutes on two cores.
     "cpu": dict(
         {k: v for k, v in NANOGPT_CHAR_CPU.items()},
@@ -143,9 +142,6 @@ def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
 
 
 def _fields(model: str) -> tuple[set[str], set[str]]:
-    from physllm.models import get_model_classes
-    from physllm.train import TrainConfig
-
     train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "model_config"}
     model_names = {f.name for f in dataclasses.fields(get_model_classes(model)[0])}
     return train_names, model_names
@@ -186,8 +182,6 @@ def build_configs(
     """``{entry name: TrainConfig}`` for ``entries`` (default: all), each entry with
     ``match`` set to GPT's parameter count. ``budget`` overrides recipe fields for all
     (``steps``, ``seed``, ``device``, ``threads``, ``corpus``...)."""
-    from physllm.train import make_config
-
     entries = list(entries or ENTRIES)
     train_names, _ = _fields(REFERENCE)
     unknown = sorted(set(budget) - train_names - {"block_size", "dropout", *SHAPE_FIELDS})
@@ -228,8 +222,6 @@ def inference_speed(
 ) -> dict[str, float]:
     """Streaming decode of the trained model: ``prompt`` (1, P), then ``new_tokens`` tokens
     one ``decode_step`` each (physllm.bench.decode_speed); best of ``repeats`` passes."""
-    from physllm.bench import decode_speed
-
     return decode_speed(model, prompt, new_tokens, repeats=repeats)
 
 
@@ -238,12 +230,10 @@ def run_entries(
     prompt_tokens: int = 16,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Train every config in turn (``physllm.train.train``) and measure each trained
+    """Train every config in turn (``physllm.training.train``) and measure each trained
     model's streaming inference speed from a validation prompt of ``prompt_tokens``
     up to its block. Returns ``{name: RunResult}``; each ``metrics`` gains
     ``infer_tokens_per_sec`` and ``infer_ms_per_token``."""
-    from physllm.train import train
-
     results = {}
     for name, cfg in configs.items():
         t0 = time.perf_counter()
@@ -274,8 +264,6 @@ def bench_spec(model: str, config: Mapping[str, Any], bench_cfg: Any) -> str:
     """A ``physllm.bench`` model spec (``ngt:kernel=seed``) that builds ``config`` at
     ``bench_cfg``'s shape: the fields where ``config`` differs from what the benchmark's
     shared shape gives (``block_size``, ``vocab_size`` and ``dropout`` are the bench's)."""
-    from physllm.bench import model_config_for
-
     _, base = model_config_for(model, bench_cfg)
     diff = [
         f"{k}={v}"
@@ -295,8 +283,6 @@ def sweep_config(
 ) -> tuple[Any, dict[str, str]]:
     """The :class:`physllm.bench.BenchConfig` of the length sweep for trained ``configs``:
     the recipe's shape and :data:`SWEEPS`; returns ``(bench_config, {spec: entry name})``."""
-    from physllm.bench import BenchConfig
-
     any_cfg = next(iter(configs.values()))
     mcfg = configs.get(REFERENCE, any_cfg).model_config
     sweep = {**SWEEPS[preset], **changes}
@@ -321,8 +307,6 @@ def sweep_config(
 
 def run_sweep(bench_cfg: Any, labels: Mapping[str, str]) -> list[dict[str, Any]]:
     """:func:`physllm.bench.run_length_bench`, each row labelled with its entry name."""
-    from physllm.bench import run_length_bench
-
     rows = run_length_bench(bench_cfg)
     for row in rows:
         row["label"] = labels.get(row["model"], row["model"])
@@ -333,8 +317,6 @@ def run_sweep(bench_cfg: Any, labels: Mapping[str, str]) -> list[dict[str, Any]]
 def bench_all_config(preset: str, **given: Any) -> tuple[Any, dict[str, str]]:
     """``python -m physllm bench --all``: every entry as a benchmark spec at the recipe's
     training shape (flags in ``given`` win). Returns ``(BenchConfig, {spec: entry name})``."""
-    from physllm.bench import BenchConfig
-
     r = recipe(preset)
     shape = {k: r[k] for k in ("batch_size", "block_size", *SHAPE_FIELDS)}
     shape["vocab_size"] = 256  # the recipe's byte tokens
@@ -432,146 +414,6 @@ def leaderboard_frame(rows: Sequence[Mapping[str, Any]]):
     )
 
 
-# --------------------------------------------------------------------------- README
-
-
-def _num(value: Any, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, (int, float)) else ""
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The leaderboard rows as a markdown table (lines)."""
-    from physllm.reports import _millions
-
-    unit = rows[0].get("bpc_unit", "char") if rows else "char"
-    header = [
-        "model",
-        "variant",
-        "params",
-        "val loss",
-        f"bits / {unit}",
-        "train tokens/s",
-        "speed x gpt",
-        "inference tokens/s",
-        "peak MB",
-        "mem x gpt",
-        "train wall",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        cells = [
-            f"{r['model']}"
-            if r["entry"] == r["model"]
-            else f"{r['model']} ({r['entry'].split('-', 1)[-1]})",
-            str(r.get("variant", "")).replace("|", "\\|"),
-            _millions(r.get("params")),
-            _num(r.get("val_loss"), ".3f") + (" †" if r.get("carries_state") else ""),
-            _num(r.get("val_bpc"), ".3f"),
-            _num(r.get("train_tokens_per_sec"), ",.0f"),
-            _num(r.get("speed_vs_gpt"), ".2f"),
-            _num(r.get("infer_tokens_per_sec"), ",.0f"),
-            _num(r.get("peak_mem_mb"), ",.0f"),
-            _num(r.get("mem_vs_gpt"), ".2f"),
-            f"{r['wall_s']:.0f} s" if isinstance(r.get("wall_s"), (int, float)) else "",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def markers(tag: str) -> tuple[str, str]:
-    return f"<!-- leaderboard:{tag}:start -->", f"<!-- leaderboard:{tag}:end -->"
-
-
-def report_run(reports_dir: str | os.PathLike, tag: str) -> dict[str, Any] | None:
-    """The leaderboard report ``reports_dir/06_leaderboard/<tag>`` (the default-parameter
-    run on that hardware) when it finished: ``{"run": run.json, "metrics": metrics.json}``."""
-    from physllm.reports import read_json
-
-    folder = Path(reports_dir) / NOTEBOOK / tag
-    run, metrics = read_json(folder / "run.json"), read_json(folder / "metrics.json")
-    if run.get("status") != "ok" or not metrics.get("leaderboard"):
-        return None
-    return {"run": run, "metrics": metrics, "folder": folder}
-
-
-def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
-    """The README text between ``tag``'s markers, from the report's ``metrics.json``
-    alone (and ``run.json`` for date and notebook wall time)."""
-    from physllm.reports import format_seconds
-
-    found = report_run(reports_dir, tag)
-    label = tag.upper()
-    if found is None:
-        return (
-            f"_No {label} leaderboard report yet: `python -m physllm report {NOTEBOOK}` on a "
-            f"{label} machine writes `reports/{NOTEBOOK}/{tag}/` and fills this table._"
-        )
-    run, m = found["run"], found["metrics"]
-    rows = m["leaderboard"]
-    base = f"{link_root}/{NOTEBOOK}/{tag}"
-    r = rows[0]
-    unit = r.get("bpc_unit", "char")
-    sweep = m.get("sweep_config", {})
-    lines = [
-        f"**Every model at one budget, {label}** ([report]({base}/{NOTEBOOK}.html), "
-        f"[metrics.json]({base}/metrics.json); this table is generated from that file by "
-        f"`python -m physllm report {NOTEBOOK}`, do not edit it). "
-        f"{m.get('corpus', '')} ({m.get('tokenizer', '')} tokens, bits per {unit}), "
-        f"{r['steps']} steps of {m.get('batch_size', '?')} x {m.get('block_size', '?')} tokens "
-        f"({r['tokens_seen']:,} tokens), seed {m.get('seed', '')}, every model within "
-        f"{m.get('param_tolerance', PARAM_TOLERANCE):.0%} of GPT's parameters; "
-        f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
-        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
-        f"physllm {m.get('git_sha', run.get('git_sha', ''))}.",
-        "",
-        *markdown_table(rows),
-        "",
-        *(
-            [
-                "† Trained on consecutive blocks with the state handed on (truncated BPTT) "
-                "and evaluated so: the state carries the text before each block, where the "
-                f"other models see a window of {m.get('block_size', '?')} tokens.",
-                "",
-            ]
-            if any(row.get("carries_state") for row in rows)
-            else []
-        ),
-        "Train tokens/s: the training run itself (the runs went one after another). "
-        "Speed, peak memory and their ratios: one training step at the training shape"
-        + (f" (batch {sweep.get('batch_size')})" if sweep else "")
-        + ", each model in a fresh process (peak: "
-        + ("resident memory above the process's start" if tag == "cpu" else "CUDA allocated")
-        + "). Inference: streaming decode, batch 1, to the block length (1 / median step).",
-    ]
-    return "\n".join(lines)
-
-
-def replace_between(text: str, start: str, end: str, body: str) -> str:
-    """``text`` with what lies between the ``start`` and ``end`` lines replaced by ``body``."""
-    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.S)
-    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text, count=1)
-
-
-def readme_text(text: str, reports_dir: str | os.PathLike) -> str:
-    """``text`` (a README) with its leaderboard sections regenerated: ``cpu`` between its
-    markers; ``gpu`` after the cpu section when a GPU report exists, removed otherwise."""
-    cpu_start, cpu_end = markers("cpu")
-    gpu_start, gpu_end = markers("gpu")
-    if cpu_start not in text or cpu_end not in text:
-        return text
-    text = replace_between(text, cpu_start, cpu_end, render_section("cpu", reports_dir))
-    has_gpu = report_run(reports_dir, "gpu") is not None
-    if gpu_start in text:
-        if has_gpu:
-            return replace_between(text, gpu_start, gpu_end, render_section("gpu", reports_dir))
-        pattern = re.compile(r"\n*" + re.escape(gpu_start) + r".*?" + re.escape(gpu_end), re.S)
-        return pattern.sub("", text, count=1)
-    if has_gpu:
-        block = f"{gpu_start}\n{render_section('gpu', reports_dir)}\n{gpu_end}"
-        return text.replace(cpu_end, f"{cpu_end}\n\n{block}", 1)
-    return text
-
-
 __all__ = [
     "ENTRIES",
     "Entry",
@@ -585,10 +427,8 @@ __all__ = [
     "inference_speed",
     "leaderboard_frame",
     "leaderboard_rows",
-    "markdown_table",
     "match_field",
     "recipe",
-    "render_section",
     "run_entries",
     "run_sweep",
     "select_entries",

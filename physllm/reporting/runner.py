@@ -13,7 +13,7 @@ Two places hold run folders, so that a user's run never touches a tracked file:
 
 * **Reference runs**, committed: ``reports/<notebook>/<run>/``, indexed in the
   tracked ``reports/README.md``; the repository README's result tables are
-  generated from them (:func:`physllm.readme.update_readme`). Only
+  generated from them (:func:`physllm.reporting.readme.update_readme`). Only
   ``--reference`` writes here, into ``<run>`` = the hardware (``cpu``, ``gpu``)
   plus any overridden parameters (``-p steps 20`` on a CPU: ``cpu-steps20``)
   unless ``--run-name`` says otherwise. A reference run that exists already is
@@ -22,7 +22,7 @@ Two places hold run folders, so that a user's run never touches a tracked file:
   tracked index and the README tables.
 * **Local runs**, gitignored (``/reports/local/`` in ``.gitignore``):
   ``reports/local/<notebook>/<run>/``, indexed in ``reports/local/README.md``
-  (:data:`LOCAL_DIR`). A plain ``python -m physllm report NB`` goes here, into
+  (:data:`physllm.reporting.index.LOCAL_DIR`). A plain ``python -m physllm report NB`` goes here, into
   a new folder ``<hardware>[-overrides]-<UTC time>-<commit>`` that no other run
   can have (:func:`claim_run_dir` creates it atomically and adds ``-2``,
   ``-3``... when two runs start in the same second). ``--run-name NAME`` names
@@ -48,12 +48,11 @@ stderr, and sets ``PHYSLLM_PROGRESS=text`` for the kernel, so the trainer's
 bar is plain text there instead of a widget no one sees (:mod:`physllm.progress`).
 
 The indexes are rebuilt from every ``run.json`` and ``metrics.json`` after each
-command (:func:`rebuild_index`); they are generated, never edited.
+command (:func:`physllm.reporting.index.rebuild_index`); they are generated, never edited.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import datetime as dt
@@ -68,25 +67,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from physllm.data import repo_root
+from physllm.data import default_corpus_notice, repo_root
 from physllm.errors import PhysllmError
-from physllm.train import git_sha
+from physllm.fmt import clock, first_line, format_seconds, read_json
+from physllm.progress import PROGRESS_ENV
+from physllm.reporting.index import default_reports_dir, local_reports_dir, rebuild_index
+from physllm.training import device_description, git_sha
 
 NOTEBOOKS_ENV = "PHYSLLM_NOTEBOOKS_DIR"  # where notebooks are looked up (tests point it elsewhere)
 HEAVY_DIRS = ("best", "last", "tb")  # checkpoints and TensorBoard logs
 HEAVY_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # weights, token memmaps
-WARN_MB = 10.0  # a report folder bigger than this gets a warning: reports are committed
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
-INDEX_NAME = "README.md"
-LOCAL_DIR = "local"  # reports/local/: a user's own runs, gitignored (the module docstring)
 NBVAL_MARKER = re.compile(r"#\s*NBVAL_")  # "# NBVAL_IGNORE_OUTPUT" says nothing about a cell
 ENGINE_NAME = "physllm-report"  # the papermill engine that says which cell runs
-
-
-class ReportFailedError(PhysllmError):
-    """A notebook raised; its report is written and the command exits with status 1."""
-
-    exit_code = 1
 
 
 # --------------------------------------------------------------------------- inputs
@@ -98,11 +91,6 @@ def default_notebooks_dir() -> Path:
         return Path(os.environ[NOTEBOOKS_ENV])
     root = repo_root()
     return (root or Path.cwd()) / "notebooks"
-
-
-def default_reports_dir() -> Path:
-    root = repo_root()
-    return (root or Path.cwd()) / "reports"
 
 
 def available_notebooks(notebooks_dir: Path) -> list[str]:
@@ -193,15 +181,7 @@ def describe_corpus(corpus: Any) -> str:
     """One line naming a corpus; for ``default``, what it resolves to here (and why)."""
     if corpus != "default":
         return f"corpus: {corpus}"
-    from physllm import data
-
-    notice = getattr(data, "default_corpus_notice", None)
-    if notice is not None:
-        return notice()
-    # an older physllm.data without the notice: say the same thing from the resolution
-    if data.resolve_default_corpus() == "shakespeare":
-        return "corpus: TinyShakespeare"
-    return "TinyShakespeare not found, using pydocs (offline)"
+    return default_corpus_notice()
 
 
 def corpus_line(defaults: dict[str, dict[str, Any]], parameters: dict[str, Any]) -> str:
@@ -233,8 +213,6 @@ def hardware_tag() -> str:
 def hardware_description() -> str:
     """The same words as ``metrics.json``'s ``device`` (used when a notebook wrote none)."""
     import torch
-
-    from physllm.train import device_description
 
     return device_description(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -297,12 +275,6 @@ def first_source_line(source: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def _announce_cells(nb_man: Any, stream: Any, label: str) -> None:
     """Make papermill's execution manager print ``label cell 3/24 [0:42] <first line>`` on
     ``stream`` as each code cell starts (papermill calls ``nb_man.cell_start`` per cell)."""
@@ -313,7 +285,7 @@ def _announce_cells(nb_man: Any, stream: Any, label: str) -> None:
     def cell_start(cell: Any, cell_index: int | None = None, **kwargs: Any) -> Any:
         if cell_index in order:
             print(
-                f"{label} cell {order[cell_index]}/{len(code)} [{_clock(time.perf_counter() - t0)}]"
+                f"{label} cell {order[cell_index]}/{len(code)} [{clock(time.perf_counter() - t0)}]"
                 f" {first_source_line(cell.source)}",
                 file=stream,
                 flush=True,
@@ -374,8 +346,6 @@ def execute(
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from physllm.progress import PROGRESS_ENV
-
     streaming: dict[str, Any] = {}
     env: dict[str, str] = {}
     if log_output:
@@ -405,22 +375,6 @@ def execute(
     except Exception as err:  # a dead kernel, a missing kernel spec, a timeout...
         return f"{type(err).__name__}: {first_line(err)}".rstrip(": ")
     return None
-
-
-def first_line(text: Any, limit: int = 300) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0][:limit] if lines else ""
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def report_command(record: dict[str, Any]) -> str:
@@ -536,13 +490,6 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _restore_interrupted(final: Path, backup: Path) -> None:
     """A previous command was killed mid-run: put the run it had moved aside back."""
     if not backup.exists():
@@ -553,6 +500,86 @@ def _restore_interrupted(final: Path, backup: Path) -> None:
         if final.exists():
             shutil.rmtree(final)
         backup.rename(final)
+
+
+def _set_aside(final: Path, claimed: bool) -> Path:
+    """Make ``final`` an empty folder for the run; an older run there is moved to the
+    returned backup path (kept until the new run is known to be good)."""
+    backup = final.with_name(f".{final.name}.previous")
+    if not claimed:
+        _restore_interrupted(final, backup)
+        if final.exists():
+            final.rename(backup)
+        final.mkdir(parents=True)
+    return backup
+
+
+def _out_dir_parameter(final: Path) -> str:
+    """The notebook's ``out_dir``: a path inside the checkout is passed relative to its root,
+    so reports read the same anywhere."""
+    root = repo_root()
+    try:
+        return str(final.resolve().relative_to(root)) if root else str(final.resolve())
+    except ValueError:
+        return str(final.resolve())
+
+
+def _run_record(
+    name: str, final: Path, parameters: dict[str, Any], error: str | None, **fields: Any
+) -> dict[str, Any]:
+    """``run.json``'s content for a finished run; ``fields``: started, wall_s, kind, named,
+    removed, hardware."""
+    return {
+        "notebook": name,
+        "run": final.name,
+        "kind": fields["kind"],
+        "named": fields["named"],
+        "parameters": parameters,
+        "status": "failed" if error else "ok",
+        "error": error,
+        "started": fields["started"].isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "wall_s": round(fields["wall_s"], 1),
+        "hardware": fields["hardware"] or hardware_description(),
+        # speed numbers on a shared CPU depend on what else ran: say how busy the machine was
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "removed": [str(p.relative_to(final)) for p in fields["removed"]],
+    }
+
+
+def _write_pages(
+    final: Path, name: str, record: dict[str, Any], metrics: dict[str, Any], error: str | None
+) -> None:
+    """The header cell on the executed notebook and its HTML page (an error page when
+    papermill left no notebook or nbconvert failed)."""
+    executed = final / f"{name}.ipynb"
+    if not executed.exists():
+        error_html(final / f"{name}.html", name, error or "no output notebook")
+        return
+    add_header(executed, header_markdown(record, metrics))
+    try:
+        export_html(executed, final / f"{name}.html")
+    except Exception as err:  # nbconvert trouble must not lose the run
+        error_html(final / f"{name}.html", name, f"HTML export failed: {err}")
+
+
+def _keep_good_run(final: Path, backup: Path, record: dict[str, Any]) -> Path:
+    """Drop the older run, unless this one failed and the older one was good: then the
+    older stays where it was and the failure goes beside it (``<run>-failed``, returned)."""
+    older_ok = backup.exists() and read_json(backup / "run.json").get("status", "ok") == "ok"
+    if record["error"] and older_ok:
+        failed = final.with_name(f"{final.name}-failed")
+        if failed.exists():
+            shutil.rmtree(failed)
+        final.rename(failed)
+        backup.rename(final)
+        record["run"] = failed.name
+        return failed
+    if backup.exists():
+        shutil.rmtree(backup)
+    return final
 
 
 def run_one(
@@ -574,27 +601,14 @@ def run_one(
     known to be good. ``kind`` (``reference`` or ``local``) and ``named`` (the folder
     name was asked for) go into ``run.json`` and its reproducing command.
     """
-    run_name = final.name
-    backup = final.with_name(f".{run_name}.previous")
-    if not claimed:
-        _restore_interrupted(final, backup)
-        if final.exists():  # keep the older run aside until this one is known to be good
-            final.rename(backup)
-        final.mkdir(parents=True)
-
-    root = repo_root()
-    try:  # a path inside the checkout is passed relative to its root: reports read the same anywhere
-        out_dir = str(final.resolve().relative_to(root)) if root else str(final.resolve())
-    except ValueError:
-        out_dir = str(final.resolve())
-    executed = final / f"{name}.ipynb"
+    backup = _set_aside(final, claimed)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     try:
         error = execute(
             notebooks_dir / f"{name}.ipynb",
-            executed,
-            {**parameters, "out_dir": out_dir},
+            final / f"{name}.ipynb",
+            {**parameters, "out_dir": _out_dir_parameter(final)},
             kernel_name=kernel_name,
             progress=progress,
             log_output=log_output,
@@ -606,56 +620,26 @@ def run_one(
         raise
     wall_s = time.perf_counter() - t0
     removed = clean_run_dir(final)
-
     metrics = read_json(final / "metrics.json")
-    record = {
-        "notebook": name,
-        "run": run_name,
-        "kind": kind,
-        "named": named,
-        "parameters": parameters,
-        "status": "failed" if error else "ok",
-        "error": error,
-        "started": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "wall_s": round(wall_s, 1),
-        "hardware": metrics.get("device") or hardware_description(),
-        # speed numbers on a shared CPU depend on what else ran: say how busy the machine was
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "cpu_count": os.cpu_count(),
-        "git_sha": git_sha(),
-        "python": sys.version.split()[0],
-        "removed": [str(p.relative_to(final)) for p in removed],
-    }
-    if executed.exists():
-        add_header(executed, header_markdown(record, metrics))
-        try:
-            export_html(executed, final / f"{name}.html")
-        except Exception as err:  # nbconvert trouble must not lose the run
-            error_html(final / f"{name}.html", name, f"HTML export failed: {err}")
-    else:
-        error_html(final / f"{name}.html", name, error or "no output notebook")
-
-    if error and backup.exists() and read_json(backup / "run.json").get("status", "ok") == "ok":
-        # the older run was good: it stays where it was, the failure goes beside it
-        failed = final.with_name(f"{run_name}-failed")
-        if failed.exists():
-            shutil.rmtree(failed)
-        final.rename(failed)
-        backup.rename(final)
-        final = failed
-        record["run"] = failed.name
-    elif backup.exists():
-        shutil.rmtree(backup)
+    record = _run_record(
+        name,
+        final,
+        parameters,
+        error,
+        kind=kind,
+        named=named,
+        started=started,
+        wall_s=wall_s,
+        removed=removed,
+        hardware=metrics.get("device"),
+    )
+    _write_pages(final, name, record, metrics, error)
+    final = _keep_good_run(final, backup, record)
     (final / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     record["path"] = str(final)
     record["metrics"] = metrics
     record["size_mb"] = folder_mb(final)
     return record
-
-
-def local_reports_dir(reports_dir: str | os.PathLike) -> Path:
-    """Where local (gitignored) runs of ``reports_dir`` go: ``reports_dir/local``."""
-    return Path(reports_dir) / LOCAL_DIR
 
 
 def run_report(
@@ -734,291 +718,3 @@ def run_report(
         records.append(record)
     rebuild_index(index_root, local=not reference)
     return records
-
-
-# --------------------------------------------------------------------------- the index
-
-
-def collect_runs(reports_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every run under ``reports_dir`` (a folder with ``run.json`` or ``metrics.json``),
-    sorted by notebook then run: ``run.json``'s fields plus ``metrics`` (the dict), and
-    ``html``, ``ipynb``, ``json`` (paths relative to ``reports_dir``, or None). The local
-    runs' folder (:data:`LOCAL_DIR`) is not a notebook: its runs have their own index."""
-    root = Path(reports_dir)
-    rows = []
-    for folder in sorted(root.glob("*/*")):
-        if not folder.is_dir() or folder.name.startswith(".") or folder.parent.name.startswith("."):
-            continue
-        if folder.parent.name == LOCAL_DIR:
-            continue
-        run = read_json(folder / "run.json")
-        metrics = read_json(folder / "metrics.json")
-        if not run and not metrics:
-            continue
-        notebook = folder.parent.name
-        row = {
-            "notebook": notebook,
-            "run": folder.name,
-            "status": "ok",
-            "parameters": {},
-            **run,
-            "metrics": metrics,
-        }
-        row["run"] = folder.name  # the folder is the truth (a failed rerun was renamed)
-        for kind in ("html", "ipynb"):
-            path = folder / f"{notebook}.{kind}"
-            row[kind] = path.relative_to(root).as_posix() if path.exists() else None
-        has_metrics = (folder / "metrics.json").exists()
-        row["json"] = (
-            (folder / "metrics.json").relative_to(root).as_posix() if has_metrics else None
-        )
-        rows.append(row)
-    return rows
-
-
-def latest_runs(reports_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """The newest successful run of each notebook (by ``run.json``'s start time), for
-    README tables that link each notebook to its latest report."""
-    latest: dict[str, dict[str, Any]] = {}
-    for row in collect_runs(reports_dir or default_reports_dir()):
-        if row["status"] != "ok" or not row.get("html"):
-            continue
-        best = latest.get(row["notebook"])
-        if best is None or (row.get("started") or "") > (best.get("started") or ""):
-            latest[row["notebook"]] = row
-    return latest
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _millions(n: float | None) -> str:
-    """Parameter counts as papers write them: 0.80M, 12.5M, 124M."""
-    if not isinstance(n, (int, float)):
-        return ""
-    m = n / 1e6
-    return f"{m:.2f}M" if m < 10 else f"{m:.1f}M" if m < 100 else f"{m:.0f}M"
-
-
-def index_row(row: dict[str, Any]) -> list[str]:
-    m = row["metrics"]
-    val = m.get("val_loss")
-    bpc = m.get("val_bpc")
-    unit = m.get("bpc_unit", "token")
-    status = "ok" if row["status"] == "ok" else "**FAILED**"
-    targets = {"html": row.get("html"), "ipynb": row.get("ipynb"), "metrics.json": row.get("json")}
-    links = " · ".join(f"[{label}]({path})" for label, path in targets.items() if path)
-    started = row.get("started") or ""
-    return [
-        row["notebook"],
-        row["run"],
-        status,
-        _cell(m.get("model")),
-        _millions(m.get("params")),
-        _cell(m.get("corpus")),
-        _cell(m.get("steps")),
-        f"{val:.4f}" if isinstance(val, (int, float)) else "",
-        f"{bpc:.3f} /{unit}" if isinstance(bpc, (int, float)) else "",
-        f"{m['tokens_per_sec']:,.0f}" if isinstance(m.get("tokens_per_sec"), (int, float)) else "",
-        _cell(m.get("device") or row.get("hardware")),
-        started[:10],
-        format_seconds(row.get("wall_s", m.get("wall_s"))),
-        links,
-    ]
-
-
-INDEX_COLUMNS = [
-    "notebook",
-    "run",
-    "status",
-    "model",
-    "params",
-    "corpus",
-    "steps",
-    "val loss",
-    "bits per char/byte",
-    "tokens/s",
-    "hardware",
-    "date",
-    "wall time",
-    "report",
-]
-
-
-def rebuild_index(reports_dir: str | os.PathLike | None = None, local: bool = False) -> Path:
-    """Write ``reports_dir/README.md``: one table row per run (see :func:`collect_runs`).
-
-    The reference index (``local=False``) also regenerates the README beside
-    ``reports_dir``; a local index (``reports/local/``) touches nothing else.
-    """
-    root = Path(reports_dir) if reports_dir else default_reports_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    rows = collect_runs(root)
-    if local:
-        intro = [
-            "# Local report runs",
-            "",
-            "<!-- Generated by `python -m physllm report`; do not edit by hand. -->",
-            "",
-            "Your own runs of `python -m physllm report NOTEBOOK`, each in a new folder "
-            "`<notebook>/<hardware>-<UTC time>-<commit>/`. This folder is gitignored; the "
-            "committed reference runs are indexed in [../README.md](../README.md). Generated "
-            "from every `run.json` and `metrics.json` here: **do not edit by hand**.",
-        ]
-    else:
-        intro = [
-            "# Reports",
-            "",
-            "<!-- Generated by `python -m physllm report`; do not edit by hand. -->",
-            "",
-            "Generated by `python -m physllm report` from every `<notebook>/<run>/run.json` and "
-            "`metrics.json` in this folder: **do not edit by hand**. These are the committed "
-            "reference runs, written by `python -m physllm report NOTEBOOK --reference "
-            "[--replace] [-p key value ...]`; a plain `python -m physllm report NOTEBOOK` "
-            "writes a new local run under `local/` (gitignored) instead. Rebuild this page "
-            "alone with `python -m physllm report`.",
-        ]
-    lines = [
-        *intro,
-        "",
-        "Each run folder holds the executed notebook, a self-contained HTML copy, the notebook's "
-        "`metrics.json` and figures, and `run.json` (parameters, status, hardware, wall time). "
-        "Model, params, steps, losses and tokens/s are the notebook's main run (its `metrics.json`); "
-        "wall time is the whole notebook's. Checkpoints are not kept.",
-        "",
-    ]
-    if rows:
-        lines.append("| " + " | ".join(INDEX_COLUMNS) + " |")
-        lines.append("|" + "|".join("---" for _ in INDEX_COLUMNS) + "|")
-        lines.extend("| " + " | ".join(index_row(r)) + " |" for r in rows)
-        failed = [r for r in rows if r["status"] != "ok"]
-        if failed:
-            lines += ["", "Failed runs:", ""]
-            lines += [f"- `{r['notebook']}/{r['run']}`: {_cell(r.get('error'))}" for r in failed]
-    else:
-        lines.append("No runs yet.")
-    path = root / INDEX_NAME
-    tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")  # atomic: reports may run side by side
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    if local:
-        return path
-    # The README beside the reports folder has its result tables regenerated from
-    # the reports (a README without the markers is left alone).
-    from physllm.readme import update_readme
-
-    update_readme(root.parent / "README.md", root)
-    return path
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def cmd_report(argv: Sequence[str]) -> None:
-    from physllm.cli import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="physllm report",
-        description=(
-            "Run notebooks with papermill (executed .ipynb, self-contained .html, metrics.json, "
-            "figures; checkpoints removed). A plain run goes to a new folder "
-            "reports/local/<notebook>/<hardware>-<UTC time>-<commit>/ (gitignored) indexed in "
-            "reports/local/README.md, and changes no tracked file; --reference writes the "
-            "committed run reports/<notebook>/<run>/ and rebuilds reports/README.md and the "
-            "README tables. With no NAMES, only the indexes are rebuilt."
-        ),
-    )
-    parser.add_argument("names", nargs="*", metavar="NAMES", help="notebook stems, or all")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="a notebook parameter (typed like papermill: int, float, True/False, None, str)",
-    )
-    parser.add_argument(
-        "--run-name",
-        default=None,
-        help="run folder name (default: a new local folder; with --reference: cpu|gpu[-keyvalue...])",
-    )
-    parser.add_argument(
-        "--reference",
-        action="store_true",
-        help="write the committed reference run reports/<notebook>/<run>/ (an error if it exists)",
-    )
-    parser.add_argument(
-        "--replace",
-        action="store_true",
-        help="overwrite an existing reference run (implies --reference)",
-    )
-    parser.add_argument("--reports-dir", default=None, help="default: <repo>/reports")
-    parser.add_argument(
-        "--notebooks-dir", default=None, help=f"default: ${NOTEBOOKS_ENV} or <repo>/notebooks"
-    )
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="papermill's progress bar over cells (default: off; the per-cell lines say where it is)",
-    )
-    parser.add_argument(
-        "--log-output",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="stream to stderr a line per cell as it starts, the cells' output and the training "
-        "bars (default: on)",
-    )
-    args = parser.parse_args(argv)
-    reports_dir = Path(args.reports_dir) if args.reports_dir else default_reports_dir()
-    if not args.names:
-        if args.parameter or args.run_name or args.reference or args.replace:
-            raise PhysllmError(
-                "-p, --run-name, --reference and --replace need notebook NAMES (or all)"
-            )
-        print(f"index: {rebuild_index(reports_dir)}")
-        if local_reports_dir(reports_dir).is_dir():
-            print(f"index: {rebuild_index(local_reports_dir(reports_dir), local=True)}")
-        return
-    records = run_report(
-        args.names,
-        parse_parameters(args.parameter),
-        run_name=args.run_name,
-        reports_dir=reports_dir,
-        notebooks_dir=args.notebooks_dir,
-        kernel_name=args.kernel,
-        progress=args.progress,
-        log_output=args.log_output,
-        reference=args.reference,
-        replace=args.replace,
-        announce=lambda line: print(line, flush=True),  # flushed: it must come first
-    )
-    for r in records:
-        m = r["metrics"]
-        numbers = (
-            f", val loss {m['val_loss']:.4f}" if isinstance(m.get("val_loss"), (int, float)) else ""
-        )
-        print(
-            f"{r['notebook']}/{r['run']}: {r['status']}{numbers}, {format_seconds(r['wall_s'])}, "
-            f"{r['size_mb']:.1f} MB -> {r['path']}/{r['notebook']}.html"
-        )
-        if r["kind"] == "reference" and r["size_mb"] > WARN_MB:
-            print(
-                f"warning: {r['path']} holds {r['size_mb']:.1f} MB; reports are committed, keep "
-                "them small (plotly: write_html(..., include_plotlyjs='cdn'))",
-                file=sys.stderr,
-            )
-    reference = args.reference or args.replace
-    index = reports_dir if reference else local_reports_dir(reports_dir)
-    print(f"index: {index / INDEX_NAME}")
-    if not reference:
-        print("a local run (gitignored); --reference writes the committed reference run")
-    failed = [r for r in records if r["status"] != "ok"]
-    if failed:
-        raise ReportFailedError(
-            f"{len(failed)} of {len(records)} notebook(s) failed: "
-            + "; ".join(f"{r['notebook']} at {r['error']} (report: {r['path']})" for r in failed)
-        )
