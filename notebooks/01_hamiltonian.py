@@ -104,8 +104,7 @@ from physllm.hamiltonian.steering import (
     steering_curve,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import baseline_overrides
-from physllm.training import make_config, train
+from physllm.training import baseline_overrides, make_config, train
 
 notebook_start = time.perf_counter()
 # NBVAL_IGNORE_OUTPUT

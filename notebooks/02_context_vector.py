@@ -77,8 +77,7 @@ from physllm.context_vector.model import (
 )
 from physllm.models import match_field
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import get_preset
-from physllm.training import estimate_stream_loss, make_config, train
+from physllm.training import estimate_stream_loss, get_preset, make_config, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)

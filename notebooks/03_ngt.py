@@ -92,8 +92,7 @@ from physllm.ngt.model import (
     repulsion_energy,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import get_preset
-from physllm.training import TrainConfig, make_config, train
+from physllm.training import TrainConfig, get_preset, make_config, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)

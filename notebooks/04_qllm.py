@@ -81,7 +81,6 @@ from physllm.data import TokenData, resolve_default_corpus
 from physllm.lora import LoRALinear, lora_parameter_counts, merge_lora
 from physllm.models import build_model
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import get_preset
 from physllm.qllm.model import (
     QLLM,
     PhaseGain,
@@ -91,7 +90,14 @@ from physllm.qllm.model import (
     window_mask,
 )
 from physllm.sampling import generate
-from physllm.training import autocast_context, estimate_loss, make_config, resolve_device, train
+from physllm.training import (
+    autocast_context,
+    estimate_loss,
+    get_preset,
+    make_config,
+    resolve_device,
+    train,
+)
 
 notebook_start = time.perf_counter()
 preset, device = setup(seed=seed, preset=preset, device=device)

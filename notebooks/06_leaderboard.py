@@ -69,10 +69,10 @@ import dataclasses
 import pandas as pd
 import torch
 
-from physllm.experiments import leaderboard as lb
 from physllm.analysis import plot_length_sweep, plot_loss_curves, save_figure
 from physllm.bench import format_length_table
 from physllm.data import TokenData
+from physllm.experiments import leaderboard as lb
 from physllm.models import MODELS
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 

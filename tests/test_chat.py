@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from physllm.training.checkpoint import load_checkpoint
 from physllm.context_vector.chat import (
     STOP_MARKERS,
     ChatSession,
@@ -21,6 +20,7 @@ from physllm.errors import PhysllmError
 from physllm.sampling import SamplingConfig, generate
 from physllm.tokenization import CharTokenizer
 from physllm.training import make_config, train
+from physllm.training.checkpoint import load_checkpoint
 
 from .conftest import REPO
 
@@ -171,8 +171,8 @@ def test_session_reply_is_the_models_greedy_continuation(chat_run):
 
 
 def test_chat_refuses_a_checkpoint_without_chat_markers(tmp_path):
-    from physllm.training.checkpoint import save_checkpoint
     from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel
+    from physllm.training.checkpoint import save_checkpoint
 
     tok = CharTokenizer.fit("plain text only\n")
     model = ContextVectorModel(

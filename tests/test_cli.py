@@ -196,8 +196,8 @@ def test_train_then_sample_end_to_end(small_text_file, tmp_path):
     # new characters, and from the same seed exactly the characters the command printed.
     import torch
 
-    from physllm.training.checkpoint import load_checkpoint
     from physllm.sampling import generate
+    from physllm.training.checkpoint import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(out)
     prompt = torch.tensor([tokenizer.encode("The ")])

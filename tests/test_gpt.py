@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.models import MODELS, build_model
 from physllm.tokenization import ByteTokenizer
+from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def tiny(**kw) -> GPT:

@@ -137,8 +137,8 @@ def test_steer_vector_uses_every_token(variant):
 
 @pytest.mark.parametrize("kind", ["symplectic-direct", "seed"])
 def test_trains_through_physllm_train(kind, small_text_file, tmp_path):
-    from physllm.training.checkpoint import load_checkpoint
     from physllm.training import make_config, train
+    from physllm.training.checkpoint import load_checkpoint
 
     cfg = make_config(
         "hamiltonian",

@@ -393,9 +393,8 @@ def test_narrativeqa_records_from_local_parquet(tmp_path, monkeypatch):
 
 
 def test_registry_presets_and_checkpoint(tmp_path):
+    from physllm.training import get_preset, make_config
     from physllm.training.checkpoint import load_checkpoint, save_checkpoint
-    from physllm.training import get_preset
-    from physllm.training import make_config
 
     assert get_preset("hopfield", "gpu")["backbone"].startswith("hf:")
     cfg = make_config("hopfield", "cpu", steps=1)

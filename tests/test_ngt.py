@@ -257,9 +257,9 @@ def test_bad_options_are_clear_errors():
 
 
 def test_generation_and_checkpoint_round_trip(tmp_path):
-    from physllm.training.checkpoint import load_checkpoint, save_checkpoint
     from physllm.sampling import generate
     from physllm.tokenization import CharTokenizer
+    from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 
     tok = CharTokenizer.fit("abcdefghijklmnopq")
     model = tiny(kernel="gaussian", repulsion=0.1).eval()

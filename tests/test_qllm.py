@@ -203,8 +203,8 @@ def test_bad_options_are_clear_errors():
 
 
 def test_lora_finetune_through_the_trainer(tmp_path):
-    from physllm.training.checkpoint import load_checkpoint
     from physllm.training import make_config, train
+    from physllm.training.checkpoint import load_checkpoint
 
     shape = dict(
         corpus="pydocs",

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from physllm.training.checkpoint import load_checkpoint
 from physllm.hamiltonian.steering import (
     DecodeConfig,
     continuation_nll,
@@ -21,6 +20,7 @@ from physllm.hamiltonian.steering import (
     steering_curve,
     target_rates,
 )
+from physllm.training.checkpoint import load_checkpoint
 from tests.conftest import REPO, TINY_GPT
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from physllm.training.checkpoint import load_checkpoint
 from physllm.errors import PhysllmError, TrainingDivergedError
 from physllm.training import lr_at, make_config, train
+from physllm.training.checkpoint import load_checkpoint
 
 from .conftest import REPO, TINY_GPT
 
@@ -261,3 +261,30 @@ def test_checkpoint_folder_survives_an_interrupted_save(tiny_run, tmp_path):
     shutil.rmtree(run_dir / "best")
     model, _, meta = load_checkpoint(run_dir)
     assert meta["step"] == 20 and Path(run_dir / "last.old").exists()
+
+
+def test_split_overrides_sorts_fields_and_rejects_unknown():
+    from physllm.errors import PhysllmError
+    from physllm.training import split_overrides
+
+    assert split_overrides("gpt", {"steps": 3, "n_layer": 2}) == ({"steps": 3}, {"n_layer": 2})
+    with pytest.raises(PhysllmError, match="unknown option"):
+        split_overrides("gpt", {"stepz": 3})
+
+
+def test_matched_baseline_keeps_budget_and_matches_params():
+    from physllm.models import count_params
+    from physllm.training import matched_baseline
+
+    cfg = make_config("hamiltonian", "cpu", steps=7, seed=5, out_dir="runs/h", vocab_size=65)
+    base = matched_baseline(cfg)
+    assert (base.model, base.steps, base.seed, base.out_dir) == ("gpt", 7, 5, "runs/h_gpt")
+    assert base.model_config.n_layer == cfg.model_config.n_layer
+    matched = matched_baseline(cfg, match="n_embd", step=8, out_dir="runs/b")
+    assert matched.out_dir == "runs/b" and matched.model_config.n_embd % 8 == 0
+    target = count_params("hamiltonian", cfg.model_config.to_dict())
+    got = count_params("gpt", matched.model_config.to_dict())
+    worse = count_params(
+        "gpt", {**matched.model_config.to_dict(), "n_embd": matched.model_config.n_embd + 8}
+    )
+    assert abs(got - target) <= abs(worse - target)

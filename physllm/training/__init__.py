@@ -2,18 +2,23 @@
 and checkpoints. ``from physllm.training import make_config, train`` is the usual entry."""
 
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
-from physllm.training.presets import NANOGPT_CHAR_CPU, PRESETS, baseline_overrides, get_preset
+from physllm.training.config import TrainConfig, split_overrides
+from physllm.training.presets import (
+    NANOGPT_CHAR_CPU,
+    PRESETS,
+    baseline_overrides,
+    get_preset,
+    make_config,
+    matched_baseline,
+)
 from physllm.training.trainer import (
     RunResult,
-    TrainConfig,
     autocast_context,
-    config_from_dict,
     device_description,
     estimate_loss,
     estimate_stream_loss,
     git_sha,
     lr_at,
-    make_config,
     peak_rss_mb,
     reset_peak_rss,
     resolve_device,
@@ -27,7 +32,6 @@ __all__ = [
     "TrainConfig",
     "autocast_context",
     "baseline_overrides",
-    "config_from_dict",
     "device_description",
     "estimate_loss",
     "estimate_stream_loss",
@@ -36,9 +40,11 @@ __all__ = [
     "load_checkpoint",
     "lr_at",
     "make_config",
+    "matched_baseline",
     "peak_rss_mb",
     "reset_peak_rss",
     "resolve_device",
     "save_checkpoint",
+    "split_overrides",
     "train",
 ]

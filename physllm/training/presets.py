@@ -1,25 +1,30 @@
-"""Named configurations: ``PRESETS[model][preset] -> overrides``.
+"""Named configurations and the configs built from them.
 
-``cpu`` presets run in about three minutes on two CPU cores and still show a
-real effect; ``gpu`` presets are the seed projects' own scale. Notebooks and the
-CLI (``--preset``) read the same table, so a notebook run and a CLI run with the
-same preset train the same thing.
+``PRESETS[model][preset]`` is the flat view (training and model fields in one
+dict) of the :class:`physllm.arch.Preset` objects that live with their
+architectures (``physllm/<name>/presets.py``). ``cpu`` presets run in about three
+minutes on two CPU cores; ``gpu`` presets are the seed projects' own scale. The CLI
+(``--preset``), the notebooks and the leaderboard read the same table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from physllm.errors import PhysllmError
-from physllm.models import ARCHITECTURES
+from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
+from physllm.training.config import TrainConfig, split_overrides, train_field_names
 
-# The presets live with their architectures (``physllm/<name>/presets.py``); this is
-# the flat view (training and model fields in one dict) the trainer and CLI read.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     name: {preset: p.values() for preset, p in arch.presets.items()}
     for name, arch in ARCHITECTURES.items()
 }
 NANOGPT_CHAR_CPU: dict[str, Any] = PRESETS["gpt"]["cpu"]
+
+# A vocabulary for counting parameters before the tokenizer is known (vocab_size 0):
+# both models of a matched pair get the same, so only the matching is approximate.
+COUNT_VOCAB = 256
 
 
 def get_preset(model: str, preset: str) -> dict[str, Any]:
@@ -31,17 +36,64 @@ def get_preset(model: str, preset: str) -> dict[str, Any]:
         raise PhysllmError(f"no preset {preset!r} for model {model!r} (known: {known})") from None
 
 
+def make_config(model: str = "gpt", preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a model name, an optional preset and field overrides.
+
+    Overrides may name TrainConfig fields or the model config's fields alike
+    (``make_config("gpt", "cpu", steps=100, n_layer=2)``); an unknown name is an error.
+    """
+    values = {**(get_preset(model, preset) if preset else {}), **overrides}
+    train_fields, model_fields = split_overrides(model, values)
+    config_cls, _ = get_model_classes(model)
+    return TrainConfig(model=model, model_config=config_cls(**model_fields), **train_fields)
+
+
+def _count(model: str, values: dict[str, Any]) -> int:
+    return count_params(model, {**values, "vocab_size": values.get("vocab_size") or COUNT_VOCAB})
+
+
+def matched_baseline(
+    cfg: TrainConfig,
+    baseline: str = "gpt",
+    match: str | None = None,
+    step: int = 16,
+    *,
+    out_dir: str | None = None,
+) -> TrainConfig:
+    """``baseline`` at ``cfg``'s budget: the same training fields (steps, schedule, data,
+    seed...; ``out_dir`` suffixed ``_<baseline>`` unless given) and the model fields the two
+    configs share (n_layer, n_embd, block_size, dropout...). With ``match``, that integer
+    field of the baseline (a multiple of ``step``) is searched so its parameter count is
+    nearest ``cfg``'s model's."""
+    train_fields = {k: getattr(cfg, k) for k in train_field_names()}
+    train_fields["out_dir"] = out_dir or f"{cfg.out_dir.rstrip('/')}_{baseline}"
+    config_cls, _ = get_model_classes(baseline)
+    theirs = cfg.model_config.to_dict()
+    shared = {f.name for f in dataclasses.fields(config_cls)} & set(theirs)
+    model_fields = {k: theirs[k] for k in shared}
+    if match is not None:
+        if match not in {f.name for f in dataclasses.fields(config_cls)}:
+            raise PhysllmError(f"model {baseline!r} has no field {match!r} to match")
+        target = _count(cfg.model, theirs)
+        defaults = config_cls(**model_fields).to_dict()
+        model_fields[match] = match_field(baseline, defaults, match, target, step, count=_count)
+    return TrainConfig(model=baseline, model_config=config_cls(**model_fields), **train_fields)
+
+
 def baseline_overrides(model: str, preset: str, baseline: str = "gpt") -> dict[str, Any]:
     """The settings of ``model``'s preset that ``baseline`` can take too (training budget,
-    data, shared shape fields), so a vanilla baseline trains at the same budget."""
-    import dataclasses
+    data, shared shape fields), so a vanilla baseline trains at the same budget. Prefer
+    :func:`matched_baseline`, which starts from a whole config."""
+    config_cls, _ = get_model_classes(baseline)
+    names = train_field_names() | {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in get_preset(model, preset).items() if k in names}
 
-    from physllm.models import get_model_classes
-    from physllm.training import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)} | {
-        f.name for f in dataclasses.fields(get_model_classes(baseline)[0])
-    }
-    return {
-        k: v for k, v in get_preset(model, preset).items() if k in names - {"model", "model_config"}
-    }
+__all__ = [
+    "NANOGPT_CHAR_CPU",
+    "PRESETS",
+    "baseline_overrides",
+    "get_preset",
+    "make_config",
+    "matched_baseline",
+]
