@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from physllm.data import repo_root
+from physllm.data import default_corpus_notice, repo_root
 from physllm.errors import PhysllmError
+from physllm.training import resolve_device
 
 IN_COLAB = "google.colab" in sys.modules
 
@@ -57,8 +58,6 @@ def setup(
     seed: int = 1337, preset: str = "auto", device: str = "auto", threads: int = 0
 ) -> tuple[str, str]:
     """Seed everything; return ``(preset, device)`` resolved from ``auto``."""
-    from physllm.training import resolve_device
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -75,8 +74,6 @@ def corpus_notice(corpus: str = "default") -> str:
     the fallback is then said there, once per kernel, and never reaches stderr in
     a later cell whose output is compared.
     """
-    from physllm.data import default_corpus_notice
-
     return default_corpus_notice() if corpus == "default" else f"corpus: {corpus}"
 
 

@@ -45,8 +45,16 @@ import torch
 from physllm.arch import Entry
 from physllm.bench import BenchConfig, decode_speed, model_config_for, run_length_bench
 from physllm.errors import PhysllmError
-from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
-from physllm.training import NANOGPT_CHAR_CPU, PRESETS, TrainConfig, make_config, train
+from physllm.models import ARCHITECTURES, count_params, match_field
+from physllm.training import (
+    NANOGPT_CHAR_CPU,
+    PRESETS,
+    TrainConfig,
+    make_config,
+    split_overrides,
+    train,
+)
+from physllm.training.config import train_field_names
 
 NOTEBOOK = "06_leaderboard"
 REFERENCE = "gpt"
@@ -141,25 +149,18 @@ def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
     return [e for e in ENTRIES if not wanted or e.name in wanted or e.name == REFERENCE]
 
 
-def _fields(model: str) -> tuple[set[str], set[str]]:
-    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "model_config"}
-    model_names = {f.name for f in dataclasses.fields(get_model_classes(model)[0])}
-    return train_names, model_names
-
-
 def entry_values(
     entry: Entry, preset: str, vocab_size: int, budget: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Every ``make_config`` value of ``entry`` (training and model fields, the layers of the
     module docstring) before parameter matching. ``budget``: changes to the recipe."""
-    train_names, model_names = _fields(entry.model)
     shared = {**recipe(preset), **(budget or {})}
+    if entry.own_shape:  # an attention-free model keeps its own widths (and has no heads)
+        shared = {k: v for k, v in shared.items() if k not in SHAPE_FIELDS}
+    train_fields, model_fields = split_overrides(entry.model, shared)
     values = dict(PRESETS.get(entry.model, {}).get(preset, {}))
-    for key, value in shared.items():
-        if key in SHAPE_FIELDS and (entry.own_shape or key not in model_names):
-            continue
-        if key in train_names or key in model_names:
-            values[key] = value
+    values.update(train_fields)
+    values.update(model_fields)
     values.update(entry.overrides)
     values.update(entry.per_preset.get(preset, {}))
     values["vocab_size"] = vocab_size
@@ -167,9 +168,8 @@ def entry_values(
 
 
 def model_values(model: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The model-config part of ``values``."""
-    _, model_names = _fields(model)
-    return {k: v for k, v in values.items() if k in model_names}
+    """The model-config part of ``values`` (what counting its parameters needs)."""
+    return split_overrides(model, values)[1]
 
 
 def build_configs(
@@ -178,13 +178,12 @@ def build_configs(
     entries: Sequence[Entry] | None = None,
     out_dir: str | os.PathLike = "runs/06_leaderboard",
     **budget: Any,
-) -> dict[str, Any]:
+) -> dict[str, TrainConfig]:
     """``{entry name: TrainConfig}`` for ``entries`` (default: all), each entry with
     ``match`` set to GPT's parameter count. ``budget`` overrides recipe fields for all
     (``steps``, ``seed``, ``device``, ``threads``, ``corpus``...)."""
     entries = list(entries or ENTRIES)
-    train_names, _ = _fields(REFERENCE)
-    unknown = sorted(set(budget) - train_names - {"block_size", "dropout", *SHAPE_FIELDS})
+    unknown = sorted(set(budget) - train_field_names() - {"block_size", "dropout", *SHAPE_FIELDS})
     if unknown:
         raise PhysllmError(f"unknown leaderboard budget field(s): {', '.join(unknown)}")
     # A run that sets torch's threads (a preset may) would change every later run's:
@@ -226,7 +225,7 @@ def inference_speed(
 
 
 def run_entries(
-    configs: Mapping[str, Any],
+    configs: Mapping[str, TrainConfig],
     prompt_tokens: int = 16,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -260,7 +259,7 @@ def run_entries(
     return results
 
 
-def bench_spec(model: str, config: Mapping[str, Any], bench_cfg: Any) -> str:
+def bench_spec(model: str, config: Mapping[str, Any], bench_cfg: BenchConfig) -> str:
     """A ``physllm.bench`` model spec (``ngt:kernel=seed``) that builds ``config`` at
     ``bench_cfg``'s shape: the fields where ``config`` differs from what the benchmark's
     shared shape gives (``block_size``, ``vocab_size`` and ``dropout`` are the bench's)."""
@@ -274,13 +273,13 @@ def bench_spec(model: str, config: Mapping[str, Any], bench_cfg: Any) -> str:
 
 
 def sweep_config(
-    configs: Mapping[str, Any],
+    configs: Mapping[str, TrainConfig],
     preset: str,
     device: str = "auto",
     threads: int = 0,
     repeats: int = 1,
     **changes: Any,
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[BenchConfig, dict[str, str]]:
     """The :class:`physllm.bench.BenchConfig` of the length sweep for trained ``configs``:
     the recipe's shape and :data:`SWEEPS`; returns ``(bench_config, {spec: entry name})``."""
     any_cfg = next(iter(configs.values()))
@@ -305,7 +304,7 @@ def sweep_config(
     return dataclasses.replace(cfg, models=list(labels)), labels
 
 
-def run_sweep(bench_cfg: Any, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+def run_sweep(bench_cfg: BenchConfig, labels: Mapping[str, str]) -> list[dict[str, Any]]:
     """:func:`physllm.bench.run_length_bench`, each row labelled with its entry name."""
     rows = run_length_bench(bench_cfg)
     for row in rows:
@@ -314,7 +313,7 @@ def run_sweep(bench_cfg: Any, labels: Mapping[str, str]) -> list[dict[str, Any]]
     return rows
 
 
-def bench_all_config(preset: str, **given: Any) -> tuple[Any, dict[str, str]]:
+def bench_all_config(preset: str, **given: Any) -> tuple[BenchConfig, dict[str, str]]:
     """``python -m physllm bench --all``: every entry as a benchmark spec at the recipe's
     training shape (flags in ``given`` win). Returns ``(BenchConfig, {spec: entry name})``."""
     r = recipe(preset)
@@ -391,7 +390,7 @@ def leaderboard_rows(
     return rows
 
 
-def leaderboard_frame(rows: Sequence[Mapping[str, Any]]):
+def leaderboard_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
     """The rows as a pandas DataFrame indexed by entry, columns in plain words."""
     import pandas as pd
 
