@@ -217,17 +217,19 @@ class Command:
 
     The CLI builds the parser (``--ckpt`` and ``--device`` are added for every
     command), calls ``add_arguments(parser)``, then ``check(args)`` (bad input
-    fails here, before any file is read), loads the checkpoint and calls
-    ``run(args, model, tokenizer, device)``. Loading and errors are the CLI's.
+    fails here, before any file is read: raise PhysllmError), loads the
+    checkpoint, refuses one whose model is not a ``model_class``, and calls
+    ``run(args, model, tokenizer, device)``. Loading and errors are the CLI's,
+    so a command's module never imports the CLI or the training layer.
     """
 
-    name: str
-    help: str
+    name: str  # the command word; must not clash with a core command (train, sample, ...)
+    help: str  # one line for ``python -m physllm --help``
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[..., None]
+    run: Callable[[argparse.Namespace, LanguageModel, Any, torch.device], None]
     check: Callable[[argparse.Namespace], None] = lambda args: None
-    description: str = ""
-    model_class: type | None = None  # the checkpoint must hold one of these (None: any)
+    description: str = ""  # the command's own --help (default: help)
+    model_class: type | tuple[type, ...] | None = None  # the checkpoint must hold one (None: any)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,23 @@
-"""``python -m physllm <command>``: train, sample, bench, corpora, steer, report, chat.
+"""``python -m physllm <command>``: the command line.
 
-The commands are the :data:`COMMANDS` table below; ``python -m physllm --help``
-lists them with one line each. steer, report and chat live beside the code
-they drive (:mod:`physllm.hamiltonian.steering`, :mod:`physllm.reports`, :mod:`physllm.context_vector.chat`).
+Core commands (this module, :mod:`physllm.reporting` for report):
 
-Every field of :class:`~physllm.training.TrainConfig` and of the chosen model's
-config is a flag (``n_embd`` -> ``--n-embd``). Bad input ends with one line on
-stderr and exit status 2; nothing on disk is touched before the input is
-known to be good.
+- ``train``    train a model; every field of :class:`~physllm.training.TrainConfig` and of
+  the chosen model's config is a flag (``n_embd`` -> ``--n-embd``)
+- ``sample``   continue a prompt with a trained model
+- ``bench``    speed and memory of models side by side (every leaderboard entry by default)
+- ``corpora``  list corpora and what is cached
+- ``report``   run notebooks with papermill into reports/ and rebuild the index
+
+Architecture commands, declared by each architecture's ``ARCH.commands``
+(:class:`~physllm.arch.Command`) and collected from the registry:
+
+- ``steer``    steer generation toward or away from a word (:mod:`physllm.hamiltonian.steering`)
+- ``chat``     chat with a chat-trained model (:mod:`physllm.context_vector.chat`)
+
+``python -m physllm --help`` lists them all with one line each. Bad input ends
+with one line on stderr and exit status 2; nothing on disk is touched before
+the input is known to be good.
 """
 
 from __future__ import annotations
@@ -16,73 +26,48 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from collections.abc import Callable, Sequence
-from typing import Any
 
+import torch
+
+from physllm.arch import Command
+from physllm.args import (
+    ArgumentParser,
+    add_dataclass_flags,
+    check_writable_file,
+    dataclass_values,
+)
+from physllm.bench import (
+    BenchConfig,
+    format_generation_table,
+    format_length_table,
+    format_table,
+    run_bench,
+    run_generation_bench,
+    run_length_bench,
+)
+from physllm.data import cache_dir, list_corpora
 from physllm.errors import PhysllmError
+from physllm.experiments.leaderboard import bench_all_config
+from physllm.models import ARCHITECTURES, MODELS, get_model_classes
+from physllm.notebook import pick_preset
+from physllm.reporting import cmd_report
+from physllm.sampling import SamplingConfig, TextStream, stream_generate
+from physllm.training import TrainConfig, load_checkpoint, make_config, resolve_device, train
 from physllm.validation import NON_NEGATIVE, POSITIVE, check_fields, check_values, in_range
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit status 2), like every other error,
-    and flags are never abbreviated: ``--mode`` must not quietly mean ``--model``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()
-) -> None:
-    """One ``--flag`` per dataclass field; defaults are None so only given flags override."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kind = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if kind is bool:
-            parser.add_argument(
-                flag(f.name),
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(default: {default})",
-            )
-        elif kind in (int, float, str):
-            parser.add_argument(
-                flag(f.name),
-                type=kind,
-                default=None,
-                metavar=kind.__name__.upper(),
-                help=f"(default: {default})",
-            )
-
-
-def given(args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
 
 # --------------------------------------------------------------------------- train
 
 
 def train_parser(model: str) -> ArgumentParser:
-    from physllm.models import get_model_classes
-    from physllm.training import TrainConfig
-
+    """The ``train`` flags: TrainConfig's fields, then model ``model``'s config fields."""
     parser = ArgumentParser(
         prog="physllm train", description="Train a model; writes OUT/metrics.json and checkpoints."
     )
     parser.add_argument(
-        "--preset", default=None, help="a named configuration (physllm/training/presets.py), e.g. cpu or gpu"
+        "--preset",
+        default=None,
+        help="a named configuration (the architecture's presets.py), e.g. cpu or gpu",
     )
     add_dataclass_flags(parser.add_argument_group("training"), TrainConfig, skip={"model_config"})
     add_dataclass_flags(parser.add_argument_group(f"model ({model})"), get_model_classes(model)[0])
@@ -90,22 +75,18 @@ def train_parser(model: str) -> ArgumentParser:
 
 
 def cmd_train(argv: Sequence[str]) -> None:
-    from physllm.models import MODELS
-    from physllm.training import make_config, train
-
+    # --model decides which config's fields are flags: read it first
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--model", default="gpt")
     known, _ = pre.parse_known_args(argv)
     if known.model not in MODELS:
         raise PhysllmError(f"unknown model {known.model!r}; choose from {', '.join(MODELS)}")
-    parser = train_parser(known.model)
-    args = parser.parse_args(argv)
+    args = train_parser(known.model).parse_args(argv)
     overrides = {
         k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "model")
     }
     cfg = make_config(known.model, args.preset, **overrides)
-    result = train(cfg)
-    m = result.metrics
+    m = train(cfg).metrics
     print(
         f"{m['model']}: {m['params'] / 1e6:.2f}M params, {m['steps']} steps, val loss {m['val_loss']:.4f} "
         f"({m['val_bpc']:.3f} bits/{m['bpc_unit']}), {m['ms_per_step']:.1f} ms/step -> {cfg.out_dir}/metrics.json"
@@ -121,13 +102,7 @@ SAMPLE_RULES = {
 }
 
 
-def cmd_sample(argv: Sequence[str]) -> None:
-    import torch
-
-    from physllm.training.checkpoint import load_checkpoint
-    from physllm.sampling import SamplingConfig, TextStream, stream_generate
-    from physllm.training import resolve_device
-
+def sample_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="physllm sample", description="Continue a prompt with a trained model."
     )
@@ -140,8 +115,12 @@ def cmd_sample(argv: Sequence[str]) -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cpu")
     add_dataclass_flags(parser.add_argument_group("sampling"), SamplingConfig)
-    args = parser.parse_args(argv)
-    knobs = SamplingConfig(**given(args, {f.name for f in dataclasses.fields(SamplingConfig)}))
+    return parser
+
+
+def cmd_sample(argv: Sequence[str]) -> None:
+    args = sample_parser().parse_args(argv)
+    knobs = SamplingConfig(**dataclass_values(args, SamplingConfig))
     check_fields(knobs)  # finite numbers (an inf temperature or penalty is nonsense too)
     knobs.validate()
     check_values(vars(args), SAMPLE_RULES)
@@ -171,13 +150,16 @@ def cmd_sample(argv: Sequence[str]) -> None:
         sys.stdout.write(stream.flush() + "\n")
 
 
-# --------------------------------------------------------------------------- bench, corpora
+# --------------------------------------------------------------------------- bench
+
+BENCH_MODES = {  # --mode -> (run, table)
+    "train": (run_bench, format_table),
+    "generate": (run_generation_bench, format_generation_table),  # streaming decode
+    "lengths": (run_length_bench, format_length_table),  # training and decoding per length
+}
 
 
-def cmd_bench(argv: Sequence[str]) -> None:
-    from physllm.bench import BenchConfig, format_table, run_bench
-    from physllm.models import MODELS
-
+def bench_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="physllm bench",
         description=(
@@ -200,48 +182,40 @@ def cmd_bench(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     add_dataclass_flags(parser, BenchConfig, skip={"models"})
-    args = parser.parse_args(argv)
+    return parser
+
+
+def bench_config(args: argparse.Namespace) -> tuple[BenchConfig, dict[str, str]]:
+    """The bench's config and its spec -> leaderboard-name labels (none with --models)."""
+    changes = dataclass_values(args, BenchConfig)
+    changes.pop("models", None)
+    if args.all or not args.models:
+        return bench_all_config(pick_preset(args.preset), **changes)
+    names = [m.strip() for m in args.models.split(",")]
+    unknown = [n for n in names if n.partition(":")[0] not in MODELS]  # "ngt:kernel=seed" is ngt
+    if unknown:
+        raise PhysllmError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
+        )
+    return BenchConfig(models=names, **changes), {}
+
+
+def cmd_bench(argv: Sequence[str]) -> None:
+    args = bench_parser().parse_args(argv)
     if args.json:  # written after the (long) run: make sure it can be
         check_writable_file(args.json, "--json")
-    changes = given(args, {f.name for f in dataclasses.fields(BenchConfig)} - {"models"})
-    labels: dict[str, str] = {}
-    if args.all or not args.models:
-        from physllm.leaderboard import bench_all_config
-        from physllm.notebook import pick_preset
-
-        cfg, labels = bench_all_config(pick_preset(args.preset), **changes)
-    else:
-        names = [m.strip() for m in args.models.split(",")]
-        unknown = [
-            n for n in names if n.partition(":")[0] not in MODELS
-        ]  # "ngt:kernel=seed" is ngt
-        if unknown:
-            raise PhysllmError(
-                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
-            )
-        cfg = BenchConfig(models=names, **changes)
-    if cfg.mode == "generate":  # streaming decode at several lengths (physllm.bench)
-        from physllm.bench import format_generation_table, run_generation_bench
-
-        rows = run_generation_bench(cfg)
-        table = format_generation_table
-    elif cfg.mode == "lengths":  # training and decoding at each of --lengths
-        from physllm.bench import format_length_table, run_length_bench
-
-        rows = run_length_bench(cfg)
-        table = format_length_table
-    elif cfg.mode == "train":
-        rows = run_bench(cfg)
-        table = format_table
-    else:
+    cfg, labels = bench_config(args)
+    if cfg.mode not in BENCH_MODES:
         raise PhysllmError(f"--mode must be train, generate or lengths, got {cfg.mode!r}")
+    run, table = BENCH_MODES[cfg.mode]
+    rows = run(cfg)
     for row in rows:
         row["label"] = labels.get(row["model"], row["model"])
         if "reference" in row:
             row["reference"] = labels.get(row["reference"], row["reference"])
     print(table(rows, cfg))
     if labels:
-        print("# entries (physllm.leaderboard):")
+        print("# entries (physllm.experiments.leaderboard):")
         for spec, name in labels.items():
             print(f"#   {name:<22} {spec}")
     if args.json:
@@ -249,20 +223,10 @@ def cmd_bench(argv: Sequence[str]) -> None:
             json.dump({"config": dataclasses.asdict(cfg), "rows": rows}, fh, indent=2)
 
 
-def check_writable_file(path: str, what: str) -> None:
-    """``path`` can be (over)written: not a folder, and its folder exists."""
-    from pathlib import Path
-
-    target = Path(path)
-    if target.is_dir():
-        raise PhysllmError(f"{what} {path} is a folder, not a file")
-    if not target.parent.is_dir():
-        raise PhysllmError(f"{what} {path}: folder {target.parent} does not exist")
+# --------------------------------------------------------------------------- corpora
 
 
 def cmd_corpora(argv: Sequence[str]) -> None:
-    from physllm.data import cache_dir, list_corpora
-
     parser = ArgumentParser(
         prog="physllm corpora", description="List corpora, where each comes from, what is cached."
     )
@@ -279,49 +243,99 @@ def cmd_corpora(argv: Sequence[str]) -> None:
     )
 
 
-# name -> ("module:function", help). Commands live beside the code they drive
-# (steering in the Hamiltonian model, chat with the context-vector model...) and
-# are imported only when called, so `--help` stays fast.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("physllm.cli:cmd_train", "train a model (every config field is a --flag)"),
-    "sample": ("physllm.cli:cmd_sample", "continue a prompt with a trained model"),
-    "bench": ("physllm.cli:cmd_bench", "speed and memory of models side by side"),
-    "corpora": ("physllm.cli:cmd_corpora", "list corpora and cache state"),
-    "steer": (
-        "physllm.hamiltonian.steering:cmd_steer",
-        "steer generation toward or away from a word (Hamiltonian)",
-    ),
-    "report": (
-        "physllm.reports:cmd_report",
-        "run notebooks with papermill into reports/ and rebuild the index",
-    ),
-    "chat": ("physllm.context_vector.chat:cmd_chat", "chat with a chat-trained model (REPL)"),
+# --------------------------------------------------------------------------- architecture commands
+
+
+def checkpoint_kind(model_class: type | tuple[type, ...]) -> str:
+    """The registered architectures whose models are ``model_class``, for a message."""
+    names = [a.name for a in ARCHITECTURES.values() if issubclass(a.model_class, model_class)]
+    if names:
+        return " or ".join(names)
+    classes = model_class if isinstance(model_class, tuple) else (model_class,)
+    return " or ".join(c.__name__ for c in classes)
+
+
+def run_architecture_command(command: Command, argv: Sequence[str]) -> None:
+    """Parse (``--ckpt``, ``--device`` and the command's own flags), check, load, run."""
+    parser = ArgumentParser(
+        prog=f"physllm {command.name}", description=command.description or command.help
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="a run folder (uses best/) or a checkpoint folder"
+    )
+    parser.add_argument("--device", default="cpu")
+    command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    command.check(args)  # bad input fails before any file is read
+    device = resolve_device(args.device)
+    model, tokenizer, _ = load_checkpoint(args.ckpt, device)
+    if command.model_class is not None and not isinstance(model, command.model_class):
+        raise PhysllmError(
+            f"{command.name} needs a {checkpoint_kind(command.model_class)} checkpoint; "
+            f"{args.ckpt} holds a {type(model).__name__}"
+        )
+    command.run(args, model, tokenizer, device)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+CoreCommand = Callable[[Sequence[str]], None]
+
+# name -> (function, help): the commands every install has
+CORE: dict[str, tuple[CoreCommand, str]] = {
+    "train": (cmd_train, "train a model (every config field is a --flag)"),
+    "sample": (cmd_sample, "continue a prompt with a trained model"),
+    "bench": (cmd_bench, "speed and memory of models side by side"),
+    "corpora": (cmd_corpora, "list corpora and cache state"),
+    "report": (cmd_report, "run notebooks with papermill into reports/ and rebuild the index"),
 }
 
 
-def resolve_command(name: str) -> Callable[[Sequence[str]], None]:
-    import importlib
+def commands() -> dict[str, tuple[CoreCommand, str]]:
+    """Every command: the core ones, then each registered architecture's, in registry order
+    (read at call time, so an architecture registered from outside the package shows up)."""
+    table = dict(CORE)
+    for arch in ARCHITECTURES.values():
+        for command in arch.commands:
+            if command.name in table:
+                raise PhysllmError(
+                    f"architecture {arch.name!r} adds command {command.name!r}, "
+                    "which is already taken"
+                )
 
-    module, _, func = COMMANDS[name][0].partition(":")
-    return getattr(importlib.import_module(module), func)
+            def run(argv: Sequence[str], command: Command = command) -> None:
+                run_architecture_command(command, argv)
+
+            table[command.name] = (run, f"{command.help} ({arch.name})")
+    return table
+
+
+def print_usage(table: dict[str, tuple[CoreCommand, str]]) -> None:
+    print("usage: python -m physllm <command> [--help]\n\ncommands:")
+    width = max(9, *(len(name) for name in table))
+    for name, (_, help_text) in table.items():
+        print(f"  {name:<{width}} {help_text}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        table = commands()
+    except PhysllmError as err:
+        print(f"physllm: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m physllm <command> [--help]\n\ncommands:")
-        for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:<9} {help_text}")
+        print_usage(table)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
+    if command not in table:
         print(
-            f"physllm: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
+            f"physllm: error: unknown command {command!r}; choose from {', '.join(table)}",
             file=sys.stderr,
         )
         sys.exit(2)
     try:
-        resolve_command(command)(rest)
+        table[command][0](rest)
     except PhysllmError as err:
         print(f"physllm {command}: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -9,11 +9,10 @@ pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from physllm.training.checkpoint import save_checkpoint  # noqa: E402
 from physllm.context_vector.hf import (  # noqa: E402
     ContextVectorForCausalLM,
     ContextVectorHFConfig,
-    export_checkpoint,
+    export_hf,
     hf_tokenizer,
     to_hf,
 )
@@ -22,6 +21,7 @@ from physllm.errors import PhysllmError  # noqa: E402
 from physllm.gpt import GPT, GPTConfig  # noqa: E402
 from physllm.sampling import generate  # noqa: E402
 from physllm.tokenization import BPETokenizer, CharTokenizer  # noqa: E402
+from physllm.training import load_checkpoint, save_checkpoint  # noqa: E402
 
 TINY = dict(vocab_size=30, n_embd=16, n_hidden=24, n_context=8, n_layer=2)
 
@@ -123,7 +123,7 @@ def test_export_a_physllm_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = ContextVectorModel(ContextVectorConfig(**{**TINY, "vocab_size": tokenizer.vocab_size}))
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
-    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+    export_hf(*load_checkpoint(tmp_path / "ckpt")[:2], tmp_path / "hf")  # a checkpoint on disk
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = tok("abc d", return_tensors="pt")["input_ids"]

@@ -2,6 +2,7 @@
 inference, HF transformers integration, chat."""
 
 from physllm.arch import Architecture, Entry, Headline
+from physllm.context_vector.chat import CHAT_COMMAND
 from physllm.context_vector.model import ContextVectorConfig, ContextVectorModel
 from physllm.context_vector.presets import PRESETS
 
@@ -40,6 +41,7 @@ ARCH = Architecture(
         Headline("02_context_vector", "scan", "parallel-scan form, truncated BPTT †"),
         Headline("02_context_vector", "scan_windows", "parallel-scan form, random windows"),
     ),
+    commands=(CHAT_COMMAND,),
 )
 
 __all__ = ["ARCH", "ContextVectorConfig", "ContextVectorModel"]

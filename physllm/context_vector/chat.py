@@ -23,15 +23,17 @@ cleanly at end of input. ``/reset`` clears the history, ``/quit`` exits.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from physllm.arch import Command
+from physllm.args import add_dataclass_flags, dataclass_values
 from physllm.data import CHAT_END, CHAT_ROLES, format_chat
 from physllm.errors import PhysllmError
 from physllm.sampling import SamplingConfig, TextStream, pick_token
@@ -166,27 +168,23 @@ def local_data(data_dir: str | Path, cache_dir: str | Path) -> Iterator[None]:
 # --------------------------------------------------------------------------- CLI
 
 
-def cmd_chat(argv: Sequence[str]) -> None:
-    from physllm.training.checkpoint import load_checkpoint
-    from physllm.cli import ArgumentParser, add_dataclass_flags, given
-    from physllm.training import resolve_device
-
-    parser = ArgumentParser(
-        prog="physllm chat",
-        description="Chat with a model trained on chat-formatted text (reads stdin; /reset, /quit).",
-    )
-    parser.add_argument("--ckpt", required=True, help="a run folder (uses best/) or a checkpoint")
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, help="per reply")
     parser.add_argument("--system", default=None, help="an optional system message")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu")
     add_dataclass_flags(parser.add_argument_group("sampling"), SamplingConfig)
-    args = parser.parse_args(argv)
-    knobs = SamplingConfig(**given(args, {f.name for f in dataclasses.fields(SamplingConfig)}))
-    knobs.validate()
+
+
+def check_chat_args(args: argparse.Namespace) -> None:
+    """Bad flags fail here, before the checkpoint is read."""
+    SamplingConfig(**dataclass_values(args, SamplingConfig)).validate()
     if args.max_new_tokens < 1:
         raise PhysllmError("--max-new-tokens must be >= 1")
-    model, tokenizer, _ = load_checkpoint(args.ckpt, resolve_device(args.device))
+
+
+def run_chat(args: argparse.Namespace, model, tokenizer, device: torch.device) -> None:
+    """``physllm chat``: the REPL on stdin (a prompt only when stdin is a terminal)."""
+    knobs = SamplingConfig(**dataclass_values(args, SamplingConfig))
     session = ChatSession(model, tokenizer, knobs, args.max_new_tokens, args.system, args.seed)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -220,9 +218,22 @@ def cmd_chat(argv: Sequence[str]) -> None:
         sys.stdout.flush()
 
 
+# Any architecture's checkpoint chats (GPT's key/value cache or the context vector as the
+# history); it lives here because the context-vector model is the one built for it.
+CHAT_COMMAND = Command(
+    name="chat",
+    help="chat with a chat-trained model, a REPL on stdin",
+    description="Chat with a model trained on chat-formatted text (reads stdin; /reset, /quit).",
+    add_arguments=add_chat_arguments,
+    check=check_chat_args,
+    run=run_chat,
+)
+
+
 __all__ = [
     "ChatSession",
-    "cmd_chat",
+    "CHAT_COMMAND",
+    "run_chat",
     "dialogue_conversations",
     "local_data",
     "write_chat_parquet",

@@ -14,7 +14,7 @@ Registered with ``AutoConfig``/``AutoModelForCausalLM`` on import, so
     import physllm.context_vector.hf
     model = AutoModelForCausalLM.from_pretrained(path)   # no trust_remote_code
 
-works for folders written by ``save_pretrained`` (or :func:`export_checkpoint`).
+works for folders written by ``save_pretrained`` (or :func:`export_hf`).
 The tokenizer is saved beside the weights as a ``PreTrainedTokenizerFast``.
 """
 
@@ -179,11 +179,10 @@ def hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     raise PhysllmError(f"no HF tokenizer for {tokenizer.name!r} (char and bpe are supported)")
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
-    """A physllm context_vector checkpoint (or run folder) -> an HF folder (weights + tokenizer)."""
-    from physllm.training.checkpoint import load_checkpoint
-
-    model, tokenizer, _ = load_checkpoint(ckpt)
+def export_hf(model: ContextVectorModel, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` as an HF folder (weights, config, tokenizer) that
+    ``AutoModelForCausalLM.from_pretrained`` reads; a checkpoint on disk is first loaded with
+    :func:`physllm.training.load_checkpoint`."""
     hf = to_hf(model)
     hf.save_pretrained(out_dir)
     hf_tokenizer(tokenizer).save_pretrained(out_dir)
@@ -194,7 +193,7 @@ __all__ = [
     "ContextVectorCausalLMOutput",
     "ContextVectorForCausalLM",
     "ContextVectorHFConfig",
-    "export_checkpoint",
+    "export_hf",
     "hf_tokenizer",
     "to_hf",
 ]

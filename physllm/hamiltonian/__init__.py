@@ -4,6 +4,7 @@ integrator as the layers, steering toward or away from a word."""
 from physllm.arch import Architecture, Entry, Headline
 from physllm.hamiltonian.model import HamiltonianConfig, HamiltonianLM
 from physllm.hamiltonian.presets import PRESETS
+from physllm.hamiltonian.steering import STEER_COMMAND
 
 ARCH = Architecture(
     name="hamiltonian",
@@ -26,6 +27,7 @@ ARCH = Architecture(
         ),
         Headline("01_hamiltonian", "seed", "the seed's model"),
     ),
+    commands=(STEER_COMMAND,),
 )
 
 __all__ = ["ARCH", "HamiltonianConfig", "HamiltonianLM"]

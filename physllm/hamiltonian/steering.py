@@ -27,6 +27,7 @@ appears in the continuation and the continuation's perplexity under the
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -36,7 +37,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from physllm.arch import Command
 from physllm.errors import PhysllmError
+from physllm.hamiltonian.model import HamiltonianLM
 from physllm.sampling import SamplingConfig, TextStream, pick_token
 
 MODES = {"1": "sample", "2": "steer", "3": "least-action", "4": "flow"}
@@ -314,20 +317,6 @@ def compare_decoders(
 # --------------------------------------------------------------------------- CLI
 
 
-def _load(ckpt: str, device: str):
-    from physllm.training.checkpoint import load_checkpoint
-    from physllm.hamiltonian.model import HamiltonianLM
-    from physllm.training import resolve_device
-
-    dev = resolve_device(device)
-    model, tokenizer, _ = load_checkpoint(ckpt, dev)
-    if not isinstance(model, HamiltonianLM):
-        raise PhysllmError(
-            f"steering needs a hamiltonian checkpoint; {ckpt} holds a {type(model).__name__}"
-        )
-    return model, tokenizer, dev
-
-
 def run_once(
     model,
     tokenizer,
@@ -419,18 +408,7 @@ def interactive(model, tokenizer, args, stdin=None, out=None) -> None:
             out.write(f"error: {err}\n")
 
 
-def cmd_steer(argv: Sequence[str]) -> None:
-    from physllm.cli import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="physllm steer",
-        description=(
-            "Generate with a Hamiltonian checkpoint, steered toward (strength > 0) or away "
-            "from (< 0) a target word. Without --prompt: the seed's interactive loop "
-            "(modes 1-4, q quits)."
-        ),
-    )
-    parser.add_argument("--ckpt", required=True, help="a run folder (uses best/) or checkpoint")
+def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default=None, help="omit for the interactive loop")
     parser.add_argument("--target", default=None, help="the word to steer toward or away from")
     parser.add_argument("--strength", type=float, default=0.5)
@@ -441,22 +419,44 @@ def cmd_steer(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+
+
+def check_steer_args(args: argparse.Namespace) -> None:
+    """Bad flags fail here, before the checkpoint is read."""
     if args.max_new_tokens < 0:
         raise PhysllmError("--max-new-tokens must be >= 0")
-    mode = args.mode or ("2" if args.target else "1")
-    if MODES.get(mode, mode) not in MODES.values():
-        raise PhysllmError(f"unknown mode {mode!r}; choose from 1-4 or {', '.join(MODES.values())}")
+    args.mode = args.mode or ("2" if args.target else "1")
+    if MODES.get(args.mode, args.mode) not in MODES.values():
+        raise PhysllmError(
+            f"unknown mode {args.mode!r}; choose from 1-4 or {', '.join(MODES.values())}"
+        )
     if not math.isfinite(args.strength):
         raise PhysllmError(f"--strength must be a finite number, got {args.strength}")
-    model, tokenizer, _ = _load(args.ckpt, args.device)
+
+
+def run_steer(args: argparse.Namespace, model, tokenizer, device: torch.device) -> None:
+    """``physllm steer``: one continuation with --prompt, else the interactive loop."""
     if args.target is not None:
         target_ids(tokenizer, args.target)  # fail early on a word the tokenizer cannot encode
     if args.prompt is None:
         interactive(model, tokenizer, args)
         return
     run_once(
-        model, tokenizer, args.prompt, mode, args.target, args.strength, args.max_new_tokens,
-        args.seed,
+        model, tokenizer, args.prompt, args.mode, args.target, args.strength,
+        args.max_new_tokens, args.seed,
     )  # fmt: skip
+
+
+STEER_COMMAND = Command(
+    name="steer",
+    help="steer generation toward or away from a word",
+    description=(
+        "Generate with a Hamiltonian checkpoint, steered toward (strength > 0) or away "
+        "from (< 0) a target word. Without --prompt: the seed's interactive loop "
+        "(modes 1-4, q quits)."
+    ),
+    add_arguments=add_steer_arguments,
+    check=check_steer_args,
+    run=run_steer,
+    model_class=HamiltonianLM,
+)

@@ -47,6 +47,8 @@ from physllm.arch import LanguageModel, ModelConfig
 from physllm.errors import PhysllmError
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.hopfield import functional as hopfield_fn
+from physllm.lora import LoRALinear, apply_lora
+from physllm.sampling import generate
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -424,8 +426,6 @@ class HopfieldLM(LanguageModel):
 
     def add_lora(self, rank: int) -> None:
         """LoRA adapters (alpha = 2 r) on the backbone's attention; idempotent."""
-        from physllm.lora import LoRALinear, apply_lora
-
         if not any(isinstance(m, LoRALinear) for m in self.backbone.modules()):
             apply_lora(self.backbone, self.backbone.lora_targets, r=rank, alpha=2.0 * rank)
         self.config.lora_rank = rank
@@ -503,8 +503,6 @@ class HopfieldLM(LanguageModel):
         self, idx: torch.Tensor, max_new_tokens: int = 0, write: bool = True, **sampling
     ) -> torch.Tensor:
         """One inference call: generate from ``idx`` reading the memory, then write the call into it."""
-        from physllm.sampling import generate
-
         out = generate(self, idx, max_new_tokens, **sampling) if max_new_tokens else idx
         if write:
             self.memorize(out)
