@@ -28,8 +28,9 @@
 # against training time; and speed and memory against sequence length.
 #
 # Nothing here is new code: the models, presets and trainer are the ones the
-# other notebooks use, and the entries, the matching and the table live in
-# `physllm/leaderboard.py`.
+# other notebooks use, the entries, the matching and the table live in
+# `physllm/experiments/leaderboard.py`, and the README's table is rendered by
+# `physllm/reporting/readme.py`.
 #
 # Headless: `python -m physllm report 06_leaderboard` (this notebook into
 # `reports/06_leaderboard/<run>/`, and the README's results table regenerated
