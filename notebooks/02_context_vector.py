@@ -77,7 +77,7 @@ from physllm.context_vector.model import (
 )
 from physllm.models import match_field
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import estimate_stream_loss, get_preset, make_config, train
+from physllm.training import StreamSource, evaluate_loss, get_preset, make_config, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
@@ -298,7 +298,7 @@ assert all(beats.values()) or not long_run
 # ## 4. Carrying the state: in training and at evaluation
 #
 # Every context-vector run is scored here on the *same* validation text: 12
-# streams of consecutive blocks (`estimate_stream_loss`), once with the state
+# streams of consecutive blocks (a `StreamSource` read by `evaluate_loss`), once with the state
 # handed from block to block (what streaming generation sees) and once
 # restarted from zero at every block (what a random-window model saw in
 # training). The gap is what the carried context buys; comparing a
@@ -309,8 +309,8 @@ assert all(beats.values()) or not long_run
 carry = {}
 for name in [k for k in results if k != "gpt"]:
     model = results[name].model.cpu()
-    carried, _ = estimate_stream_loss(model, data, "val", 100, 12, carry=True)
-    reset, _ = estimate_stream_loss(model, data, "val", 100, 12, carry=False)
+    carried, _ = evaluate_loss(model, StreamSource(model, data, "val", 12), 100)
+    reset, _ = evaluate_loss(model, StreamSource(model, data, "val", 12, carry=False), 100)
     carry[name] = {"trained_with_state": model.config.carry_state, "carried": carried, "reset": reset}
 pd.DataFrame(carry).T.assign(gain_from_state=lambda t: t["reset"] - t["carried"])
 

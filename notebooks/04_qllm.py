@@ -92,7 +92,7 @@ from physllm.qllm.model import (
 from physllm.sampling import generate
 from physllm.training import (
     autocast_context,
-    estimate_loss,
+    evaluate_loss,
     get_preset,
     make_config,
     resolve_device,
@@ -462,7 +462,7 @@ ft_data = TokenData.load(ft_corpus, tokenizer)
 dev = resolve_device(device)
 ctx, _ = autocast_context(dev, ft_cfg.dtype)
 eval_seed, eval_iters = ft_cfg.seed + 20_000, max(ft_cfg.eval_iters, 20)  # the trainer's final-eval batches
-loss_before, _ = estimate_loss(q_run.model, ft_data, "val", eval_iters, ft_cfg.batch_size, dev, ctx, eval_seed)
+loss_before, _ = evaluate_loss(q_run.model, ft_data, eval_iters, "val", ft_cfg.batch_size, eval_seed, dev, ctx)
 ft_run = train(ft_cfg)
 loss_after = ft_run.metrics["val_loss"]
 print(f"{ft_name} val loss: base {loss_before:.4f} -> LoRA {loss_after:.4f} nats "

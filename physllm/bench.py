@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from physllm.env import device_description, peak_rss_mb, reset_peak_rss, resolve_device
 from physllm.errors import PhysllmError
+from physllm.models import build_model, get_model_classes
 from physllm.validation import (
     DEVICE,
     NON_NEGATIVE,
@@ -83,7 +85,6 @@ class BenchConfig:
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"ngt:kernel=seed+n_coord=32"`` -> ``("ngt", {"kernel": "seed", "n_coord": 32})``."""
-    from physllm.models import get_model_classes
 
     name, _, rest = spec.partition(":")
     config_cls, _ = get_model_classes(name)
@@ -105,7 +106,6 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def model_config_for(spec: str, cfg: BenchConfig):
     """The model's config at the benchmark's shape: shared knobs, then the spec's overrides."""
-    from physllm.models import get_model_classes
 
     name, overrides = parse_model_spec(spec)
     config_cls, _ = get_model_classes(name)
@@ -139,8 +139,6 @@ def _measure_training(
     """:func:`measure_training`'s row and the model it built. CPU peak memory is the
     resident high-water mark since this call began, above ``baseline`` MB (default:
     what the process holds when the call begins)."""
-    from physllm.models import build_model
-    from physllm.training import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -232,7 +230,6 @@ def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
 
 def hardware() -> str:
     """The run's device in ``metrics.json``'s words, plus the torch version."""
-    from physllm.training import device_description
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return f"{device_description(device)}, torch {torch.__version__}"
@@ -291,8 +288,6 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     Linux CPU the process's peak resident set. ``state_kb`` is the exact size
     of the cache (GPT: keys and values; context_vector: its state vectors).
     """
-    from physllm.models import build_model
-    from physllm.training import peak_rss_mb, reset_peak_rss, resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,8 +1,20 @@
-"""The training layer: configs and presets, batch sources, the evaluator, the trainer
-and checkpoints. ``from physllm.training import make_config, train`` is the usual entry."""
+"""The training layer: configs and presets (:mod:`.config`, :mod:`.presets`), batch
+sources (:mod:`.batches`), the one evaluator (:mod:`.evaluate`), the trainer in phases
+(:mod:`.trainer`), the Hopfield memory stage on the same pieces (:mod:`.memory`) and
+checkpoints (:mod:`.checkpoint`). ``from physllm.training import make_config, train``
+is the usual entry."""
 
+from physllm.env import (
+    autocast_context,
+    device_description,
+    peak_rss_mb,
+    reset_peak_rss,
+    resolve_device,
+)
+from physllm.training.batches import BatchSource, StreamSource, WindowSource, batch_source
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 from physllm.training.config import TrainConfig, split_overrides
+from physllm.training.evaluate import evaluate_loss
 from physllm.training.presets import (
     NANOGPT_CHAR_CPU,
     PRESETS,
@@ -11,30 +23,22 @@ from physllm.training.presets import (
     make_config,
     matched_baseline,
 )
-from physllm.training.trainer import (
-    RunResult,
-    autocast_context,
-    device_description,
-    estimate_loss,
-    estimate_stream_loss,
-    git_sha,
-    lr_at,
-    peak_rss_mb,
-    reset_peak_rss,
-    resolve_device,
-    train,
-)
+from physllm.training.trainer import RunResult, Trainer, git_sha, lr_at, train
 
 __all__ = [
     "NANOGPT_CHAR_CPU",
     "PRESETS",
+    "BatchSource",
     "RunResult",
+    "StreamSource",
     "TrainConfig",
+    "Trainer",
+    "WindowSource",
     "autocast_context",
     "baseline_overrides",
+    "batch_source",
     "device_description",
-    "estimate_loss",
-    "estimate_stream_loss",
+    "evaluate_loss",
     "get_preset",
     "git_sha",
     "load_checkpoint",

@@ -49,7 +49,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from physllm.errors import PhysllmError
-from physllm.models import LanguageModel, build_model
+from physllm.models import MODELS, LanguageModel, build_model
 from physllm.tokenization import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -66,8 +66,6 @@ _saves_seen: dict[str, int] = {}
 
 
 def model_name_of(model: LanguageModel) -> str:
-    from physllm.models import MODELS
-
     for name, (_, cls) in MODELS.items():
         if type(model) is cls:
             return name
