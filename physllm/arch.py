@@ -33,6 +33,7 @@ from physllm.validation import (
     ConfigError,
     Rule,
     check_fields,
+    check_multiple,
     merged_rules,
 )
 
@@ -41,9 +42,8 @@ from physllm.validation import (
 class ModelConfig:
     """A model's hyperparameters, checked when built (:mod:`physllm.validation`).
 
-    Subclasses declare ``field_rules`` (merged with these; rules for fields a
-    config lacks are ignored, so the shape names common to most models are
-    declared once here) and put relations between fields in ``check``.
+    Subclasses declare ``field_rules`` (merged with their bases' along the class
+    hierarchy) and put relations between fields in ``check``.
     """
 
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
@@ -52,10 +52,6 @@ class ModelConfig:
     field_rules: ClassVar[dict[str, Rule]] = {
         "vocab_size": NON_NEGATIVE,
         "block_size": POSITIVE,
-        "n_layer": POSITIVE,
-        "n_head": POSITIVE,
-        "n_embd": POSITIVE,
-        "dropout": FRACTION,
     }
 
     # old field name -> new one, so checkpoints written before a rename still load
@@ -88,6 +84,30 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+@dataclass
+class TransformerShape(ModelConfig):
+    """The shape of a stack of attention blocks, declared once for every model built
+    on one (GPT, Hamiltonian, NGT, QLLM, Hopfield's backbone): their configs extend
+    this, so the fields, defaults and rules below are the same for all of them and a
+    GPT baseline can take another model's shape field for field."""
+
+    n_layer: int = 4  # blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # residual stream width; each head takes n_embd / n_head channels
+    dropout: float = 0.0
+    bias: bool = False  # no biases in Linear/LayerNorm: slightly better and faster (nanoGPT)
+
+    field_rules: ClassVar[dict[str, Rule]] = {
+        "n_layer": POSITIVE,
+        "n_head": POSITIVE,
+        "n_embd": POSITIVE,
+        "dropout": FRACTION,
+    }
+
+    def check(self) -> None:
+        check_multiple(self, "n_embd", "n_head")
 
 
 class LanguageModel(nn.Module):

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from physllm.errors import PhysllmError
 from physllm.tokenization import Tokenizer, build_tokenizer, load_tokenizer
@@ -715,6 +716,29 @@ class TokenData:
         window = data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T+1)
         window = torch.from_numpy(window)
         return window[:, :-1], window[:, 1:]
+
+
+def unigram_loss(train_ids: ArrayLike, val_ids: ArrayLike, vocab_size: int) -> float:
+    """The context-free baseline: cross-entropy (nats/token) on ``val_ids`` of the token
+    frequencies of ``train_ids``, add-one smoothed so an unseen token costs a finite loss.
+
+    ``train_ids``, ``val_ids``: 1-D token ids (arrays, memmaps or tensors), each in
+    ``[0, vocab_size)``. A model whose validation loss is not clearly below this has
+    learned nothing from context.
+    """
+    train = np.asarray(train_ids, dtype=np.int64).ravel()
+    val = np.asarray(val_ids, dtype=np.int64).ravel()
+    if vocab_size < 1 or val.size == 0:
+        raise PhysllmError(
+            f"unigram_loss needs vocab_size >= 1 and validation tokens, "
+            f"got vocab_size {vocab_size} and {val.size} tokens"
+        )
+    for name, ids in (("train", train), ("val", val)):
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise PhysllmError(f"unigram_loss: {name} ids must be in [0, {vocab_size})")
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1  # add-one
+    log_p = np.log(counts / counts.sum())  # (V,)
+    return float(-log_p[val].mean())
 
 
 class StreamSampler:

@@ -118,6 +118,23 @@ def test_text_shorter_than_a_block(tmp_path):
         data.check_block(64)
 
 
+def test_unigram_loss_on_a_known_distribution():
+    # train frequencies 3:1, add-one smoothed: p = (4/6, 2/6); val reads one of each
+    train = np.array([0, 0, 0, 1], dtype=np.uint16)  # a memmap's dtype
+    loss = pdata.unigram_loss(train, torch.tensor([0, 1]), vocab_size=2)
+    assert loss == pytest.approx(-(np.log(4 / 6) + np.log(2 / 6)) / 2)
+    # an unseen token (smoothed count 1) costs log(N + V), finite; uniform train ids give log(V)
+    assert pdata.unigram_loss([0, 1], [2], vocab_size=3) == pytest.approx(np.log(5))
+    assert pdata.unigram_loss(list(range(8)), [3], vocab_size=8) == pytest.approx(np.log(8))
+
+
+def test_unigram_loss_rejects_ids_outside_the_vocabulary():
+    with pytest.raises(PhysllmError, match="in \\[0, 2\\)"):
+        pdata.unigram_loss([0, 2], [0], vocab_size=2)
+    with pytest.raises(PhysllmError, match="validation tokens"):
+        pdata.unigram_loss([0, 1], [], vocab_size=2)
+
+
 # ----- hub datasets, through the same loaders, from local files in the hub's format
 
 

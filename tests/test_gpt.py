@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from physllm.arch import ModelConfig, TransformerShape
+from physllm.context_vector.model import ContextVectorConfig
+from physllm.errors import PhysllmError
 from physllm.gpt.model import GPT, GPTConfig
+from physllm.hamiltonian.model import HamiltonianConfig
+from physllm.hopfield.model import HopfieldConfig
 from physllm.models import MODELS, build_model
+from physllm.ngt.model import NGTConfig
+from physllm.qllm.model import QLLMConfig
 from physllm.tokenization import ByteTokenizer
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -115,3 +123,53 @@ def test_build_model_from_dict():
         "gpt", {"vocab_size": 10, "block_size": 8, "n_layer": 1, "n_head": 1, "n_embd": 8}
     )
     assert isinstance(model, GPT) and model.config.n_layer == 1
+
+
+# ----- the transformer shape every attention model's config extends
+
+SHAPED = [GPTConfig, HamiltonianConfig, QLLMConfig, HopfieldConfig, NGTConfig]
+SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": False}
+
+
+@pytest.mark.parametrize("cls", SHAPED)
+def test_configs_share_the_transformer_shape(cls):
+    assert issubclass(cls, TransformerShape)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert names[:7] == ["vocab_size", "block_size", *SHAPE]  # the base's fields come first
+    for name in SHAPE:  # declared once, in TransformerShape, not again in the subclass
+        assert name not in cls.__dict__.get("__annotations__", {})
+    # defaults as before the fields moved (checkpoints' config.json are unchanged)
+    assert {k: getattr(cls(), k) for k in SHAPE} == SHAPE
+    assert cls().block_size == (64 if cls is HopfieldConfig else 256)
+    assert cls().vocab_size == (256 if cls is QLLMConfig else 0)
+
+
+@pytest.mark.parametrize("cls", SHAPED)
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"n_layer": 0}, "--n-layer must be >= 1"),
+        ({"n_head": 0}, "--n-head must be >= 1"),
+        ({"dropout": 1.0}, "--dropout must be in"),
+        ({"bias": 1}, "--bias must be true or false"),
+        ({"n_embd": 100, "n_head": 3}, "--n-embd \\(100\\) must be a multiple of --n-head"),
+    ],
+)
+def test_bad_shape_values_raise_when_built(cls, bad, message):
+    with pytest.raises(PhysllmError, match=message):
+        cls(**bad)
+
+
+def test_context_vector_has_no_heads_but_keeps_its_shape_rules():
+    assert not issubclass(ContextVectorConfig, TransformerShape)
+    assert issubclass(ContextVectorConfig, ModelConfig)
+    with pytest.raises(PhysllmError, match="--n-embd must be >= 1"):
+        ContextVectorConfig(n_embd=0)
+    with pytest.raises(PhysllmError, match="--dropout must be in"):
+        ContextVectorConfig(dropout=-0.1)
+
+
+def test_old_config_json_loads_into_the_shared_shape():
+    # a GPT checkpoint's config.json, written before the shape fields moved
+    old = dict(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
+    assert GPTConfig.from_dict(old).to_dict() == old

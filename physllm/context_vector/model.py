@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, ModelConfig
-from physllm.validation import POSITIVE, POSITIVE_FLOAT, one_of, require
+from physllm.validation import FRACTION, POSITIVE, POSITIVE_FLOAT, one_of, require
 
 State = list[torch.Tensor]  # one context vector (B, n_context) per layer
 
@@ -79,7 +79,11 @@ class ContextVectorConfig(ModelConfig):
     forget_bias: float = 1.0  # fixed form: forget gates start at sigmoid(1) = 0.73
     carry_state: bool = False  # train on consecutive blocks, state handed on (truncated BPTT)
 
+    # no heads and no bias: not a TransformerShape, so its shape-like fields carry their own rules
     field_rules = {
+        "n_embd": POSITIVE,
+        "n_layer": POSITIVE,
+        "dropout": FRACTION,
         "n_hidden": POSITIVE,
         "n_context": POSITIVE,
         "ffn_depth": POSITIVE,

@@ -22,22 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.arch import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, TransformerShape
 from physllm.nn import MLP, CausalSelfAttention, LayerNorm, init_gpt2_weights
-from physllm.validation import check_multiple
 
 
 @dataclass
-class GPTConfig(ModelConfig):
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False  # no biases in Linear/LayerNorm: slightly better and faster (nanoGPT)
-
-    def check(self) -> None:
-        check_multiple(self, "n_embd", "n_head")  # each head takes n_embd / n_head channels
+class GPTConfig(TransformerShape):
+    """GPT is the transformer shape and nothing more (:class:`~physllm.arch.TransformerShape`)."""
 
 
 class Block(nn.Module):

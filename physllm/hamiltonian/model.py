@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.arch import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, TransformerShape
 from physllm.hamiltonian.integrators import force_from_potential, leapfrog_step
 from physllm.nn import CausalSelfAttention, init_gpt2_weights
 from physllm.validation import (
@@ -63,20 +63,13 @@ from physllm.validation import (
     POSITIVE_FLOAT,
     PROBABILITY,
     at_least,
-    check_multiple,
     one_of,
     require,
 )
 
 
 @dataclass
-class HamiltonianConfig(ModelConfig):
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
+class HamiltonianConfig(TransformerShape):
     variant: str = "symplectic"  # symplectic | seed
     # symplectic
     mode: str = "direct"  # direct (force network) | conservative (F = -dV/dq by autograd)
@@ -111,7 +104,7 @@ class HamiltonianConfig(ModelConfig):
     }
 
     def check(self) -> None:
-        check_multiple(self, "n_embd", "n_head")
+        super().check()
         if self.variant == "seed":  # rotary positions rotate channel pairs of each head
             head = self.n_embd // self.n_head
             require(

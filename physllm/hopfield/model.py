@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.arch import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.hopfield import functional as hopfield_fn
@@ -62,17 +62,13 @@ from physllm.validation import (
 
 
 @dataclass
-class HopfieldConfig(ModelConfig):
+class HopfieldConfig(TransformerShape):
+    """The shape fields (:class:`~physllm.arch.TransformerShape`) size the GPT backbone;
+    an ``hf:`` backbone ignores them."""
+
     block_size: int = 64
-    backbone: str = (
-        "gpt"  # "gpt": a physllm GPT of the sizes below; "hf:<id or path>": transformers
-    )
-    # GPT backbone (ignored for hf:)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
+    # "gpt": a physllm GPT of the shape fields' sizes; "hf:<id or path>": transformers
+    backbone: str = "gpt"
     # the memory layer
     mem_heads: int = 4
     mem_head_dim: int = 32
@@ -113,7 +109,7 @@ class HopfieldConfig(ModelConfig):
     def check(self) -> None:
         if self.backbone != "gpt":
             return  # an hf: backbone's sizes are known once it is loaded (HopfieldMemory checks)
-        check_multiple(self, "n_embd", "n_head")
+        super().check()
         check_multiple(self, "n_embd", "mem_heads")
         require(
             -self.n_layer <= self.mem_layer < self.n_layer,

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.arch import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, TransformerShape
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.nn import MLP, LayerNorm, init_gpt2_weights
 from physllm.validation import (
@@ -66,7 +66,6 @@ from physllm.validation import (
     POSITIVE,
     POSITIVE_FLOAT,
     at_least,
-    check_multiple,
     one_of,
     require,
 )
@@ -77,16 +76,10 @@ MASS_MODES = ("logits", "values", "none")
 
 
 @dataclass
-class NGTConfig(ModelConfig):
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+class NGTConfig(TransformerShape):
     n_coord: int = 32  # C: width of the coordinate stream z (the seed's WikiText run: 64)
     head_coord: int = 16  # per-head coordinate dims of u = P z (the seed's default)
     mlp_hidden: int = 0  # 0: the width that gives the vanilla GPT's parameter count
-    dropout: float = 0.0
-    bias: bool = False
     kernel: str = (
         "gaussian"  # "gaussian" (attractive, SDPA) or "seed" (-gamma m m / (d2 + eps) + b)
     )
@@ -115,7 +108,7 @@ class NGTConfig(ModelConfig):
     }
 
     def check(self) -> None:
-        check_multiple(self, "n_embd", "n_head")
+        super().check()
         require(
             not (self.kernel == "gaussian" and self.cutoff == "soft"),
             "--cutoff soft is the seed's multiplicative cutoff: --kernel seed only",

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physllm.arch import LanguageModel, ModelConfig
+from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.lora import apply_lora, mark_only_lora_trainable
 from physllm.nn import MLP, LayerNorm, init_gpt2_weights
@@ -72,7 +72,6 @@ from physllm.validation import (
     POSITIVE,
     POSITIVE_FLOAT,
     at_least,
-    check_multiple,
     one_of,
     require,
 )
@@ -82,14 +81,8 @@ GLOBALS = ("seed", "recurrent", "off")
 
 
 @dataclass
-class QLLMConfig(ModelConfig):
+class QLLMConfig(TransformerShape):
     vocab_size: int = 256  # bytes
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
     phase: str = "rotation"  # gain (the seed's PhaseRotator) | rotation (norm-preserving) | none
     phase_per_position: bool = False  # rotation only: one phase per (position, pair), not per pair
     globals: str = "recurrent"  # seed (constant prefix) | recurrent (memory across segments) | off
@@ -115,7 +108,7 @@ class QLLMConfig(ModelConfig):
     }
 
     def check(self) -> None:
-        check_multiple(self, "n_embd", "n_head")
+        super().check()
         require(
             self.phase != "rotation" or self.n_embd % 2 == 0,
             f"--phase rotation pairs channels: --n-embd must be even, got {self.n_embd}",
