@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -302,10 +303,7 @@ def commands() -> dict[str, tuple[CoreCommand, str]]:
                     f"architecture {arch.name!r} adds command {command.name!r}, "
                     "which is already taken"
                 )
-
-            def run(argv: Sequence[str], command: Command = command) -> None:
-                run_architecture_command(command, argv)
-
+            run = functools.partial(run_architecture_command, command)
             table[command.name] = (run, f"{command.help} ({arch.name})")
     return table
 

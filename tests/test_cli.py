@@ -212,14 +212,32 @@ def test_train_then_sample_end_to_end(small_text_file, tmp_path):
     assert expected(7) != expected(1337)  # so the output above is --seed 7's, not the default's
 
 
-def test_every_command_has_help():
+def test_every_command_has_help_and_is_in_the_docstring():
+    """Core commands and every registered architecture's: one line each in --help, their
+    own --help, and a line in cli.py's docstring."""
+    from physllm import cli
+    from physllm.models import ARCHITECTURES
+
+    names = list(cli.commands())
+    arch_commands = [c.name for a in ARCHITECTURES.values() for c in a.commands]
+    assert {"train", "sample", "bench", "corpora", "report", "steer", "chat"} <= set(names)
+    assert set(arch_commands) <= set(names)
     top = physllm("--help")
     assert top.returncode == 0
-    for command in ("train", "sample", "bench", "corpora"):
-        assert command in top.stdout
-        proc = physllm(command, "--help")
-        assert proc.returncode == 0 and "usage" in proc.stdout, command
+    listed = [line.split()[0] for line in top.stdout.splitlines() if line.startswith("  ")]
+    assert listed == names  # each once, core first, then the architectures'
+    for name in names:
+        assert f"``{name}``" in cli.__doc__, name
+        proc = physllm(name, "--help")
+        assert proc.returncode == 0 and "usage" in proc.stdout, name
     assert "--n-embd" in physllm("train", "--help").stdout  # model fields are flags too
+    assert "--ckpt" in physllm("steer", "--help").stdout  # the CLI adds it to arch commands
+
+
+def test_unknown_command_and_no_command():
+    assert_one_line_error(physllm("nosuch"), "unknown command 'nosuch'")
+    proc = physllm()
+    assert proc.returncode == 2 and "commands:" in proc.stdout
 
 
 def test_corpora_lists_the_registry():

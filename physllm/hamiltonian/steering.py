@@ -425,7 +425,7 @@ def check_steer_args(args: argparse.Namespace) -> None:
     """Bad flags fail here, before the checkpoint is read."""
     if args.max_new_tokens < 0:
         raise PhysllmError("--max-new-tokens must be >= 0")
-    args.mode = args.mode or ("2" if args.target else "1")
+    args.mode = args.mode or ("2" if args.target else "1")  # settled here: run_steer reads it
     if MODES.get(args.mode, args.mode) not in MODES.values():
         raise PhysllmError(
             f"unknown mode {args.mode!r}; choose from 1-4 or {', '.join(MODES.values())}"
