@@ -140,13 +140,15 @@ def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()] if names != "all" else []
     wanted = set(names)
-    known = {e.name for e in ENTRIES}
-    unknown = sorted(wanted - known)
+    # read at call time: an architecture registered after import has its rows too
+    entries = [e for arch in ARCHITECTURES.values() for e in arch.leaderboard]
+    known = [e.name for e in entries]
+    unknown = sorted(wanted - set(known))
     if unknown:
         raise PhysllmError(
             f"unknown leaderboard entries {', '.join(unknown)}; choose from {', '.join(known)}"
         )
-    return [e for e in ENTRIES if not wanted or e.name in wanted or e.name == REFERENCE]
+    return [e for e in entries if not wanted or e.name in wanted or e.name == REFERENCE]
 
 
 def entry_values(

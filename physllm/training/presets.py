@@ -28,12 +28,14 @@ COUNT_VOCAB = 256
 
 
 def get_preset(model: str, preset: str) -> dict[str, Any]:
-    """The overrides of ``preset`` for ``model`` (a copy: safe to modify)."""
-    try:
-        return dict(PRESETS[model][preset])
-    except KeyError:
-        known = ", ".join(PRESETS.get(model, {})) or "none"
-        raise PhysllmError(f"no preset {preset!r} for model {model!r} (known: {known})") from None
+    """The overrides of ``preset`` for ``model`` (a copy: safe to modify). Read from the
+    registry at call time: an architecture registered after import has its presets too."""
+    arch = ARCHITECTURES.get(model) if isinstance(model, str) else None
+    presets = arch.presets if arch else {}
+    if preset not in presets:
+        known = ", ".join(presets) or "none"
+        raise PhysllmError(f"no preset {preset!r} for model {model!r} (known: {known})")
+    return presets[preset].values()
 
 
 def make_config(model: str = "gpt", preset: str | None = None, **overrides: Any) -> TrainConfig:
