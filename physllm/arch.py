@@ -86,6 +86,12 @@ class ModelConfig:
         return cls(**values)
 
 
+# The fields that size a stack of attention blocks. A model without one may use the same
+# names for other things (context_vector's n_layer counts recurrent layers), so a baseline
+# takes them only from a TransformerShape.
+SHAPE_FIELDS: tuple[str, ...] = ("n_layer", "n_head", "n_embd")
+
+
 @dataclass
 class TransformerShape(ModelConfig):
     """The shape of a stack of attention blocks, declared once for every model built

@@ -14,10 +14,11 @@ from physllm.errors import PhysllmError
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.hamiltonian.model import HamiltonianConfig
 from physllm.hopfield.model import HopfieldConfig
-from physllm.models import MODELS, build_model
+from physllm.models import MODELS, build_model, count_params
 from physllm.ngt.model import NGTConfig
 from physllm.qllm.model import QLLMConfig
 from physllm.tokenization import ByteTokenizer
+from physllm.training import make_config, matched_baseline
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -173,3 +174,14 @@ def test_old_config_json_loads_into_the_shared_shape():
     # a GPT checkpoint's config.json, written before the shape fields moved
     old = dict(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
     assert GPTConfig.from_dict(old).to_dict() == old
+
+
+def test_a_gpt_next_to_a_model_without_heads_keeps_its_own_shape():
+    cfg = make_config("context_vector", "cpu", vocab_size=65, out_dir="runs/cv")
+    gpt = matched_baseline(cfg, match="n_embd")
+    mc = gpt.model_config
+    # context_vector's n_layer counts recurrent layers: GPT keeps its own depth and heads
+    assert (mc.n_layer, mc.n_head) == (GPTConfig().n_layer, GPTConfig().n_head)
+    assert (mc.block_size, mc.vocab_size, gpt.steps) == (64, 65, cfg.steps)
+    target = count_params("context_vector", cfg.model_config.to_dict())
+    assert abs(count_params("gpt", mc.to_dict()) / target - 1) < 0.1

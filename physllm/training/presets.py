@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from physllm.arch import SHAPE_FIELDS, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
 from physllm.training.config import TrainConfig, split_overrides, train_field_names
@@ -64,14 +65,17 @@ def matched_baseline(
 ) -> TrainConfig:
     """``baseline`` at ``cfg``'s budget: the same training fields (steps, schedule, data,
     seed...; ``out_dir`` suffixed ``_<baseline>`` unless given) and the model fields the two
-    configs share (n_layer, n_embd, block_size, dropout...). With ``match``, that integer
-    field of the baseline (a multiple of ``step``) is searched so its parameter count is
-    nearest ``cfg``'s model's."""
+    configs share (n_layer, n_embd, block_size, dropout...; the shape fields only from a
+    :class:`~physllm.arch.TransformerShape`, else the baseline keeps its own). With
+    ``match``, that integer field of the baseline (a multiple of ``step``) is searched so
+    its parameter count is nearest ``cfg``'s model's."""
     train_fields = {k: getattr(cfg, k) for k in train_field_names()}
     train_fields["out_dir"] = out_dir or f"{cfg.out_dir.rstrip('/')}_{baseline}"
     config_cls, _ = get_model_classes(baseline)
     theirs = cfg.model_config.to_dict()
     shared = {f.name for f in dataclasses.fields(config_cls)} & set(theirs)
+    if not isinstance(cfg.model_config, TransformerShape):  # no attention blocks to copy
+        shared -= set(SHAPE_FIELDS)
     model_fields = {k: theirs[k] for k in shared}
     if match is not None:
         if match not in {f.name for f in dataclasses.fields(config_cls)}:
