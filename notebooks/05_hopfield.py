@@ -75,9 +75,9 @@ from physllm.hopfield.analysis import (
     retrieval_vs_beta,
 )
 from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
-from physllm.hopfield.tasks import FactsTask, capacity_curve, recall, train_memory
+from physllm.hopfield.tasks import FactsTask, capacity_curve, recall
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import make_config, train
+from physllm.training import make_config, train, train_memory
 
 # NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
@@ -403,7 +403,8 @@ recall_table({"question = the fact's wording": with_memory, "paraphrased questio
 # NBVAL_IGNORE_OUTPUT
 narrativeqa = None
 if preset == "gpu":
-    from physllm.hopfield.tasks import load_hf_hopfield, run_narrativeqa
+    from physllm.hopfield.tasks import load_hf_hopfield
+    from physllm.training.memory import run_narrativeqa
 
     gpu_cfg = make_config("hopfield", "gpu", device=device, seed=seed).model_config
     hf_model, hf_tok = load_hf_hopfield(gpu_cfg, device)

@@ -19,10 +19,10 @@ from physllm.hopfield.tasks import (
     narrativeqa_eval,
     recall,
     token_f1,
-    train_memory,
 )
 from physllm.models import build_model
 from physllm.sampling import generate
+from physllm.training import train_memory
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\nQA:?"))
 STOI = {c: i for i, c in enumerate(CHARS)}

@@ -1,4 +1,4 @@
-"""Tasks that need a memory across calls, the loop that trains it, and recall.
+"""Tasks that need a memory across calls, the loss that trains it, and recall.
 
 An *episode* is two calls. Call 1 (``write_ids``) is written into the memory;
 call 2 (``read_ids``) starts from an empty context and is scored only where
@@ -13,23 +13,25 @@ the answer is (``read_targets``, -1 elsewhere). Nothing of call 1 is in call
 * :class:`NarrativeQATask`: the story summary is call 1, "Question: ...
   Answer:" call 2 (the GPU preset; records from :func:`load_narrativeqa_records`).
 
-:func:`train_memory` freezes the backbone and fits the memory layer;
-:func:`recall` and :func:`capacity_curve` measure exact-match recall with and
-without memory.
+:func:`memory_parameters`, :func:`draw_episode` and :func:`episode_loss` are the
+pieces the memory stage trains with (the loop is ``physllm.training.train_memory``,
+on the trainer's schedule, step and progress bar); :func:`recall` and
+:func:`capacity_curve` measure exact-match recall with and without memory.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from physllm.data import HUB_CORPORA, iter_hub_rows
 from physllm.errors import PhysllmError
+from physllm.hopfield.model import HopfieldLM
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -114,8 +116,6 @@ class FactsTask:
 
 def load_narrativeqa_records(split: str = "validation", limit: int = 0) -> list[dict]:
     """NarrativeQA rows as ``{"summary", "question", "answers"}`` (local parquet first, else the hub)."""
-    from physllm.data import HUB_CORPORA, iter_hub_rows
-
     records = []
     for row in iter_hub_rows("narrativeqa", HUB_CORPORA["narrativeqa"], split):
         records.append(
@@ -167,79 +167,35 @@ class NarrativeQATask:
 # --------------------------------------------------------------------------- training
 
 
-def train_memory(
-    model,
-    task,
-    steps: int,
-    batch_size: int = 8,
-    max_facts: int = 16,
-    lr: float = 3e-3,
-    seed: int = 0,
-    log_interval: int = 10,
-    progress: bool = True,
-    lora_rank: int | None = None,
-) -> list[dict]:
-    """Fit the memory layer on two-call episodes with the backbone frozen; returns the history.
-
-    Each step draws the number of facts uniformly in [1, max_facts], writes
-    call 1 into a fresh per-episode memory and takes the cross-entropy of
-    call 2's answers read through it. AdamW, 10% warmup then cosine decay.
-    ``lora_rank`` (default: the model config's) > 0 also trains LoRA adapters
-    on the backbone's attention; everything else of the backbone stays frozen.
-    """
-    rng = random.Random(seed)
+def memory_parameters(model, lora_rank: int | None = None) -> list[torch.nn.Parameter]:
+    """Freeze the backbone for memory training; return what trains (the memory layer, and
+    with ``lora_rank`` > 0 (default: the model config's) new LoRA adapters on the backbone)."""
     lora_rank = model.config.lora_rank if lora_rank is None else lora_rank
     if lora_rank:
         model.add_lora(lora_rank)
     for name, p in model.backbone.named_parameters():
         p.requires_grad_(bool(lora_rank) and "lora_" in name)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    warmup = max(1, steps // 10)
-    from physllm.progress import progress_bar
+    return [p for p in model.parameters() if p.requires_grad]
 
-    bar = progress_bar(steps, "memory", enabled=progress)  # text in report runs
-    history, t0 = [], time.perf_counter()
-    model.train()
-    for step in range(steps):
-        scale = (
-            (step + 1) / warmup
-            if step < warmup
-            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.05)
-        ep = task.episode(batch_size, rng.randint(1, max_facts), rng, "train")
-        write_ids, read_ids = ep.write_ids.to(device), ep.read_ids.to(device)
-        with torch.set_grad_enabled(bool(lora_rank)):  # frozen backbone: hidden states are inputs
-            h = model.hidden(write_ids)
-            emb = model.backbone.embed(write_ids[:, 1:])
-        valid = None if ep.write_valid is None else ep.write_valid.to(device)
-        mask = None if valid is None else valid[:, :-1] & valid[:, 1:]
-        entries = model.memory_layer.entries(h, emb, mask)
-        _, loss = model(read_ids, ep.read_targets.to(device), memory=entries)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % log_interval == 0 or step == steps - 1:
-            history.append(
-                {
-                    "step": step + 1,
-                    "train_loss": loss.item(),
-                    "n_facts": ep.write_ids.size(0) and len(ep.items[0]),
-                    "time_s": round(time.perf_counter() - t0, 3),
-                    **{f"aux_{k}": v for k, v in model.last_aux.items()},
-                }
-            )
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    if bar:
-        bar.close()
-    model.eval()
-    return history
+
+def episode_loss(model, ep: Episode, backbone_grad: bool = False) -> torch.Tensor:
+    """Call 1 written into a fresh per-episode memory, the cross-entropy of call 2's
+    answers read through it (a scalar). ``backbone_grad``: LoRA adapters train too."""
+    device = next(model.parameters()).device
+    write_ids, read_ids = ep.write_ids.to(device), ep.read_ids.to(device)
+    with torch.set_grad_enabled(backbone_grad):  # frozen backbone: hidden states are inputs
+        h = model.hidden(write_ids)
+        emb = model.backbone.embed(write_ids[:, 1:])
+    valid = None if ep.write_valid is None else ep.write_valid.to(device)
+    mask = None if valid is None else valid[:, :-1] & valid[:, 1:]
+    entries = model.memory_layer.entries(h, emb, mask)
+    _, loss = model(read_ids, ep.read_targets.to(device), memory=entries)
+    return loss
+
+
+def draw_episode(task, batch_size: int, max_facts: int, rng: random.Random) -> Episode:
+    """A training episode of ``batch_size`` rows with 1..``max_facts`` facts (uniform)."""
+    return task.episode(batch_size, rng.randint(1, max_facts), rng, "train")
 
 
 # --------------------------------------------------------------------------- recall
@@ -336,39 +292,14 @@ def load_hf_hopfield(model_config, device: str = "cpu"):
     """GPU preset: ``HopfieldLM`` on the pretrained ``hf:`` backbone and its tokenizer (no stage 1)."""
     from transformers import AutoTokenizer
 
-    from physllm.models import build_model
-
     name = model_config.backbone[3:]
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise PhysllmError(f"cannot load the tokenizer of {name!r}: {err}") from None
     model_config.vocab_size = len(tokenizer)
-    model = build_model("hopfield", model_config).to(device)
+    model = HopfieldLM(model_config).to(device)
     return model, tokenizer
-
-
-def run_narrativeqa(
-    model, tokenizer, steps: int, lr: float, batch_size: int, n_eval: int = 200, seed: int = 0
-) -> dict:
-    """The GPU preset's experiment: train the memory (and LoRA) on NarrativeQA train, then
-    token F1 on validation questions with the summary in memory against without it."""
-    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_task = NarrativeQATask(encode, load_narrativeqa_records("train"), pad_id=pad)
-    history = train_memory(model, train_task, steps, batch_size=batch_size, lr=lr, seed=seed)
-    records = load_narrativeqa_records("validation", limit=n_eval)
-    val_task = NarrativeQATask(encode, records, pad_id=pad)
-    eos = tokenizer.eos_token_id
-    return {
-        "history": history,
-        "with_memory": narrativeqa_eval(
-            model, val_task, tokenizer.decode, records, True, eos_id=eos
-        ),
-        "without_memory": narrativeqa_eval(
-            model, val_task, tokenizer.decode, records, False, eos_id=eos
-        ),
-    }
 
 
 def capacity_curve(
@@ -390,8 +321,9 @@ __all__ = [
     "load_hf_hopfield",
     "load_narrativeqa_records",
     "narrativeqa_eval",
-    "run_narrativeqa",
     "recall",
     "token_f1",
-    "train_memory",
+    "draw_episode",
+    "episode_loss",
+    "memory_parameters",
 ]

@@ -15,6 +15,7 @@ from physllm.training.batches import BatchSource, StreamSource, WindowSource, ba
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 from physllm.training.config import TrainConfig, split_overrides
 from physllm.training.evaluate import evaluate_loss
+from physllm.training.memory import train_memory
 from physllm.training.presets import (
     NANOGPT_CHAR_CPU,
     PRESETS,
@@ -51,4 +52,5 @@ __all__ = [
     "save_checkpoint",
     "split_overrides",
     "train",
+    "train_memory",
 ]

@@ -23,6 +23,7 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: Iterable[torch.nn.Parameter],
+    grad_clip: float,
+) -> None:
+    """Clip (``grad_clip`` > 0), step through the fp16 scaler, and clear the gradients."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def git_sha() -> str:
@@ -290,9 +311,7 @@ class Trainer:
     def step(self, step: int) -> float:
         """One optimizer step (``grad_accum`` micro-batches); returns its mean loss."""
         cfg, model, source = self.cfg, self.model, self.source
-        lr = lr_at(step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr_at(step, cfg))
         xs, ys, _ = source.next_batch()  # (rows, T)
         loss_sum, micro = 0.0, cfg.batch_size
         for micro_step in range(cfg.grad_accum):
@@ -311,12 +330,7 @@ class Trainer:
                 f"loss became {loss_sum} at step {step}; stopped. "
                 f"The last good checkpoint is in {self.last_dir}"
             )
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.optimizer, self.scaler, model.parameters(), cfg.grad_clip)
         return loss_sum
 
     def log(self, done: int, train_loss: float, writer: Any) -> None:
@@ -504,4 +518,4 @@ class Trainer:
         return val_loss
 
 
-__all__ = ["RunResult", "Trainer", "git_sha", "lr_at", "train"]
+__all__ = ["RunResult", "Trainer", "git_sha", "lr_at", "optimizer_step", "set_lr", "train"]
