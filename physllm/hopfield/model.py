@@ -26,7 +26,7 @@ leaves the backbone untouched, exactly, which is the "no memory" baseline.
 The bank holds ``n_slots`` slots; when full, new writes replace the oldest
 (``fifo``) or the least read (``least_used``, by accumulated attention).
 ``reset()``, ``save(path)`` and ``load(path)`` (safetensors) manage it.
-Training (``physllm.hopfield.tasks.train_memory``) freezes the backbone and
+Training (``physllm.training.train_memory``) freezes the backbone and
 fits W_k, W_q, W_v, W_o, the gate and the betas on "facts, then questions"
 episodes whose questions run in a second call that sees only the memory.
 """
@@ -79,7 +79,7 @@ class HopfieldConfig(TransformerShape):
     mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
     n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
-    # stage-2 training of the memory (physllm.hopfield.tasks.train_memory)
+    # stage-2 training of the memory (physllm.training.train_memory)
     memory_steps: int = 150  # the facts task converges in about 60 steps (CPU preset)
     memory_lr: float = 1e-2  # a small layer on frozen features: a large step is safe
     memory_batch: int = 8  # episodes per step

@@ -19,7 +19,6 @@ from physllm.training.memory import train_memory
 from physllm.training.presets import (
     NANOGPT_CHAR_CPU,
     PRESETS,
-    baseline_overrides,
     get_preset,
     make_config,
     matched_baseline,
@@ -36,7 +35,6 @@ __all__ = [
     "Trainer",
     "WindowSource",
     "autocast_context",
-    "baseline_overrides",
     "batch_source",
     "device_description",
     "evaluate_loss",

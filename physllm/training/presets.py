@@ -86,19 +86,9 @@ def matched_baseline(
     return TrainConfig(model=baseline, model_config=config_cls(**model_fields), **train_fields)
 
 
-def baseline_overrides(model: str, preset: str, baseline: str = "gpt") -> dict[str, Any]:
-    """The settings of ``model``'s preset that ``baseline`` can take too (training budget,
-    data, shared shape fields), so a vanilla baseline trains at the same budget. Prefer
-    :func:`matched_baseline`, which starts from a whole config."""
-    config_cls, _ = get_model_classes(baseline)
-    names = train_field_names() | {f.name for f in dataclasses.fields(config_cls)}
-    return {k: v for k, v in get_preset(model, preset).items() if k in names}
-
-
 __all__ = [
     "NANOGPT_CHAR_CPU",
     "PRESETS",
-    "baseline_overrides",
     "get_preset",
     "make_config",
     "matched_baseline",
