@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from physllm.data import default_corpus_notice, repo_root
+from physllm.env import resolve_device
 from physllm.errors import PhysllmError
-from physllm.training import resolve_device
 
 IN_COLAB = "google.colab" in sys.modules
 

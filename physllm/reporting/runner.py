@@ -68,11 +68,12 @@ from pathlib import Path
 from typing import Any
 
 from physllm.data import default_corpus_notice, repo_root
+from physllm.env import device_description
 from physllm.errors import PhysllmError
 from physllm.fmt import clock, first_line, format_seconds, read_json
 from physllm.progress import PROGRESS_ENV
 from physllm.reporting.index import default_reports_dir, local_reports_dir, rebuild_index
-from physllm.training import device_description, git_sha
+from physllm.training import git_sha
 
 NOTEBOOKS_ENV = "PHYSLLM_NOTEBOOKS_DIR"  # where notebooks are looked up (tests point it elsewhere)
 HEAVY_DIRS = ("best", "last", "tb")  # checkpoints and TensorBoard logs
