@@ -221,11 +221,8 @@ save_figure(fig, out_dir, "loss_curves")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-train_ids = torch.tensor(result.data.splits["train"][:].astype("int64"))
-val_ids = torch.tensor(result.data.splits["val"][:].astype("int64"))
 V = result.tokenizer.vocab_size
-counts = torch.bincount(train_ids, minlength=V).double() + 1  # add-one smoothing
-unigram_loss = float(-(counts / counts.sum()).log()[val_ids].mean())
+unigram_loss = result.data.unigram_loss()  # train-split frequencies (add-one smoothed) on val
 uniform_loss = math.log(V)
 print(f"uniform {uniform_loss:.3f} nats, unigram {unigram_loss:.3f} nats")
 

@@ -104,7 +104,7 @@ from physllm.hamiltonian.steering import (
     steering_curve,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import baseline_overrides, make_config, train
+from physllm.training import make_config, matched_baseline, train
 
 notebook_start = time.perf_counter()
 # NBVAL_IGNORE_OUTPUT
@@ -250,15 +250,15 @@ common = dict(corpus=corpus, tokenizer=tokenizer, device=device, seed=seed, prog
 if steps is not None:
     common.update(steps=steps, eval_interval=max(1, steps // 2), warmup_steps=min(30, steps // 10))
 specs = {
-    "symplectic": ("hamiltonian", dict(mode=mode, mlp_ratio=ratio[mode])),
-    f"symplectic-{other_mode}": ("hamiltonian", dict(mode=other_mode, mlp_ratio=ratio[other_mode])),
-    "seed": ("hamiltonian", dict(variant="seed")),
-    # The baseline trains at this notebook's budget (steps, schedule, shape), not GPT's own preset.
-    "gpt": ("gpt", baseline_overrides("hamiltonian", preset)),
+    "symplectic": dict(mode=mode, mlp_ratio=ratio[mode]),
+    f"symplectic-{other_mode}": dict(mode=other_mode, mlp_ratio=ratio[other_mode]),
+    "seed": dict(variant="seed"),
 }
+cfgs = {name: make_config("hamiltonian", preset, **{**extra, **common}, out_dir=str(out_dir / name)) for name, extra in specs.items()}
+# The baseline trains at this notebook's budget (steps, schedule, shape), not GPT's own preset.
+cfgs["gpt"] = matched_baseline(cfgs["symplectic"], out_dir=str(out_dir / "gpt"))
 runs = {}
-for name, (model_name, extra) in specs.items():
-    cfg = make_config(model_name, preset, **{**extra, **common}, out_dir=str(out_dir / name))
+for name, cfg in cfgs.items():
     t0 = time.perf_counter()
     runs[name] = train(cfg)
     print(f"{name:<24} {runs[name].metrics['params']:>9,} params  trained in {time.perf_counter() - t0:.0f} s")

@@ -77,7 +77,14 @@ from physllm.context_vector.model import (
 )
 from physllm.models import match_field
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import StreamSource, evaluate_loss, get_preset, make_config, train
+from physllm.training import (
+    StreamSource,
+    evaluate_loss,
+    get_preset,
+    make_config,
+    matched_baseline,
+    train,
+)
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
@@ -244,11 +251,8 @@ configs.update(seed_windows=dict(arch, carry_state=False), scan_windows=dict(con
 for name in [v.strip() for v in variants.split(",") if v.strip() not in ("", "seed")]:
     cfg = make_config("context_vector", None, out_dir=str(out_dir / name), **train_fields, **configs[name])
     results[name] = train(cfg)
-gpt_cfg = make_config(
-    "gpt", None, out_dir=str(out_dir / "gpt"), **train_fields,
-    block_size=mc.block_size, dropout=mc.dropout, n_layer=4, n_head=4,
-    n_embd=match_field("gpt", dict(vocab_size=V, block_size=mc.block_size, n_layer=4, n_head=4), "n_embd", target, step=16),
-)
+# GPT at the seed run's budget and size: its own depth and heads, the width that matches
+gpt_cfg = matched_baseline(base, match="n_embd", out_dir=str(out_dir / "gpt"))
 results["gpt"] = train(gpt_cfg)
 metrics = {name: r.metrics for name, r in results.items()}
 for name, m in metrics.items():
@@ -285,10 +289,8 @@ print("val loss is read as each run was trained: consecutive blocks with the sta
 
 # %%
 data = results["seed"].data
-train_ids = torch.tensor(data.splits["train"][:].astype("int64"))
-val_ids = torch.tensor(data.splits["val"][:].astype("int64"))
-counts = torch.bincount(train_ids, minlength=V).double() + 1
-unigram_loss = float(-(counts / counts.sum()).log()[val_ids].mean())
+unigram_loss = data.unigram_loss()
+val_ids = torch.tensor(data.splits["val"][:].astype("int64"))  # the validation text, used below
 long_run = metrics["seed"]["steps"] >= 300  # smoke tests (-p steps 20) have had no time to learn
 beats = {k: m["val_loss"] < unigram_loss - 0.3 for k, m in metrics.items()}
 print("every model beats unigram by > 0.3 nats:", all(beats.values()) or not long_run)

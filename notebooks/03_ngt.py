@@ -65,14 +65,11 @@ sample_text = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from dataclasses import fields
-
 import matplotlib.pyplot as plt
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
 from physllm.bench import BenchConfig, format_table, run_bench
-from physllm.gpt.model import GPTConfig
 from physllm.ngt.analysis import (
     export_projector,
     pca_3d,
@@ -92,7 +89,7 @@ from physllm.ngt.model import (
     repulsion_energy,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import TrainConfig, get_preset, make_config, train
+from physllm.training import TrainConfig, get_preset, make_config, matched_baseline, train
 
 preset, device = setup(seed=seed, preset=preset, device=device)
 out_dir = resolve_out_dir(out_dir)
@@ -266,14 +263,6 @@ if preset == "cpu" and steps is not None and steps < 200:  # smoke runs: evaluat
     common.update(eval_interval=steps, eval_iters=4)
 
 
-def gpt_twin(run_seed: int) -> TrainConfig:
-    """The vanilla GPT with NGT's preset: the same shape, data and schedule."""
-    names = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(GPTConfig)}
-    values = {k: v for k, v in get_preset("ngt", preset).items() if k in names}
-    values.update(common, seed=run_seed, out_dir=str(out_dir / f"gpt_s{run_seed}"))
-    return make_config("gpt", **values)
-
-
 def ngt_config(run_seed: int) -> TrainConfig:
     return make_config(
         "ngt",
@@ -281,6 +270,11 @@ def ngt_config(run_seed: int) -> TrainConfig:
         **{**common, **ngt_overrides, "seed": run_seed},
         out_dir=str(out_dir / f"ngt_s{run_seed}"),
     )
+
+
+def gpt_twin(run_seed: int) -> TrainConfig:
+    """The vanilla GPT at NGT's budget: the same shape, data, schedule and seed."""
+    return matched_baseline(ngt_config(run_seed), out_dir=str(out_dir / f"gpt_s{run_seed}"))
 
 
 ngt_cfg, gpt_cfg = ngt_config(seed), gpt_twin(seed)
@@ -518,10 +512,7 @@ table
 # %%
 # A trained NGT must have learned to use context: beat the unigram baseline
 # (not asserted for smoke runs, which have had no time to learn).
-train_ids = torch.tensor(ngt_run.data.splits["train"][:].astype("int64"))
-val_ids = torch.tensor(ngt_run.data.splits["val"][:].astype("int64"))
-counts = torch.bincount(train_ids, minlength=tok.vocab_size).double() + 1
-unigram_loss = float(-(counts / counts.sum()).log()[val_ids].mean())
+unigram_loss = ngt_run.data.unigram_loss()
 learned = ngt_run.metrics["val_loss"] < unigram_loss - 0.3
 print("NGT beats unigram by > 0.3 nats:", learned or ngt_run.metrics["steps"] < 500)
 assert learned or ngt_run.metrics["steps"] < 500

@@ -95,6 +95,7 @@ from physllm.training import (
     evaluate_loss,
     get_preset,
     make_config,
+    matched_baseline,
     resolve_device,
     train,
 )
@@ -338,8 +339,7 @@ qcfg = make_config(
     coherence=coherence,
     out_dir=str(out_dir / "qllm"),
 )
-qllm_only = {f for f in QLLMConfig.__dataclass_fields__} - {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
-gcfg = make_config("gpt", **{k: v for k, v in {**values, **common}.items() if k not in qllm_only}, out_dir=str(out_dir / "gpt"))
+gcfg = matched_baseline(qcfg, out_dir=str(out_dir / "gpt"))  # QLLM's shape, data and schedule
 print(qcfg.model_config)
 print(gcfg.model_config)
 print("steps", qcfg.steps, "batch", qcfg.batch_size, "block", qcfg.model_config.block_size, "corpus", qcfg.corpus)
@@ -367,11 +367,7 @@ save_figure(fig, out_dir, "loss_curves")
 # (no context at all) is the floor to beat.
 
 # %%
-data = q_run.data
-train_ids = torch.tensor(data.splits["train"][:].astype("int64"))
-val_ids = torch.tensor(data.splits["val"][:].astype("int64"))
-counts = torch.bincount(train_ids, minlength=256).double() + 1
-unigram_loss = float(-(counts / counts.sum()).log()[val_ids].mean())
+unigram_loss = q_run.data.unigram_loss()
 learned = all(m["val_loss"] < unigram_loss - 0.3 for m in runs.values())
 print("both beat the unigram baseline by > 0.3 nats:", learned or qcfg.steps < 300)
 assert learned or qcfg.steps < 300

@@ -227,10 +227,7 @@ if "hopfield" in metrics:
 # %%
 # A trained model must have learned more than byte frequencies (not asserted for
 # smoke runs, which have had no time to learn).
-train_ids = torch.tensor(data.splits["train"][:].astype("int64"))
-val_ids = torch.tensor(data.splits["val"][:].astype("int64"))
-counts = torch.bincount(train_ids, minlength=data.tokenizer.vocab_size).double() + 1
-unigram_loss = float(-(counts / counts.sum()).log()[val_ids].mean())
+unigram_loss = data.unigram_loss()
 learned = all(m["val_loss"] < unigram_loss - 0.3 for m in metrics.values())
 print("every model beats the unigram loss by > 0.3 nats:", learned or configs["gpt"].steps < 200)
 assert learned or configs["gpt"].steps < 200

@@ -700,6 +700,11 @@ class TokenData:
         units = info["bytes"] if self.tokenizer.unit == "byte" else info["chars"]
         return units / max(1, info["tokens"])
 
+    def unigram_loss(self) -> float:
+        """The context-free baseline of this corpus (:func:`unigram_loss`): nats per token
+        on the val split of the train split's token frequencies."""
+        return unigram_loss(self.splits["train"], self.splits["val"], self.tokenizer.vocab_size)
+
     def check_block(self, block_size: int) -> None:
         for split, data in self.splits.items():
             if len(data) <= block_size + 1:

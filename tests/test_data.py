@@ -128,6 +128,14 @@ def test_unigram_loss_on_a_known_distribution():
     assert pdata.unigram_loss(list(range(8)), [3], vocab_size=8) == pytest.approx(np.log(8))
 
 
+def test_a_corpus_unigram_loss_is_below_uniform(small_text_file):
+    data = pdata.TokenData.load(str(small_text_file), "char")
+    V = data.tokenizer.vocab_size
+    loss = data.unigram_loss()
+    assert loss == pdata.unigram_loss(data.splits["train"], data.splits["val"], V)
+    assert 0 < loss < np.log(V)  # English letters are far from uniform
+
+
 def test_unigram_loss_rejects_ids_outside_the_vocabulary():
     with pytest.raises(PhysllmError, match="in \\[0, 2\\)"):
         pdata.unigram_loss([0, 2], [0], vocab_size=2)
