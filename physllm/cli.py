@@ -48,13 +48,14 @@ from physllm.bench import (
     run_length_bench,
 )
 from physllm.data import cache_dir, list_corpora
+from physllm.env import resolve_device
 from physllm.errors import PhysllmError
 from physllm.experiments.leaderboard import bench_all_config
 from physllm.models import ARCHITECTURES, MODELS, get_model_classes
 from physllm.notebook import pick_preset
 from physllm.reporting import cmd_report
 from physllm.sampling import SamplingConfig, TextStream, stream_generate
-from physllm.training import TrainConfig, load_checkpoint, make_config, resolve_device, train
+from physllm.training import TrainConfig, load_checkpoint, make_config, train
 from physllm.validation import NON_NEGATIVE, POSITIVE, check_fields, check_values, in_range
 
 # --------------------------------------------------------------------------- train
