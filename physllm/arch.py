@@ -115,6 +115,11 @@ class TransformerShape(ModelConfig):
     def check(self) -> None:
         check_multiple(self, "n_embd", "n_head")
 
+    def shape(self) -> dict[str, Any]:
+        """The shape fields with ``vocab_size`` and ``block_size``: ``GPTConfig(**cfg.shape())``
+        is the vanilla GPT of this model's shape."""
+        return {f.name: getattr(self, f.name) for f in fields(TransformerShape)}
+
 
 class LanguageModel(nn.Module):
     """Base class: subclasses set ``config_class`` and implement ``forward``."""

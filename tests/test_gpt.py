@@ -143,6 +143,10 @@ def test_configs_share_the_transformer_shape(cls):
     assert {k: getattr(cls(), k) for k in SHAPE} == SHAPE
     assert cls().block_size == (64 if cls is HopfieldConfig else 256)
     assert cls().vocab_size == (256 if cls is QLLMConfig else 0)
+    # the GPT of a model's shape, for baselines and parameter matching
+    shaped = cls(n_layer=2, n_head=2, n_embd=64, dropout=0.1, bias=True)
+    gpt = GPTConfig(**shaped.shape())
+    assert gpt.to_dict() == {k: getattr(shaped, k) for k in gpt.to_dict()}
 
 
 @pytest.mark.parametrize("cls", SHAPED)

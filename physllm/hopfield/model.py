@@ -182,8 +182,7 @@ class HFBackbone(nn.Module):
 
 def build_backbone(config: HopfieldConfig) -> nn.Module:
     if config.backbone == "gpt":
-        gpt_fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
-        gpt = GPT(GPTConfig(**{k: getattr(config, k) for k in gpt_fields}))
+        gpt = GPT(GPTConfig(**config.shape()))
         return GPTBackbone(gpt, config.mem_layer)
     if config.backbone.startswith("hf:"):
         from transformers import AutoModelForCausalLM

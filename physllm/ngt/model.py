@@ -341,16 +341,7 @@ def matched_mlp_hidden(config: NGTConfig) -> int:
     """
     d, L = config.n_embd, config.n_layer
     with torch.device("meta"):  # count parameters without allocating them
-        gpt = GPT(
-            GPTConfig(
-                vocab_size=config.vocab_size,
-                block_size=config.block_size,
-                n_layer=L,
-                n_head=config.n_head,
-                n_embd=d,
-                bias=config.bias,
-            )
-        )
+        gpt = GPT(GPTConfig(**config.shape()))
         probe = NGT(replace(config, mlp_hidden=4 * d))
     deficit = gpt.num_params() - probe.num_params()
     per_unit = L * (2 * d + (1 if config.bias else 0))
