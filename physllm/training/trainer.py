@@ -43,7 +43,7 @@ from physllm.lora import is_lora_name
 from physllm.models import LanguageModel, ModelConfig, build_model
 from physllm.progress import progress_bar
 from physllm.tokenization import Tokenizer
-from physllm.training.batches import batch_source
+from physllm.training.batches import BatchSource, batch_source
 from physllm.training.checkpoint import (
     find_checkpoint,
     load_trainer_state,
@@ -294,7 +294,7 @@ class Trainer:
             recover_checkpoint(self.best_dir)
         dist.barrier()
 
-    def _eval_source(self, split: str, seed: int, carry: bool = True):
+    def _eval_source(self, split: str, seed: int, carry: bool = True) -> BatchSource:
         """A fresh source for one evaluation: the same batches every time."""
         return batch_source(
             self.raw_model,
@@ -348,7 +348,9 @@ class Trainer:
                 if k != "step":
                     writer.add_scalar(f"train/{k}", v, done)
 
-    def evaluate(self, split: str, iters: int, seed: int, carry: bool = True):
+    def evaluate(
+        self, split: str, iters: int, seed: int, carry: bool = True
+    ) -> tuple[float, dict[str, float]]:
         """(mean loss, mean aux) on ``split``: :func:`evaluate_loss` on a fresh source."""
         source = self._eval_source(split, seed, carry)
         return evaluate_loss(self.raw_model, source, iters, device=self.device, ctx=self.ctx)
