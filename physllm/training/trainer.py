@@ -358,7 +358,6 @@ class Trainer:
     def checkpoint(self, step: int, val_loss: float, is_best: bool) -> None:
         """best/ (if ``is_best``), then last/ with the trainer state, then history.json."""
         info = {"step": step, "val_loss": val_loss, "corpus": self.data.corpus}
-        info["train_config"] = self.cfg.to_dict()
         trainer_state = {
             "optimizer": self.optimizer.state_dict(),
             "step": step,
