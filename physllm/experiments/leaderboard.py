@@ -246,10 +246,10 @@ def run_entries(
         speed = inference_speed(result.model, prompt, max(1, block - prompt_tokens))
         result.metrics["infer_tokens_per_sec"] = speed["decode_tokens_per_sec"]
         result.metrics["infer_ms_per_token"] = speed["decode_ms_per_token"]
-        # a recurrent model that trains on consecutive blocks is also evaluated so (state
-        # carried in from the text before each block): the table says which rows did
-        carries = getattr(result.model, "carries_state", None)
-        result.metrics["carries_state"] = bool(carries()) if callable(carries) else False
+        # True only where val_loss was read with the state carried in (runs before the one
+        # evaluator, val_eval "streams"): evaluate_split scores every model from a zero state,
+        # and the carried number is val_loss_carried. The README's dagger follows this flag.
+        result.metrics["carries_state"] = result.metrics.get("val_eval") == "streams"
         results[name] = result
         if log:
             m = result.metrics
