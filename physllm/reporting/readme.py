@@ -13,13 +13,17 @@ never from ``reports/local/``:
   GPU report exists;
 * ``results:notebooks``: each architecture notebook's headline runs against
   the vanilla GPT it trained at the same budget (:data:`HEADLINES`), read from
-  the notebook's latest ``cpu`` report ``metrics.json``.
+  the notebook's latest ``cpu`` report ``metrics.json``, each gap with its
+  evidence (a paired interval over seeds and its verdict, or "1 seed: not
+  resolved") and each report not built from a clean commit marked
+  (:func:`reproducibility`, from its ``run.json``).
 
 A README without a section's markers is left as it is.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +32,7 @@ from typing import Any
 
 from physllm.arch import Headline
 from physllm.experiments.leaderboard import NOTEBOOK, PARAM_TOLERANCE
+from physllm.experiments.stats import NOT_RESOLVED, verdict
 from physllm.fmt import format_seconds, millions, num, read_json
 from physllm.models import ARCHITECTURES
 
@@ -38,40 +43,108 @@ NOTEBOOK_MARKERS = ("<!-- results:notebooks:start -->", "<!-- results:notebooks:
 HEADLINES: tuple[Headline, ...] = tuple(h for a in ARCHITECTURES.values() for h in a.headlines)
 
 
-def _report_metrics(reports_dir: Path, notebook: str, tag: str = "cpu") -> dict[str, Any] | None:
-    folder = reports_dir / notebook / tag
-    if read_json(folder / "run.json").get("status") != "ok":
+UNCOMMITTED = "not reproducible: built from uncommitted changes"
+NO_COMMIT = "not reproducible: no commit recorded"
+SINGLE_SEED = "1 seed: not resolved"  # a one-run gap is never a finding, whatever its size
+
+
+def reproducibility(run: Mapping[str, Any]) -> str | None:
+    """None when ``run`` (a ``run.json``) was built from a clean commit, else why not
+    (:data:`UNCOMMITTED`, :data:`NO_COMMIT`). A ``run.json`` older than its ``reproducible``
+    field is judged by its ``git_sha``: ``-dirty`` meant tracked code had changed."""
+    sha = str(run.get("git_sha") or "unknown")
+    if sha == "unknown":
+        return NO_COMMIT
+    recorded = run.get("reproducible")
+    if recorded is True or (recorded is None and not sha.endswith("-dirty")):
         return None
-    return read_json(folder / "metrics.json") or None
+    return UNCOMMITTED
+
+
+def _report(reports_dir: Path, notebook: str, tag: str = "cpu") -> tuple[dict, dict] | None:
+    """``(run.json, metrics.json)`` of ``reports_dir/<notebook>/<tag>`` if it finished."""
+    folder = reports_dir / notebook / tag
+    run = read_json(folder / "run.json")
+    if run.get("status") != "ok":
+        return None
+    metrics = read_json(folder / "metrics.json")
+    return (run, metrics) if metrics else None
+
+
+def headline_gap(metrics: Mapping[str, Any], h: Headline) -> Mapping[str, Any] | None:
+    """The per-seed paired gap of ``h`` a notebook recorded, if any: ``metrics[key][h.run]``
+    for key ``headline_gaps`` or ``gaps``, a dict with ``mean``, ``ci95_low``, ``ci95_high``,
+    ``n_seeds`` (and ``baseline``, which must be ``h.baseline``), as
+    :func:`physllm.experiments.stats.paired_gap` returns."""
+    for key in ("headline_gaps", "gaps"):
+        table = metrics.get(key)
+        gap = table.get(h.run) if isinstance(table, Mapping) else None
+        if isinstance(gap, Mapping) and "mean" in gap and "n_seeds" in gap:
+            if gap.get("baseline", h.baseline) == h.baseline:
+                return gap
+    return None
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def gap_cells(
+    run: Mapping[str, Any], base: Mapping[str, Any], gap: Mapping[str, Any] | None
+) -> tuple[str, str]:
+    """The ``gap (nats)`` and ``verdict`` cells of a headline row.
+
+    With a per-seed ``gap``: ``mean [ci95_low, ci95_high] (n seeds)`` and
+    :func:`physllm.experiments.stats.verdict` of that interval ("better"/"worse" only when
+    it excludes 0). Without one, the gap of the two single runs, and :data:`SINGLE_SEED`.
+    """
+    if gap is None:
+        return f"{run['val_loss'] - base['val_loss']:+.3f}", SINGLE_SEED
+    n = int(gap["n_seeds"])
+    mean, low, high = (_number(gap.get(k)) for k in ("mean", "ci95_low", "ci95_high"))
+    seeds = f"({n} seed{'' if n == 1 else 's'})"
+    if n < 2 or math.isnan(low) or math.isnan(high):  # no interval: nothing is resolved
+        return f"{mean:+.3f} {seeds}", f"{n} seed{'' if n == 1 else 's'}: {NOT_RESOLVED}"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {seeds}", verdict(low, high)
 
 
 def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
-    """The ``results:notebooks`` section: a markdown table from the reports' metrics.json."""
+    """The ``results:notebooks`` section: a markdown table from the reports' metrics.json,
+    each gap with its evidence (:func:`gap_cells`) and each report not built from a clean
+    commit marked ‡ (:func:`reproducibility`)."""
     reports_dir = Path(reports_dir)
-    lines = [
-        "| notebook | variant | params | steps | val loss | bits / unit | GPT, same budget | gap (nats) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    devices, missing = set(), []
+    header = "| notebook | variant | params | steps | val loss | bits / unit | GPT, same budget "
+    lines = [header + "| gap (nats) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    devices, missing, unreproducible = set(), [], {}
     for h in HEADLINES:
-        metrics = _report_metrics(reports_dir, h.notebook)
-        runs = (metrics or {}).get("runs", {})
+        run_json, metrics = _report(reports_dir, h.notebook) or ({}, {})
+        runs = metrics.get("runs", {})
         if h.run not in runs or h.baseline not in runs:
             missing.append(f"{h.notebook}/{h.run}")
             continue
         run, base = runs[h.run], runs[h.baseline]
         devices.add(run.get("device", "?"))
-        link = f"[{h.notebook}]({link_root}/{h.notebook}/cpu/{h.notebook}.html)"
+        why = reproducibility(run_json)
+        if why:  # grouped by reason, one entry per notebook
+            named = f"{h.notebook} ({run_json.get('git_sha', 'no run.json')})"
+            unreproducible.setdefault(why, {})[h.notebook] = named
+        link = f"[{h.notebook}]({link_root}/{h.notebook}/cpu/{h.notebook}.html)" + (
+            " ‡" if why else ""
+        )
+        gap, word = gap_cells(run, base, headline_gap(metrics, h))
         lines.append(
             f"| {link} | {h.variant} | {run['params'] / 1e6:.2f}M | {run['steps']} | "
             f"{run['val_loss']:.3f} | {run['val_bpc']:.3f} /{run.get('bpc_unit', 'char')} | "
-            f"{base['val_loss']:.3f} | {run['val_loss'] - base['val_loss']:+.3f} |"
+            f"{base['val_loss']:.3f} | {gap} | {word} |"
         )
     intro = (
         "**Each architecture against a vanilla GPT at the same parameters, data and steps**, "
         "generated from the notebooks' CPU reports (`reports/<notebook>/cpu/metrics.json`) by "
-        "`python -m physllm report`; do not edit. TinyShakespeare, 90/10 split, one seed; "
-        f"hardware: {', '.join(sorted(devices)) or 'none'}."
+        "`python -m physllm report`; do not edit. TinyShakespeare, 90/10 split; "
+        f"hardware: {', '.join(sorted(devices)) or 'none'}. A gap (variant minus GPT, lower is "
+        "better) is a finding only with seeds behind it: with several, its paired 95% interval, "
+        'and "better" or "worse" only when that excludes 0; a single seed\'s gap is "not resolved" '
+        "whatever its size."
     )
     notes = [
         "",
@@ -79,8 +152,10 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
         "evaluated so; the other rows read random windows from a zero state. Notebook 02 "
         "scores both kinds on identical blocks.",
     ]
+    for why, named in unreproducible.items():
+        notes += ["", f"‡ {why} (the report's `run.json`): {', '.join(named.values())}."]
     if missing:
-        notes.append(f"No report yet for: {', '.join(missing)}.")
+        notes += ["", f"No report yet for: {', '.join(missing)}."]
     return "\n".join([intro, "", *lines, *notes])
 
 
@@ -244,7 +319,12 @@ def update_readme(readme: str | os.PathLike, reports_dir: str | os.PathLike) -> 
 
 __all__ = [
     "HEADLINES",
+    "NO_COMMIT",
+    "SINGLE_SEED",
+    "UNCOMMITTED",
     "Headline",
+    "gap_cells",
+    "headline_gap",
     "leaderboard_text",
     "markdown_table",
     "markers",
@@ -253,5 +333,6 @@ __all__ = [
     "render_section",
     "replace_between",
     "report_run",
+    "reproducibility",
     "update_readme",
 ]
