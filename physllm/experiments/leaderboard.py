@@ -25,6 +25,12 @@ speed up to it (:func:`physllm.bench.run_length_bench`); the peak at the
 training length is the table's peak memory (one process held all the
 training runs, so the trainer's own peak is not per model).
 
+Notebook 06 runs the entries through the protocol (:mod:`physllm.experiments.protocol`:
+each run in its own process via :mod:`physllm.experiments.sweep`, a learning rate per
+entry and size, then seeds and the paired gap to GPT with its interval);
+:func:`run_entries` trains them in this process at one seed (the first leaderboard, whose
+committed report the README still renders until a protocol report replaces it).
+
 The README's results section is generated from the leaderboard report's
 ``metrics.json`` by the reporting layer (:func:`physllm.reporting.readme.leaderboard_text`,
 applied when :func:`physllm.reporting.index.rebuild_index` runs); this module only

@@ -214,6 +214,163 @@ def report_run(reports_dir: str | os.PathLike, tag: str) -> dict[str, Any] | Non
     return {"run": run, "metrics": metrics, "folder": folder}
 
 
+def _ci(gap: Mapping[str, Any]) -> tuple[float, float, float, int]:
+    """(mean, ci95_low, ci95_high, n_seeds) of a stored gap; NaN for a missing bound."""
+    return (
+        _number(gap.get("mean")),
+        _number(gap.get("ci95_low")),
+        _number(gap.get("ci95_high")),
+        int(gap.get("n_seeds") or 0),
+    )
+
+
+def gap_verdict(gap: Mapping[str, Any]) -> str:
+    """The verdict of a stored gap, recomputed from its interval (never read from the file):
+    "better"/"worse" only when [ci95_low, ci95_high] excludes 0, else "not resolved"."""
+    _, low, high, n = _ci(gap)
+    return verdict(low, high) if n >= 2 else NOT_RESOLVED
+
+
+def gap_rows(m: Mapping[str, Any]) -> list[tuple[str, str, str, Mapping[str, Any]]]:
+    """``(entry, size, steps, gap)`` of ``metrics["gaps"][entry][size][steps]``, in table
+    order (entries as in ``leaderboard``, sizes as in ``summary``, steps ascending)."""
+    gaps = m.get("gaps") or {}
+    order = [r["entry"] for r in m.get("leaderboard", [])]
+    entries = sorted(gaps, key=lambda e: order.index(e) if e in order else len(order))
+    sizes = list(dict.fromkeys(str(r["size"]) for r in m.get("summary", [])))
+    out = []
+    for entry in entries:
+        by_size = gaps[entry]
+        for size in sorted(by_size, key=lambda s: sizes.index(s) if s in sizes else len(sizes)):
+            for steps in sorted(by_size[size], key=int):
+                out.append((entry, size, steps, by_size[size][steps]))
+    return out
+
+
+def entry_label(entry: str, model: str | None = None) -> str:
+    """``model (variant)`` for an entry name ``model-variant``; the model alone otherwise."""
+    model = model or entry.split("-", 1)[0]
+    return model if entry == model else f"{model} ({entry.split('-', 1)[-1]})"
+
+
+def gaps_table(m: Mapping[str, Any]) -> list[str]:
+    """Every entry's paired gap to GPT as markdown lines: size, steps, the learning rate the
+    sweep picked, mean val loss over seeds (sd), the gap with its 95% interval, the verdict."""
+    summary = {(r["entry"], str(r["size"]), str(r["steps"])): r for r in m.get("summary", [])}
+    best = m.get("best_lr") or {}
+    lines = [
+        "| model | size | steps | lr | val loss (sd) | GPT val loss | gap to GPT [95% CI] | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry, size, steps, gap in gap_rows(m):
+        mean, low, high, n = _ci(gap)
+        own, ref = summary.get((entry, size, steps), {}), summary.get(("gpt", size, steps), {})
+        sd = own.get("val_loss_sd")
+        loss = num(own.get("val_loss_mean"), ".3f") + (f" ({sd:.3f})" if sd is not None else "")
+        interval = (
+            "no interval" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
+        )
+        lr = best.get(entry, {}).get(size)
+        cells = [
+            entry_label(entry, own.get("model")),
+            size,
+            steps,
+            f"{lr:g}" if isinstance(lr, (int, float)) else "",
+            loss,
+            num(ref.get("val_loss_mean"), ".3f"),
+            f"{mean:+.3f} {interval}",
+            str(n),
+            gap_verdict(gap),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def entry_sentences(m: Mapping[str, Any]) -> list[str]:
+    """One sentence per entry: where its gap to GPT is resolved (the verdict and interval)
+    and where it is not; "better"/"worse" appear only with an interval that excludes 0."""
+    by_entry: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
+    for entry, size, steps, gap in gap_rows(m):
+        by_entry.setdefault(entry, []).append((size, steps, gap))
+    models = {r["entry"]: r.get("model") for r in m.get("leaderboard", [])}
+    lines = []
+    for entry, cells in by_entry.items():
+        resolved, open_ = [], []
+        for size, steps, gap in cells:
+            mean, low, high, n = _ci(gap)
+            where = f"{size}, {steps} steps"
+            word = gap_verdict(gap)
+            if word == NOT_RESOLVED:
+                open_.append(where)
+            else:
+                resolved.append(
+                    f"{word} than GPT at {where} ({mean:+.3f} nats, 95% CI [{low:+.3f}, {high:+.3f}], {n} seeds)"
+                )
+        parts = resolved + ([f"not resolved at {'; '.join(open_)}"] if open_ else [])
+        lines.append(f"- **{entry_label(entry, models.get(entry))}**: {'; '.join(parts)}.")
+    return lines
+
+
+def _stages(m: Mapping[str, Any]) -> str:
+    """The protocol's stages in words, from ``metrics["protocol"]``."""
+    p = m.get("protocol") or {}
+    words = []
+    for stage in p.get("stages", []):
+        lrs = stage.get("lrs")
+        rate = ("the rate the lr stage picked" if lrs == "best"
+                else "rates " + ", ".join(f"{v:g}" for v in lrs or []))  # fmt: skip
+        seeds = ", ".join(map(str, stage.get("seeds", [])))
+        steps = " and ".join(map(str, stage.get("steps", [])))
+        words.append(f"{stage.get('name')}: seeds {seeds} at {rate}, {steps} steps")
+    return "; ".join(words)
+
+
+def render_protocol(tag: str, run: Mapping[str, Any], m: Mapping[str, Any], base: str) -> str:
+    """The v2 section (a report whose metrics.json holds ``gaps``): the protocol in one
+    paragraph, the gaps with intervals, one sentence per entry, then the table of means."""
+    label = tag.upper()
+    rows = m["leaderboard"]
+    r = rows[0]
+    unit = r.get("bpc_unit") or "char"
+    p = m.get("protocol") or {}
+    sizes = ", ".join(f"{k} (GPT: {v:,} parameters)" for k, v in (p.get("params") or {}).items())
+    why = reproducibility(run)
+    intro = (
+        f"**Every model under one protocol, {label}** ([report]({base}/{NOTEBOOK}.html), "
+        f"[metrics.json]({base}/metrics.json), [results.csv]({base}/results.csv); generated from "
+        f"those files by `python -m physllm report {NOTEBOOK}`, do not edit). Protocol "
+        f"`{p.get('name', '?')}`: {m.get('corpus', '')} ({m.get('tokenizer', '')} tokens), "
+        f"batch {m.get('batch_size', '?')} x {m.get('block_size', '?')} tokens, sizes {sizes}, "
+        f"every model within {m.get('param_tolerance', PARAM_TOLERANCE):.0%} of GPT's parameters; "
+        f"the learning rate of each entry and size picked by one rule for all (the lowest mean "
+        f"val loss at the short budget); {_stages(m)}. Val loss: the whole validation split in "
+        f"fixed blocks, the same tokens for every model, each block from an empty context. "
+        f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
+        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
+        f"physllm {m.get('git_sha', run.get('git_sha', ''))}" + (f" ({why})" if why else "") + "."
+    )
+    note = (
+        "Gap: the entry's val loss minus GPT's, paired by seed (seed s of both sees the same "
+        "data order), with a Student-t 95% interval over seeds; the verdict names a direction "
+        'only when that interval excludes 0, and is "not resolved" otherwise.'
+    )
+    curves = ", ".join(
+        f"[{what}]({base}/loss_vs_{name}.png)"
+        for what, name in (("tokens", "tokens"), ("FLOPs", "flops"), ("wall-clock", "time"))
+    )
+    table_note = (
+        f"Means over {r.get('n_seeds', '?')} seeds at size {r.get('size', '?')}, {r['steps']} steps "
+        f"({r['tokens_seen']:,} tokens), bits per {unit}. Train tokens/s: the runs themselves, one "
+        "after another. Speed, peak memory, their ratios and inference (streaming decode, batch 1): "
+        "one step at the training shape, each model in a fresh process."
+    )
+    return "\n".join(
+        [intro, "", *gaps_table(m), "", note, "", *entry_sentences(m), "",
+         f"Training loss against {curves}, mean over seeds with a band from the lowest to the "
+         "highest seed.", "", *markdown_table(rows), "", table_note]
+    )  # fmt: skip
+
+
 def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
     """The README text between ``tag``'s markers, from the report's ``metrics.json``
     alone (and ``run.json`` for date and notebook wall time)."""
@@ -227,6 +384,8 @@ def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "r
     run, m = found["run"], found["metrics"]
     rows = m["leaderboard"]
     base = f"{link_root}/{NOTEBOOK}/{tag}"
+    if m.get("gaps"):  # v2: the protocol's seeds and intervals
+        return render_protocol(tag, run, m, base)
     r = rows[0]
     unit = r.get("bpc_unit", "char")
     sweep = m.get("sweep_config", {})
@@ -323,6 +482,9 @@ __all__ = [
     "SINGLE_SEED",
     "UNCOMMITTED",
     "Headline",
+    "entry_sentences",
+    "gap_verdict",
+    "gaps_table",
     "gap_cells",
     "headline_gap",
     "leaderboard_text",
@@ -330,6 +492,7 @@ __all__ = [
     "markers",
     "notebook_results",
     "readme_text",
+    "render_protocol",
     "render_section",
     "replace_between",
     "report_run",
