@@ -96,3 +96,49 @@ def save_figure(fig, out_dir: str | os.PathLike, name: str) -> Path:
     path = Path(out_dir) / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def seed_band(
+    runs: list[tuple[list[float], list[float]]], points: int = 100
+) -> tuple[Any, Any, Any, Any]:
+    """Mean, min and max over seeds of curves ``(xs, ys)`` on one grid of ``points`` x values
+    spanning the range every seed covers (each curve linearly interpolated onto it).
+    Returns ``(grid, mean, low, high)``, numpy arrays of shape (points,)."""
+    import numpy as np
+
+    lo = max(min(xs) for xs, _ in runs)
+    hi = min(max(xs) for xs, _ in runs)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    ys = np.stack(
+        [np.interp(grid, np.asarray(xs), np.asarray(y)) for xs, y in runs]
+    )  # (seeds, points)
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
+def plot_seed_bands(
+    groups: dict[str, list[tuple[list[float], list[float]]]],
+    xlabel: str,
+    title: str = "",
+    ylabel: str = "training loss (nats/token)",
+    logx: bool = False,
+    ax=None,
+):
+    """One line per group (its mean over seeds) with a band from the lowest to the highest
+    seed (:func:`seed_band`); ``groups`` maps a label to its seeds' ``(xs, ys)``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, runs) in enumerate(groups.items()):
+        grid, mean, low, high = seed_band(runs)
+        ax.plot(grid, mean, color=f"C{i}", lw=1.5, label=f"{label} ({len(runs)} seeds)")
+        ax.fill_between(grid, low, high, color=f"C{i}", alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "mean over seeds, band: lowest to highest seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -7,6 +7,8 @@ Core commands (this module, :mod:`physllm.reporting` for report):
 - ``sample``   continue a prompt with a trained model
 - ``bench``    speed and memory of models side by side (every leaderboard entry by default)
 - ``corpora``  list corpora and what is cached
+- ``sweep``    run a grid of training runs from a TOML spec into one results.csv
+  (:mod:`physllm.experiments.sweep`; resumable: finished runs are skipped)
 - ``report``   run notebooks with papermill into reports/ and rebuild the index
 
 Architecture commands, declared by each architecture's ``ARCH.commands``
@@ -51,6 +53,7 @@ from physllm.data import cache_dir, list_corpora
 from physllm.env import resolve_device
 from physllm.errors import PhysllmError
 from physllm.experiments.leaderboard import bench_all_config
+from physllm.experiments.sweep import load_specs, run_stages
 from physllm.models import ARCHITECTURES, MODELS, get_model_classes
 from physllm.notebook import pick_preset
 from physllm.reporting import cmd_report
@@ -245,6 +248,34 @@ def cmd_corpora(argv: Sequence[str]) -> None:
     )
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="physllm sweep",
+        description=(
+            "Train every entry x size x seed x learning rate x budget of a TOML spec, each run "
+            "in its own process, one row per run in OUT/results.csv; runs already there are "
+            "skipped, a killed run resumes. Then the paired gap to gpt with its 95%% interval."
+        ),
+    )
+    parser.add_argument("spec", help="a TOML spec, e.g. experiments/protocol_cpu.toml")
+    parser.add_argument("--out-dir", default=None, help="replaces the spec's out_dir")
+    parser.add_argument("--stage", default=None, help="run only this stage of a staged spec")
+    parser.add_argument("--dry-run", action="store_true", help="say what would run; train nothing")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="run again the runs whose row says failed"
+    )
+    return parser
+
+
+def cmd_sweep(argv: Sequence[str]) -> None:
+    args = sweep_parser().parse_args(argv)
+    specs = load_specs(args.spec, out_dir=args.out_dir, stage=args.stage)
+    run_stages(specs, dry_run=args.dry_run, retry_failed=args.retry_failed)
+
+
 # --------------------------------------------------------------------------- architecture commands
 
 
@@ -289,6 +320,7 @@ CORE: dict[str, tuple[CoreCommand, str]] = {
     "sample": (cmd_sample, "continue a prompt with a trained model"),
     "bench": (cmd_bench, "speed and memory of models side by side"),
     "corpora": (cmd_corpora, "list corpora and cache state"),
+    "sweep": (cmd_sweep, "run a grid of training runs from a spec into results.csv"),
     "report": (cmd_report, "run notebooks with papermill into reports/ and rebuild the index"),
 }
 

@@ -8,12 +8,15 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from physllm.bench import BenchConfig, measure_lengths, model_config_for
 from physllm.errors import PhysllmError
 from physllm.experiments import leaderboard as lb
+from physllm.experiments import protocol as pr
+from physllm.experiments import stats
 from physllm.models import MODELS, build_model
 from physllm.reporting import readme as rd
 from physllm.reporting import rebuild_index
@@ -272,27 +275,42 @@ def test_rebuild_index_regenerates_the_readme_beside_the_reports(tmp_path):
 # --------------------------------------------------------------------------- the notebook
 
 
-def test_notebook_runs_with_few_steps(run_notebook, tmp_path):
+def test_notebook_runs_the_smoke_protocol(run_notebook, tmp_path):
     # both worlds: TinyShakespeare where it is on disk, else pydocs
-    _, out_dir = run_notebook("06_leaderboard", steps=20, sweep_lengths="64", threads=1)
+    _, out_dir = run_notebook("06_leaderboard", sweep_lengths="64", threads=1)
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["corpus"] == ("shakespeare" if shakespeare_available() else "pydocs")
+    corpus = "shakespeare" if shakespeare_available() else "pydocs"
+    assert metrics["corpus"] == corpus
+    smoke = pr.SMOKE
+    entries, sizes = smoke["entries"], list(smoke["sizes"])
+    # best_lr per entry and size, one of the lr stage's rates, and the seeds stage ran at it
+    lrs = smoke["stages"]["lr"]["lrs"]
+    assert {e: set(v) for e, v in metrics["best_lr"].items()} == {e: set(sizes) for e in entries}
+    results = pd.read_csv(out_dir / "results.csv")  # the report folder holds the table
+    for e in entries:
+        for s in sizes:
+            assert metrics["best_lr"][e][s] in lrs
+            ran = set(results.query("entry == @e and size == @s")["lr"])
+            assert ran == {metrics["best_lr"][e][s]}
+    assert (out_dir / "results_lr.csv").exists()
+    # gaps[entry][size][steps] with an interval and the verdict of that interval
+    steps = str(smoke["stages"]["seeds"]["steps"][-1])
+    assert set(metrics["gaps"]) == set(entries) - {"gpt"}
+    for e in set(entries) - {"gpt"}:
+        g = metrics["gaps"][e][sizes[0]][steps]
+        assert g["n_seeds"] == len(smoke["stages"]["seeds"]["seeds"])
+        assert g["ci95_low"] <= g["mean"] <= g["ci95_high"]
+        assert g["verdict"] == stats.verdict(g["ci95_low"], g["ci95_high"])
     rows = metrics["leaderboard"]
-    assert {r["model"] for r in rows} == set(MODELS)
-    assert [r["entry"] for r in rows] == [e.name for e in lb.ENTRIES]
+    assert [r["entry"] for r in rows] == entries
     for r in rows:
-        assert r["steps"] == 20 and r["bpc_unit"] == "byte"
-        for key in ("val_loss", "val_bpc", "train_tokens_per_sec", "infer_tokens_per_sec"):
-            assert r[key] > 0, (r["entry"], key)
-        assert r["peak_mem_mb"] > 0 and r["speed_vs_gpt"] > 0, r["entry"]
-    assert rows[0]["speed_vs_gpt"] == 1.0
-    for name in ("loss_vs_steps", "loss_vs_time", "speed_memory_vs_length"):
+        assert r["val_loss"] > 0 and r["n_seeds"] == 3 and r["peak_mem_mb"] > 0, r["entry"]
+    for name in ("loss_vs_tokens", "loss_vs_flops", "loss_vs_time", "speed_memory_vs_length"):
         assert (out_dir / f"{name}.png").exists()
-    # the README section renders from this very file
+    # the README section renders from this very file, gaps and sentences included
     reports = tmp_path / "reports"
     folder = write_report(reports, "cpu", metrics)
     shutil.copy(out_dir / "metrics.json", folder / "metrics.json")
     section = rd.render_section("cpu", reports)
-    for e in lb.ENTRIES:
-        label = e.model if e.name == e.model else f"{e.model} ({e.name.split('-', 1)[1]})"
-        assert f"| {label} |" in section
+    assert "gap to GPT [95% CI]" in section and "| hamiltonian | " in section
+    assert sum(line.startswith("- **") for line in section.splitlines()) == len(entries) - 1

@@ -18,11 +18,18 @@ old numbers
 """
 
 
-def write_notebook_report(reports, notebook, runs, status="ok"):
+def write_notebook_report(reports, notebook, runs, status="ok", run=None, **metrics):
     folder = reports / notebook / "cpu"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps({"status": status}))
-    (folder / "metrics.json").write_text(json.dumps({"runs": runs}))
+    (folder / "run.json").write_text(json.dumps({"status": status, **(run or {})}))
+    (folder / "metrics.json").write_text(json.dumps({"runs": runs, **metrics}))
+
+
+def section_rows(text):
+    """The notebook section's table rows of ``text``, by variant: {variant: [cells]}."""
+    section = text.split(readme.NOTEBOOK_MARKERS[0])[1].split(readme.NOTEBOOK_MARKERS[1])[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| [")]
+    return {cells[1].strip(): [c.strip() for c in cells] for cells in rows}
 
 
 def run_metrics(val_loss, params=800_000, steps=200, unit="char"):
@@ -45,7 +52,8 @@ def test_notebook_rows_come_from_the_reports(tmp_path):
     section = text.split(readme.NOTEBOOK_MARKERS[0])[1].split(readme.NOTEBOOK_MARKERS[1])[0]
     assert "old numbers" not in section and text.endswith("## next\n")
     row = next(line for line in section.splitlines() if "attractive (gaussian)" in line)
-    assert "| 0.80M | 1000 | 2.250 | 3.246 /char | 2.200 | +0.050 |" in row
+    # one run each: the gap as measured, and never a finding
+    assert "| 0.80M | 1000 | 2.250 | 3.246 /char | 2.200 | +0.050 | 1 seed: not resolved |" in row
     assert "cpu (test box)" in section
     assert "01_hamiltonian/symplectic" in section  # reports not there are named, not invented
     assert readme.readme_text(text, reports) == text  # idempotent
@@ -57,6 +65,56 @@ def test_notebook_rows_come_from_the_reports(tmp_path):
     assert "| 2.100 | 3.030 /char | 2.200 | -0.100 |" in readme.readme_text(text, reports)
     write_notebook_report(reports, "03_ngt", {}, status="failed")
     assert "attractive (gaussian)" not in readme.readme_text(text, reports)
+
+
+def test_a_headline_gap_over_seeds_shows_its_interval_and_verdict(tmp_path):
+    reports = tmp_path / "reports"
+    runs = {"ngt": run_metrics(2.1, steps=1000), "gpt": run_metrics(2.2)}
+    clean = {"git_sha": "abc1234", "reproducible": True}
+    gap = {"baseline": "gpt", "mean": -0.1, "ci95_low": -0.15, "ci95_high": -0.05, "n_seeds": 3}
+    write_notebook_report(reports, "03_ngt", runs, run=clean, headline_gaps={"ngt": gap})
+    row = section_rows(readme.readme_text(README, reports))["attractive (gaussian) kernel"]
+    assert row[-2:] == ["-0.100 [-0.150, -0.050] (3 seeds)", "better"]
+    assert row[0].endswith(")")  # a clean commit: no mark
+
+    # an interval that holds 0 is not a finding, whatever the mean; under two seeds, no interval
+    for low, high, n, cells in [
+        (-0.2, 0.01, 3, ["-0.100 [-0.200, +0.010] (3 seeds)", "not resolved"]),
+        (0.02, 0.3, 5, ["-0.100 [+0.020, +0.300] (5 seeds)", "worse"]),
+        (None, None, 1, ["-0.100 (1 seed)", "1 seed: not resolved"]),
+    ]:
+        gap |= {"ci95_low": low, "ci95_high": high, "n_seeds": n}
+        write_notebook_report(reports, "03_ngt", runs, run=clean, gaps={"ngt": gap})
+        assert (
+            section_rows(readme.readme_text(README, reports))["attractive (gaussian) kernel"][-2:]
+            == cells
+        )
+    # a gap against another baseline is not this headline's
+    gap |= {"baseline": "other", "ci95_low": -0.2, "ci95_high": -0.1, "n_seeds": 3}
+    write_notebook_report(reports, "03_ngt", runs, run=clean, headline_gaps={"ngt": gap})
+    row = section_rows(readme.readme_text(README, reports))["attractive (gaussian) kernel"]
+    assert row[-2:] == ["-0.100", "1 seed: not resolved"]
+
+
+def test_a_report_not_built_from_a_clean_commit_is_marked(tmp_path):
+    reports = tmp_path / "reports"
+    runs = {"ngt": run_metrics(2.1, steps=1000), "gpt": run_metrics(2.2)}
+    cases = [
+        ({"git_sha": "abc1234", "reproducible": True}, None),
+        ({"git_sha": "abc1234", "reproducible": False, "dirty": ["x.py"]}, readme.UNCOMMITTED),
+        ({"git_sha": "abc1234-dirty"}, readme.UNCOMMITTED),  # an older run.json: its sha says
+        ({"git_sha": "abc1234"}, None),
+        ({"git_sha": "unknown", "reproducible": False}, readme.NO_COMMIT),
+        ({}, readme.NO_COMMIT),
+    ]
+    for run, why in cases:
+        assert readme.reproducibility(run) == why, run
+        write_notebook_report(reports, "03_ngt", runs, run=run)
+        text = readme.readme_text(README, reports)
+        marked = section_rows(text)["attractive (gaussian) kernel"][0].endswith(" ‡")
+        assert marked == (why is not None), run
+        if why:
+            assert f"‡ {why} (the report's `run.json`): 03_ngt (" in text
 
 
 def test_every_headline_names_a_run_of_its_committed_report():

@@ -250,6 +250,7 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
         ("01_tiny", "--run-name", "../escape"),
         ("--reference",),  # needs NAMES
         ("--replace",),
+        ("--allow-dirty",),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
@@ -393,7 +394,14 @@ def test_reference_run_is_written_or_replaced_only_when_asked(tmp_path):
     status = git(repo, "status", "--porcelain")
     assert f" M reports/01_tiny/{hw}/metrics.json" in status and " M reports/README.md" in status
     assert not (reports / "local").exists()
+    record = json.loads((ref / "run.json").read_text())  # built from the fixture's commit
+    assert record["reproducible"] is True
+    assert record["git_sha"] == git(repo, "rev-parse", "--short", "HEAD").strip()
 
+    # the next reference run needs this one committed first (tests/test_clean_tree.py)
+    assert cli("01_tiny", "--reference", "-p", "steps", "4", *args).returncode == 2
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "the replaced run")
     # a reference run that does not exist yet needs --reference only
     fresh = cli("01_tiny", "--reference", "-p", "steps", "4", *args)
     assert fresh.returncode == 0, fresh.stderr[-3000:]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from physllm.data import TokenData
 from physllm.errors import PhysllmError, TrainingDivergedError
 from physllm.training import lr_at, make_config, train
 from physllm.training.checkpoint import load_checkpoint
@@ -27,6 +28,12 @@ DESIGN_KEYS = {
     "train_loss",
     "val_loss",
     "val_bpc",
+    "val_loss_reset",
+    "val_tokens",
+    "val_bits_per_unit",
+    "val_perplexity",
+    "eval_protocol",
+    "flops_per_token",
     "tokens_per_sec",
     "ms_per_step",
     "wall_s",
@@ -47,10 +54,14 @@ def test_warmup_then_cosine_to_min_lr():
     assert lrs[100] == pytest.approx(0.1)
 
 
-def test_run_writes_metrics_checkpoints_and_learns(tiny_run):
+def test_run_writes_metrics_checkpoints_and_learns(tiny_run, small_text_file):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert DESIGN_KEYS <= set(metrics)
     assert metrics["steps"] == 20 and metrics["tokens_seen"] == 20 * 4 * 32
+    # the final numbers score the whole val split in blocks of 32 (targets shifted by one)
+    n_val = len(TokenData.load(str(small_text_file)).splits["val"])
+    assert metrics["val_tokens"] == (n_val - 1) // 32 * 32
+    assert metrics["val_bpc"] == metrics["val_bits_per_unit"]
     for folder in ("best", "last"):
         assert (tiny_run / folder / "model.safetensors").exists()
         assert (tiny_run / folder / "config.json").exists()
@@ -153,9 +164,11 @@ def test_truncated_bptt_scores_streams_and_resumes(small_text_file, tmp_path):
     losses = lambda r: [(h["step"], h["train_loss"]) for h in r.history if "train_loss" in h]  # noqa: E731
     assert losses(resumed) == losses(whole)  # stream positions and carried state resumed
     m = whole.metrics
-    assert m["val_eval"] == "streams" and m["val_loss_reset"] != m["val_loss"]
+    # val_loss: each block from the zero state (comparable); carried: the state handed on
+    assert m["val_loss_reset"] == m["val_loss"] and m["val_loss_carried"] != m["val_loss"]
     windows = run_context(small_text_file, tmp_path / "windows", carry_state=False, **kw)
-    assert windows.metrics["val_eval"] == "windows" and "val_loss_reset" not in windows.metrics
+    assert "val_loss_carried" not in windows.metrics
+    assert windows.metrics["val_tokens"] == m["val_tokens"]  # the same tokens either way
 
 
 def test_resume_with_another_config_is_refused(small_text_file, tiny_run):
@@ -243,7 +256,7 @@ def test_ddp_two_processes_on_cpu(small_text_file, tmp_path, model):
     ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["tokens_seen"] == 6 * 4 * 32 * 2
-    assert metrics["val_eval"] == ("streams" if model == "context_vector" else "windows")
+    assert ("val_loss_carried" in metrics) == (model == "context_vector")
     if model == "context_vector":  # the ranks read different streams of the same text
         rows = [(out / f"rank{r}.rows").read_text().split() for r in (0, 1)]
         assert len(rows[0]) == len(rows[1]) == 4 and not set(rows[0]) & set(rows[1])

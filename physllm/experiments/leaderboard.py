@@ -25,6 +25,12 @@ speed up to it (:func:`physllm.bench.run_length_bench`); the peak at the
 training length is the table's peak memory (one process held all the
 training runs, so the trainer's own peak is not per model).
 
+Notebook 06 runs the entries through the protocol (:mod:`physllm.experiments.protocol`:
+each run in its own process via :mod:`physllm.experiments.sweep`, a learning rate per
+entry and size, then seeds and the paired gap to GPT with its interval);
+:func:`run_entries` trains them in this process at one seed (the first leaderboard, whose
+committed report the README still renders until a protocol report replaces it).
+
 The README's results section is generated from the leaderboard report's
 ``metrics.json`` by the reporting layer (:func:`physllm.reporting.readme.leaderboard_text`,
 applied when :func:`physllm.reporting.index.rebuild_index` runs); this module only
@@ -246,10 +252,10 @@ def run_entries(
         speed = inference_speed(result.model, prompt, max(1, block - prompt_tokens))
         result.metrics["infer_tokens_per_sec"] = speed["decode_tokens_per_sec"]
         result.metrics["infer_ms_per_token"] = speed["decode_ms_per_token"]
-        # a recurrent model that trains on consecutive blocks is also evaluated so (state
-        # carried in from the text before each block): the table says which rows did
-        carries = getattr(result.model, "carries_state", None)
-        result.metrics["carries_state"] = bool(carries()) if callable(carries) else False
+        # True only where val_loss was read with the state carried in (runs before the one
+        # evaluator, val_eval "streams"): evaluate_split scores every model from a zero state,
+        # and the carried number is val_loss_carried. The README's dagger follows this flag.
+        result.metrics["carries_state"] = result.metrics.get("val_eval") == "streams"
         results[name] = result
         if log:
             m = result.metrics

@@ -18,6 +18,7 @@ from physllm.reporting.index import (
     local_reports_dir,
     rebuild_index,
 )
+from physllm.reporting.readme import reproducibility
 from physllm.reporting.runner import NOTEBOOKS_ENV, parse_parameters, run_report
 
 WARN_MB = 10.0  # a report folder bigger than this gets a warning: reports are committed
@@ -39,7 +40,8 @@ def report_parser() -> ArgumentParser:
             "reports/local/<notebook>/<hardware>-<UTC time>-<commit>/ (gitignored) indexed in "
             "reports/local/README.md, and changes no tracked file; --reference writes the "
             "committed run reports/<notebook>/<run>/ and rebuilds reports/README.md and the "
-            "README tables. With no NAMES, only the indexes are rebuilt."
+            "README tables, from a clean git checkout only (--allow-dirty: recorded as not "
+            "reproducible). With no NAMES, only the indexes are rebuilt."
         ),
     )
     parser.add_argument("names", nargs="*", metavar="NAMES", help="notebook stems, or all")
@@ -66,6 +68,12 @@ def report_parser() -> ArgumentParser:
         "--replace",
         action="store_true",
         help="overwrite an existing reference run (implies --reference)",
+    )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="with --reference: run even with uncommitted changes (or outside a git checkout); "
+        "run.json, the index and the README mark the run not reproducible",
     )
     parser.add_argument("--reports-dir", default=None, help="default: <repo>/reports")
     parser.add_argument(
@@ -98,7 +106,7 @@ def rebuild_indexes(reports_dir: Path) -> None:
 
 def print_records(records: Sequence[dict[str, Any]]) -> None:
     """One line per run (status, val loss, wall time, size, page); a warning for a
-    reference run too big to commit."""
+    reference run that is not reproducible or too big to commit."""
     for r in records:
         m = r["metrics"]
         numbers = (
@@ -108,6 +116,12 @@ def print_records(records: Sequence[dict[str, Any]]) -> None:
             f"{r['notebook']}/{r['run']}: {r['status']}{numbers}, {format_seconds(r['wall_s'])}, "
             f"{r['size_mb']:.1f} MB -> {r['path']}/{r['notebook']}.html"
         )
+        why = reproducibility(r)
+        if r["kind"] == "reference" and why:
+            dirty = ", ".join(r.get("dirty") or [])
+            print(
+                f"warning: {r['path']} is {why}" + (f" ({dirty})" if dirty else ""), file=sys.stderr
+            )
         if r["kind"] == "reference" and r["size_mb"] > WARN_MB:
             print(
                 f"warning: {r['path']} holds {r['size_mb']:.1f} MB; reports are committed, keep "
@@ -121,9 +135,10 @@ def cmd_report(argv: Sequence[str]) -> None:
     args = report_parser().parse_args(argv)
     reports_dir = Path(args.reports_dir) if args.reports_dir else default_reports_dir()
     if not args.names:
-        if args.parameter or args.run_name or args.reference or args.replace:
+        if args.parameter or args.run_name or args.reference or args.replace or args.allow_dirty:
             raise PhysllmError(
-                "-p, --run-name, --reference and --replace need notebook NAMES (or all)"
+                "-p, --run-name, --reference, --replace and --allow-dirty need notebook NAMES "
+                "(or all)"
             )
         rebuild_indexes(reports_dir)
         return
@@ -138,6 +153,7 @@ def cmd_report(argv: Sequence[str]) -> None:
         log_output=args.log_output,
         reference=args.reference,
         replace=args.replace,
+        allow_dirty=args.allow_dirty,
         announce=lambda line: print(line, flush=True),  # flushed: it must come first
     )
     print_records(records)

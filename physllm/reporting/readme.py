@@ -13,13 +13,17 @@ never from ``reports/local/``:
   GPU report exists;
 * ``results:notebooks``: each architecture notebook's headline runs against
   the vanilla GPT it trained at the same budget (:data:`HEADLINES`), read from
-  the notebook's latest ``cpu`` report ``metrics.json``.
+  the notebook's latest ``cpu`` report ``metrics.json``, each gap with its
+  evidence (a paired interval over seeds and its verdict, or "1 seed: not
+  resolved") and each report not built from a clean commit marked
+  (:func:`reproducibility`, from its ``run.json``).
 
 A README without a section's markers is left as it is.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +32,7 @@ from typing import Any
 
 from physllm.arch import Headline
 from physllm.experiments.leaderboard import NOTEBOOK, PARAM_TOLERANCE
+from physllm.experiments.stats import NOT_RESOLVED, verdict
 from physllm.fmt import format_seconds, millions, num, read_json
 from physllm.models import ARCHITECTURES
 
@@ -38,40 +43,108 @@ NOTEBOOK_MARKERS = ("<!-- results:notebooks:start -->", "<!-- results:notebooks:
 HEADLINES: tuple[Headline, ...] = tuple(h for a in ARCHITECTURES.values() for h in a.headlines)
 
 
-def _report_metrics(reports_dir: Path, notebook: str, tag: str = "cpu") -> dict[str, Any] | None:
-    folder = reports_dir / notebook / tag
-    if read_json(folder / "run.json").get("status") != "ok":
+UNCOMMITTED = "not reproducible: built from uncommitted changes"
+NO_COMMIT = "not reproducible: no commit recorded"
+SINGLE_SEED = "1 seed: not resolved"  # a one-run gap is never a finding, whatever its size
+
+
+def reproducibility(run: Mapping[str, Any]) -> str | None:
+    """None when ``run`` (a ``run.json``) was built from a clean commit, else why not
+    (:data:`UNCOMMITTED`, :data:`NO_COMMIT`). A ``run.json`` older than its ``reproducible``
+    field is judged by its ``git_sha``: ``-dirty`` meant tracked code had changed."""
+    sha = str(run.get("git_sha") or "unknown")
+    if sha == "unknown":
+        return NO_COMMIT
+    recorded = run.get("reproducible")
+    if recorded is True or (recorded is None and not sha.endswith("-dirty")):
         return None
-    return read_json(folder / "metrics.json") or None
+    return UNCOMMITTED
+
+
+def _report(reports_dir: Path, notebook: str, tag: str = "cpu") -> tuple[dict, dict] | None:
+    """``(run.json, metrics.json)`` of ``reports_dir/<notebook>/<tag>`` if it finished."""
+    folder = reports_dir / notebook / tag
+    run = read_json(folder / "run.json")
+    if run.get("status") != "ok":
+        return None
+    metrics = read_json(folder / "metrics.json")
+    return (run, metrics) if metrics else None
+
+
+def headline_gap(metrics: Mapping[str, Any], h: Headline) -> Mapping[str, Any] | None:
+    """The per-seed paired gap of ``h`` a notebook recorded, if any: ``metrics[key][h.run]``
+    for key ``headline_gaps`` or ``gaps``, a dict with ``mean``, ``ci95_low``, ``ci95_high``,
+    ``n_seeds`` (and ``baseline``, which must be ``h.baseline``), as
+    :func:`physllm.experiments.stats.paired_gap` returns."""
+    for key in ("headline_gaps", "gaps"):
+        table = metrics.get(key)
+        gap = table.get(h.run) if isinstance(table, Mapping) else None
+        if isinstance(gap, Mapping) and "mean" in gap and "n_seeds" in gap:
+            if gap.get("baseline", h.baseline) == h.baseline:
+                return gap
+    return None
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def gap_cells(
+    run: Mapping[str, Any], base: Mapping[str, Any], gap: Mapping[str, Any] | None
+) -> tuple[str, str]:
+    """The ``gap (nats)`` and ``verdict`` cells of a headline row.
+
+    With a per-seed ``gap``: ``mean [ci95_low, ci95_high] (n seeds)`` and
+    :func:`physllm.experiments.stats.verdict` of that interval ("better"/"worse" only when
+    it excludes 0). Without one, the gap of the two single runs, and :data:`SINGLE_SEED`.
+    """
+    if gap is None:
+        return f"{run['val_loss'] - base['val_loss']:+.3f}", SINGLE_SEED
+    n = int(gap["n_seeds"])
+    mean, low, high = (_number(gap.get(k)) for k in ("mean", "ci95_low", "ci95_high"))
+    seeds = f"({n} seed{'' if n == 1 else 's'})"
+    if n < 2 or math.isnan(low) or math.isnan(high):  # no interval: nothing is resolved
+        return f"{mean:+.3f} {seeds}", f"{n} seed{'' if n == 1 else 's'}: {NOT_RESOLVED}"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {seeds}", verdict(low, high)
 
 
 def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
-    """The ``results:notebooks`` section: a markdown table from the reports' metrics.json."""
+    """The ``results:notebooks`` section: a markdown table from the reports' metrics.json,
+    each gap with its evidence (:func:`gap_cells`) and each report not built from a clean
+    commit marked ‡ (:func:`reproducibility`)."""
     reports_dir = Path(reports_dir)
-    lines = [
-        "| notebook | variant | params | steps | val loss | bits / unit | GPT, same budget | gap (nats) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    devices, missing = set(), []
+    header = "| notebook | variant | params | steps | val loss | bits / unit | GPT, same budget "
+    lines = [header + "| gap (nats) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    devices, missing, unreproducible = set(), [], {}
     for h in HEADLINES:
-        metrics = _report_metrics(reports_dir, h.notebook)
-        runs = (metrics or {}).get("runs", {})
+        run_json, metrics = _report(reports_dir, h.notebook) or ({}, {})
+        runs = metrics.get("runs", {})
         if h.run not in runs or h.baseline not in runs:
             missing.append(f"{h.notebook}/{h.run}")
             continue
         run, base = runs[h.run], runs[h.baseline]
         devices.add(run.get("device", "?"))
-        link = f"[{h.notebook}]({link_root}/{h.notebook}/cpu/{h.notebook}.html)"
+        why = reproducibility(run_json)
+        if why:  # grouped by reason, one entry per notebook
+            named = f"{h.notebook} ({run_json.get('git_sha', 'no run.json')})"
+            unreproducible.setdefault(why, {})[h.notebook] = named
+        link = f"[{h.notebook}]({link_root}/{h.notebook}/cpu/{h.notebook}.html)" + (
+            " ‡" if why else ""
+        )
+        gap, word = gap_cells(run, base, headline_gap(metrics, h))
         lines.append(
             f"| {link} | {h.variant} | {run['params'] / 1e6:.2f}M | {run['steps']} | "
             f"{run['val_loss']:.3f} | {run['val_bpc']:.3f} /{run.get('bpc_unit', 'char')} | "
-            f"{base['val_loss']:.3f} | {run['val_loss'] - base['val_loss']:+.3f} |"
+            f"{base['val_loss']:.3f} | {gap} | {word} |"
         )
     intro = (
         "**Each architecture against a vanilla GPT at the same parameters, data and steps**, "
         "generated from the notebooks' CPU reports (`reports/<notebook>/cpu/metrics.json`) by "
-        "`python -m physllm report`; do not edit. TinyShakespeare, 90/10 split, one seed; "
-        f"hardware: {', '.join(sorted(devices)) or 'none'}."
+        "`python -m physllm report`; do not edit. TinyShakespeare, 90/10 split; "
+        f"hardware: {', '.join(sorted(devices)) or 'none'}. A gap (variant minus GPT, lower is "
+        "better) is a finding only with seeds behind it: with several, its paired 95% interval, "
+        'and "better" or "worse" only when that excludes 0; a single seed\'s gap is "not resolved" '
+        "whatever its size."
     )
     notes = [
         "",
@@ -79,8 +152,10 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
         "evaluated so; the other rows read random windows from a zero state. Notebook 02 "
         "scores both kinds on identical blocks.",
     ]
+    for why, named in unreproducible.items():
+        notes += ["", f"‡ {why} (the report's `run.json`): {', '.join(named.values())}."]
     if missing:
-        notes.append(f"No report yet for: {', '.join(missing)}.")
+        notes += ["", f"No report yet for: {', '.join(missing)}."]
     return "\n".join([intro, "", *lines, *notes])
 
 
@@ -139,6 +214,163 @@ def report_run(reports_dir: str | os.PathLike, tag: str) -> dict[str, Any] | Non
     return {"run": run, "metrics": metrics, "folder": folder}
 
 
+def _ci(gap: Mapping[str, Any]) -> tuple[float, float, float, int]:
+    """(mean, ci95_low, ci95_high, n_seeds) of a stored gap; NaN for a missing bound."""
+    return (
+        _number(gap.get("mean")),
+        _number(gap.get("ci95_low")),
+        _number(gap.get("ci95_high")),
+        int(gap.get("n_seeds") or 0),
+    )
+
+
+def gap_verdict(gap: Mapping[str, Any]) -> str:
+    """The verdict of a stored gap, recomputed from its interval (never read from the file):
+    "better"/"worse" only when [ci95_low, ci95_high] excludes 0, else "not resolved"."""
+    _, low, high, n = _ci(gap)
+    return verdict(low, high) if n >= 2 else NOT_RESOLVED
+
+
+def gap_rows(m: Mapping[str, Any]) -> list[tuple[str, str, str, Mapping[str, Any]]]:
+    """``(entry, size, steps, gap)`` of ``metrics["gaps"][entry][size][steps]``, in table
+    order (entries as in ``leaderboard``, sizes as in ``summary``, steps ascending)."""
+    gaps = m.get("gaps") or {}
+    order = [r["entry"] for r in m.get("leaderboard", [])]
+    entries = sorted(gaps, key=lambda e: order.index(e) if e in order else len(order))
+    sizes = list(dict.fromkeys(str(r["size"]) for r in m.get("summary", [])))
+    out = []
+    for entry in entries:
+        by_size = gaps[entry]
+        for size in sorted(by_size, key=lambda s: sizes.index(s) if s in sizes else len(sizes)):
+            for steps in sorted(by_size[size], key=int):
+                out.append((entry, size, steps, by_size[size][steps]))
+    return out
+
+
+def entry_label(entry: str, model: str | None = None) -> str:
+    """``model (variant)`` for an entry name ``model-variant``; the model alone otherwise."""
+    model = model or entry.split("-", 1)[0]
+    return model if entry == model else f"{model} ({entry.split('-', 1)[-1]})"
+
+
+def gaps_table(m: Mapping[str, Any]) -> list[str]:
+    """Every entry's paired gap to GPT as markdown lines: size, steps, the learning rate the
+    sweep picked, mean val loss over seeds (sd), the gap with its 95% interval, the verdict."""
+    summary = {(r["entry"], str(r["size"]), str(r["steps"])): r for r in m.get("summary", [])}
+    best = m.get("best_lr") or {}
+    lines = [
+        "| model | size | steps | lr | val loss (sd) | GPT val loss | gap to GPT [95% CI] | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry, size, steps, gap in gap_rows(m):
+        mean, low, high, n = _ci(gap)
+        own, ref = summary.get((entry, size, steps), {}), summary.get(("gpt", size, steps), {})
+        sd = own.get("val_loss_sd")
+        loss = num(own.get("val_loss_mean"), ".3f") + (f" ({sd:.3f})" if sd is not None else "")
+        interval = (
+            "no interval" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
+        )
+        lr = best.get(entry, {}).get(size)
+        cells = [
+            entry_label(entry, own.get("model")),
+            size,
+            steps,
+            f"{lr:g}" if isinstance(lr, (int, float)) else "",
+            loss,
+            num(ref.get("val_loss_mean"), ".3f"),
+            f"{mean:+.3f} {interval}",
+            str(n),
+            gap_verdict(gap),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def entry_sentences(m: Mapping[str, Any]) -> list[str]:
+    """One sentence per entry: where its gap to GPT is resolved (the verdict and interval)
+    and where it is not; "better"/"worse" appear only with an interval that excludes 0."""
+    by_entry: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
+    for entry, size, steps, gap in gap_rows(m):
+        by_entry.setdefault(entry, []).append((size, steps, gap))
+    models = {r["entry"]: r.get("model") for r in m.get("leaderboard", [])}
+    lines = []
+    for entry, cells in by_entry.items():
+        resolved, open_ = [], []
+        for size, steps, gap in cells:
+            mean, low, high, n = _ci(gap)
+            where = f"{size}, {steps} steps"
+            word = gap_verdict(gap)
+            if word == NOT_RESOLVED:
+                open_.append(where)
+            else:
+                resolved.append(
+                    f"{word} than GPT at {where} ({mean:+.3f} nats, 95% CI [{low:+.3f}, {high:+.3f}], {n} seeds)"
+                )
+        parts = resolved + ([f"not resolved at {'; '.join(open_)}"] if open_ else [])
+        lines.append(f"- **{entry_label(entry, models.get(entry))}**: {'; '.join(parts)}.")
+    return lines
+
+
+def _stages(m: Mapping[str, Any]) -> str:
+    """The protocol's stages in words, from ``metrics["protocol"]``."""
+    p = m.get("protocol") or {}
+    words = []
+    for stage in p.get("stages", []):
+        lrs = stage.get("lrs")
+        rate = ("the rate the lr stage picked" if lrs == "best"
+                else "rates " + ", ".join(f"{v:g}" for v in lrs or []))  # fmt: skip
+        seeds = ", ".join(map(str, stage.get("seeds", [])))
+        steps = " and ".join(map(str, stage.get("steps", [])))
+        words.append(f"{stage.get('name')}: seeds {seeds} at {rate}, {steps} steps")
+    return "; ".join(words)
+
+
+def render_protocol(tag: str, run: Mapping[str, Any], m: Mapping[str, Any], base: str) -> str:
+    """The v2 section (a report whose metrics.json holds ``gaps``): the protocol in one
+    paragraph, the gaps with intervals, one sentence per entry, then the table of means."""
+    label = tag.upper()
+    rows = m["leaderboard"]
+    r = rows[0]
+    unit = r.get("bpc_unit") or "char"
+    p = m.get("protocol") or {}
+    sizes = ", ".join(f"{k} (GPT: {v:,} parameters)" for k, v in (p.get("params") or {}).items())
+    why = reproducibility(run)
+    intro = (
+        f"**Every model under one protocol, {label}** ([report]({base}/{NOTEBOOK}.html), "
+        f"[metrics.json]({base}/metrics.json), [results.csv]({base}/results.csv); generated from "
+        f"those files by `python -m physllm report {NOTEBOOK}`, do not edit). Protocol "
+        f"`{p.get('name', '?')}`: {m.get('corpus', '')} ({m.get('tokenizer', '')} tokens), "
+        f"batch {m.get('batch_size', '?')} x {m.get('block_size', '?')} tokens, sizes {sizes}, "
+        f"every model within {m.get('param_tolerance', PARAM_TOLERANCE):.0%} of GPT's parameters; "
+        f"the learning rate of each entry and size picked by one rule for all (the lowest mean "
+        f"val loss at the short budget); {_stages(m)}. Val loss: the whole validation split in "
+        f"fixed blocks, the same tokens for every model, each block from an empty context. "
+        f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
+        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
+        f"physllm {m.get('git_sha', run.get('git_sha', ''))}" + (f" ({why})" if why else "") + "."
+    )
+    note = (
+        "Gap: the entry's val loss minus GPT's, paired by seed (seed s of both sees the same "
+        "data order), with a Student-t 95% interval over seeds; the verdict names a direction "
+        'only when that interval excludes 0, and is "not resolved" otherwise.'
+    )
+    curves = ", ".join(
+        f"[{what}]({base}/loss_vs_{name}.png)"
+        for what, name in (("tokens", "tokens"), ("FLOPs", "flops"), ("wall-clock", "time"))
+    )
+    table_note = (
+        f"Means over {r.get('n_seeds', '?')} seeds at size {r.get('size', '?')}, {r['steps']} steps "
+        f"({r['tokens_seen']:,} tokens), bits per {unit}. Train tokens/s: the runs themselves, one "
+        "after another. Speed, peak memory, their ratios and inference (streaming decode, batch 1): "
+        "one step at the training shape, each model in a fresh process."
+    )
+    return "\n".join(
+        [intro, "", *gaps_table(m), "", note, "", *entry_sentences(m), "",
+         f"Training loss against {curves}, mean over seeds with a band from the lowest to the "
+         "highest seed.", "", *markdown_table(rows), "", table_note]
+    )  # fmt: skip
+
+
 def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
     """The README text between ``tag``'s markers, from the report's ``metrics.json``
     alone (and ``run.json`` for date and notebook wall time)."""
@@ -152,6 +384,8 @@ def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "r
     run, m = found["run"], found["metrics"]
     rows = m["leaderboard"]
     base = f"{link_root}/{NOTEBOOK}/{tag}"
+    if m.get("gaps"):  # v2: the protocol's seeds and intervals
+        return render_protocol(tag, run, m, base)
     r = rows[0]
     unit = r.get("bpc_unit", "char")
     sweep = m.get("sweep_config", {})
@@ -244,14 +478,24 @@ def update_readme(readme: str | os.PathLike, reports_dir: str | os.PathLike) -> 
 
 __all__ = [
     "HEADLINES",
+    "NO_COMMIT",
+    "SINGLE_SEED",
+    "UNCOMMITTED",
     "Headline",
+    "entry_sentences",
+    "gap_verdict",
+    "gaps_table",
+    "gap_cells",
+    "headline_gap",
     "leaderboard_text",
     "markdown_table",
     "markers",
     "notebook_results",
     "readme_text",
+    "render_protocol",
     "render_section",
     "replace_between",
     "report_run",
+    "reproducibility",
     "update_readme",
 ]

@@ -19,7 +19,12 @@ Two places hold run folders, so that a user's run never touches a tracked file:
   unless ``--run-name`` says otherwise. A reference run that exists already is
   an error (exit 2, nothing touched) unless ``--replace`` is given too
   (``--replace`` implies ``--reference``). Only a reference run rebuilds the
-  tracked index and the README tables.
+  tracked index and the README tables. A reference run is built from a clean
+  tree: when ``git status --porcelain`` lists anything (changed tracked files,
+  untracked files git does not ignore) besides the folders and index the run
+  itself writes, it refuses (exit 2, one line naming up to 5 paths, nothing
+  written), and outside a git checkout too. ``--allow-dirty`` runs it anyway,
+  recorded as not reproducible, which the index and the README tables say.
 * **Local runs**, gitignored (``/reports/local/`` in ``.gitignore``):
   ``reports/local/<notebook>/<run>/``, indexed in ``reports/local/README.md``
   (:data:`physllm.reporting.index.LOCAL_DIR`). A plain ``python -m physllm report NB`` goes here, into
@@ -33,6 +38,11 @@ whatever it saves lands in the report. Checkpoints and data do not belong
 there: after the run, every ``best/``, ``last/`` and ``tb/`` folder and every
 ``*.safetensors``, ``*.pt``, ``*.pth``, ``*.ckpt`` and ``*.bin`` file under the
 run folder is deleted (:data:`HEAVY_DIRS`, :data:`HEAVY_SUFFIXES`).
+
+Every run's ``run.json`` records the checkout it was built from
+(:func:`tree_state`): ``git_sha`` (``unknown`` outside a checkout),
+``reproducible`` (a commit and nothing uncommitted) and the uncommitted paths
+(``dirty``, ``dirty_count``); a local run may come from a dirty tree, and says so.
 
 A failed notebook still leaves its executed notebook and HTML (papermill marks
 the failing cell), ``run.json`` says ``failed``, and the command exits with
@@ -61,6 +71,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,7 +83,13 @@ from physllm.env import device_description
 from physllm.errors import PhysllmError
 from physllm.fmt import clock, first_line, format_seconds, read_json
 from physllm.progress import PROGRESS_ENV
-from physllm.reporting.index import default_reports_dir, local_reports_dir, rebuild_index
+from physllm.reporting.index import (
+    INDEX_NAME,
+    default_reports_dir,
+    local_reports_dir,
+    rebuild_index,
+)
+from physllm.reporting.readme import reproducibility
 from physllm.training import git_sha
 
 NOTEBOOKS_ENV = "PHYSLLM_NOTEBOOKS_DIR"  # where notebooks are looked up (tests point it elsewhere)
@@ -81,6 +98,8 @@ HEAVY_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # weights, to
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
 NBVAL_MARKER = re.compile(r"#\s*NBVAL_")  # "# NBVAL_IGNORE_OUTPUT" says nothing about a cell
 ENGINE_NAME = "physllm-report"  # the papermill engine that says which cell runs
+DIRTY_NAMED = 5  # a refused reference run names this many uncommitted paths
+DIRTY_KEPT = 50  # run.json lists this many (and counts them all)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -266,6 +285,93 @@ def claim_run_dir(parent: Path, base: str) -> Path:
     raise PhysllmError(f"no free run folder name for {base} in {parent}")
 
 
+# --------------------------------------------------------------------------- the checkout
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    """``git args`` run in ``cwd``: its stdout, or None when git is missing or fails."""
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def checkout_of(path: str | os.PathLike) -> Path | None:
+    """The git checkout (its top folder) holding ``path`` or its nearest existing parent."""
+    folder = Path(path).resolve()
+    while not folder.is_dir():
+        folder = folder.parent
+    top = _git(folder, "rev-parse", "--show-toplevel")
+    return Path(top.strip()).resolve() if top and top.strip() else None
+
+
+def _inside(path: str, folders: Sequence[str]) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def dirty_paths(checkout: Path, exclude: Sequence[Path] = ()) -> list[str] | None:
+    """What ``git status --porcelain`` lists in ``checkout`` (changed tracked files and untracked
+    files git does not ignore; renames by their new path), relative to it and sorted, less
+    anything in or equal to a path of ``exclude``. None when git cannot say."""
+    out = _git(checkout, "status", "--porcelain", "-z", "--untracked-files=all")
+    if out is None:
+        return None
+    skip = []
+    for p in exclude:
+        with contextlib.suppress(ValueError):  # outside the checkout: nothing there to skip
+            skip.append(Path(p).resolve().relative_to(checkout).as_posix())
+    paths, fields = [], iter(out.split("\0"))
+    for entry in fields:
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # "R  new" is followed by the old path, which is gone
+            next(fields, None)
+        paths.append(entry[3:].rstrip("/"))
+    return sorted(p for p in set(paths) if not _inside(p, skip))
+
+
+def tree_state(reports_dir: str | os.PathLike, exclude: Sequence[Path] = ()) -> dict[str, Any]:
+    """What ``run.json`` records about the checkout holding ``reports_dir`` (the one its
+    reports are committed to): ``git_sha`` (short HEAD, or ``unknown`` outside a checkout
+    or before its first commit), ``dirty`` (:func:`dirty_paths` less ``exclude``, the first
+    :data:`DIRTY_KEPT`), ``dirty_count``, and ``reproducible``: a commit exists and nothing
+    else is uncommitted, so checking out ``git_sha`` rebuilds the same run."""
+    checkout = checkout_of(reports_dir)
+    head = _git(checkout, "rev-parse", "--short", "HEAD") if checkout else None
+    dirty = dirty_paths(checkout, exclude) if checkout else None
+    sha = head.strip() if head and head.strip() else "unknown"
+    return {
+        "git_sha": sha,
+        "reproducible": sha != "unknown" and dirty == [],
+        "dirty": (dirty or [])[:DIRTY_KEPT],
+        "dirty_count": len(dirty or []),
+        "checkout": str(checkout) if checkout else None,
+    }
+
+
+def dirty_tree_error(state: dict[str, Any], reports_dir: Path) -> PhysllmError:
+    """The one-line refusal of a reference run that :func:`tree_state` says is not
+    reproducible (up to :data:`DIRTY_NAMED` uncommitted paths named)."""
+    fix = "or add --allow-dirty to write it recorded as not reproducible"
+    if state["checkout"] is None:
+        return PhysllmError(
+            f"{reports_dir} is not in a git checkout: a reference report names the commit it "
+            f"was built from; run it from a clone, {fix}"
+        )
+    if state["git_sha"] == "unknown":
+        return PhysllmError(f"{state['checkout']} has no commit yet: commit first, {fix}")
+    named = state["dirty"][:DIRTY_NAMED]
+    more = state["dirty_count"] - len(named)
+    paths = ", ".join(named) + (f" and {more} more" if more else "")
+    return PhysllmError(
+        f"uncommitted changes in {state['checkout']} ({paths}): a reference report is built "
+        f"from a clean tree, so that its commit rebuilds it; commit them first, {fix}"
+    )
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -403,11 +509,14 @@ def header_markdown(record: dict[str, Any], metrics: dict[str, Any]) -> str:
         if record.get("load_avg_1m") is not None
         else ""
     )
+    why = reproducibility(record)
+    dirty = ", ".join(record.get("dirty") or [])
+    provenance = f" (**{why}**" + (f": {dirty})" if dirty else ")") if why else ""
     return (
         f"> **Report `{record['notebook']}` / `{record['run']}`**, generated by "
         f"`{report_command(record)}` on {record['hardware']}{load}{steps}; notebook wall time "
         f"{format_seconds(record['wall_s'])}; started {record['started']}; "
-        f"physllm {record['git_sha']}. Status: {status}."
+        f"physllm {record['git_sha']}{provenance}. Status: {status}."
     )
 
 
@@ -529,7 +638,8 @@ def _run_record(
     name: str, final: Path, parameters: dict[str, Any], error: str | None, **fields: Any
 ) -> dict[str, Any]:
     """``run.json``'s content for a finished run; ``fields``: started, wall_s, kind, named,
-    removed, hardware."""
+    removed, hardware, tree (:func:`tree_state`: git_sha, reproducible, dirty, dirty_count)."""
+    tree = fields["tree"]
     return {
         "notebook": name,
         "run": final.name,
@@ -544,7 +654,10 @@ def _run_record(
         # speed numbers on a shared CPU depend on what else ran: say how busy the machine was
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),
-        "git_sha": git_sha(),
+        "git_sha": tree["git_sha"],
+        "reproducible": tree["reproducible"],
+        "dirty": tree["dirty"],
+        "dirty_count": tree["dirty_count"],
         "python": sys.version.split()[0],
         "removed": [str(p.relative_to(final)) for p in fields["removed"]],
     }
@@ -594,14 +707,17 @@ def run_one(
     claimed: bool = False,
     kind: str = "local",
     named: bool = True,
+    tree: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Execute one notebook into the run folder ``final``; return its ``run.json`` record.
 
     ``claimed``: ``final`` was just created empty for this run (:func:`claim_run_dir`).
     Otherwise an existing ``final`` is replaced, and kept aside until the new run is
     known to be good. ``kind`` (``reference`` or ``local``) and ``named`` (the folder
-    name was asked for) go into ``run.json`` and its reproducing command.
+    name was asked for) go into ``run.json`` and its reproducing command; so does ``tree``,
+    the checkout's state (:func:`tree_state`, measured here when not given).
     """
+    tree = tree or tree_state(final, exclude=[final])
     backup = _set_aside(final, claimed)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
@@ -633,6 +749,7 @@ def run_one(
         wall_s=wall_s,
         removed=removed,
         hardware=metrics.get("device"),
+        tree=tree,
     )
     _write_pages(final, name, record, metrics, error)
     final = _keep_good_run(final, backup, record)
@@ -641,6 +758,37 @@ def run_one(
     record["metrics"] = metrics
     record["size_mb"] = folder_mb(final)
     return record
+
+
+def reference_targets(
+    stems: Sequence[str],
+    out_root: Path,
+    run_name: str | None,
+    parameters: dict[str, Any],
+    replace: bool,
+) -> dict[str, Path]:
+    """``out_root/<stem>/<run>`` per notebook (``run_name``, else :func:`default_run_name`);
+    an error, before anything is written, when one exists and ``replace`` is not given."""
+    name = validate_run_name(run_name or default_run_name(parameters))
+    targets = {stem: out_root / stem / name for stem in stems}
+    existing = [p for p in targets.values() if p.exists()]
+    if existing and not replace:
+        raise PhysllmError(
+            f"{', '.join(map(str, existing))} is a committed reference run; add --replace to "
+            "overwrite it, or drop --reference to write a new local run"
+        )
+    return targets
+
+
+def written_by(targets: dict[str, Path], index_root: Path) -> list[Path]:
+    """What a report command itself writes, left out of the clean-tree check: the run
+    folders (with the ``<run>-failed`` and ``.<run>.previous`` folders beside them) and the
+    index it rebuilds from the folders."""
+    paths = [index_root / INDEX_NAME]
+    for folder in targets.values():
+        paths += [folder, folder.with_name(f"{folder.name}-failed")]
+        paths.append(folder.with_name(f".{folder.name}.previous"))
+    return paths
 
 
 def run_report(
@@ -655,6 +803,7 @@ def run_report(
     reference: bool = False,
     replace: bool = False,
     announce: Callable[[str], None] | None = None,
+    allow_dirty: bool = False,
 ) -> list[dict[str, Any]]:
     """Run each notebook in ``names`` into a run folder and rebuild that folder's index.
 
@@ -663,8 +812,11 @@ def run_report(
     is rebuilt. With ``reference``: ``reports_dir/<name>/<run>/`` (``run_name``, else
     :func:`default_run_name`), which must not exist yet unless ``replace``
     (``replace`` implies ``reference``); the tracked index and the README tables
-    beside ``reports_dir`` are rebuilt. All input is checked before anything runs or
-    is written; then ``announce`` (if given) gets the :func:`corpus_line`.
+    beside ``reports_dir`` are rebuilt. A reference run also needs a clean checkout
+    (:func:`tree_state`: nothing uncommitted but what this command writes) unless
+    ``allow_dirty``; every run records the checkout's state in ``run.json``. All input
+    is checked before anything runs or is written; then ``announce`` (if given) gets
+    the :func:`corpus_line`.
 
     Returns one record per notebook (``run.json``'s content plus ``path``,
     ``metrics`` and ``size_mb``); a failed notebook has ``status == "failed"``.
@@ -683,18 +835,14 @@ def run_report(
         validate_run_name(run_name)
 
     if reference:
-        name = validate_run_name(run_name or default_run_name(parameters))
-        targets = {stem: out_root / stem / name for stem in stems}
-        existing = [p for p in targets.values() if p.exists()]
-        if existing and not replace:
-            raise PhysllmError(
-                f"{', '.join(map(str, existing))} is a committed reference run; add --replace to "
-                "overwrite it, or drop --reference to write a new local run"
-            )
+        targets = reference_targets(stems, out_root, run_name, parameters, replace)
         index_root = out_root
     else:
         index_root = local_reports_dir(out_root)
         targets = {stem: index_root / stem / run_name for stem in stems} if run_name else {}
+    tree = tree_state(out_root, exclude=written_by(targets, index_root))
+    if reference and not tree["reproducible"] and not allow_dirty:
+        raise dirty_tree_error(tree, out_root)
     if announce is not None:
         announce(corpus_line(defaults, parameters))
 
@@ -715,6 +863,7 @@ def run_report(
             claimed=claimed,
             kind="reference" if reference else "local",
             named=run_name is not None or reference,
+            tree=tree,
         )
         records.append(record)
     rebuild_index(index_root, local=not reference)

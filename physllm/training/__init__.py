@@ -14,7 +14,8 @@ from physllm.env import (
 from physllm.training.batches import BatchSource, StreamSource, WindowSource, batch_source
 from physllm.training.checkpoint import load_checkpoint, save_checkpoint
 from physllm.training.config import TrainConfig, split_overrides
-from physllm.training.evaluate import evaluate_loss
+from physllm.training.evaluate import evaluate_loss, evaluate_split, split_blocks
+from physllm.training.flops import training_flops_per_token
 from physllm.training.memory import train_memory
 from physllm.training.presets import (
     NANOGPT_CHAR_CPU,
@@ -38,6 +39,7 @@ __all__ = [
     "batch_source",
     "device_description",
     "evaluate_loss",
+    "evaluate_split",
     "get_preset",
     "git_sha",
     "load_checkpoint",
@@ -48,7 +50,9 @@ __all__ = [
     "reset_peak_rss",
     "resolve_device",
     "save_checkpoint",
+    "split_blocks",
     "split_overrides",
     "train",
     "train_memory",
+    "training_flops_per_token",
 ]

@@ -26,7 +26,7 @@ from physllm.models import LanguageModel
 class BatchSource(Protocol):
     """Batches of ``rows`` sequences of the model's block size."""
 
-    kind: str  # "windows" | "streams": how the loss was read (metrics.json's val_eval)
+    kind: str  # "windows" | "streams": how batches are drawn (final numbers: evaluate_split)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x, y (rows, T) int64, and reset (rows,) bool (rows starting over) or None."""

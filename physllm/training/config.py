@@ -60,6 +60,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0: off
     eval_interval: int = 250
     eval_iters: int = 20
+    # final numbers: score the first N blocks of the val split (0: all of it, the default;
+    # a cap only for quick runs, and metrics.json's eval_protocol says so)
+    final_eval_blocks: int = 0
     log_interval: int = 10
     stop_after: int = 0  # stop this invocation after N steps (time-sliced jobs); --resume continues
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -95,6 +98,7 @@ class TrainConfig:
         "grad_clip": at_least(0),
         "eval_interval": POSITIVE,
         "eval_iters": POSITIVE,
+        "final_eval_blocks": NON_NEGATIVE,
         "log_interval": POSITIVE,
         "stop_after": NON_NEGATIVE,
         "device": DEVICE,

@@ -54,7 +54,8 @@ from physllm.training.checkpoint import (
     write_json_atomic,
 )
 from physllm.training.config import TrainConfig
-from physllm.training.evaluate import evaluate_loss
+from physllm.training.evaluate import evaluate_loss, evaluate_split
+from physllm.training.flops import FLOPS_HOW, training_flops_per_token
 from physllm.training.resume import check_resume_config, finished_run, resume_history
 
 
@@ -355,6 +356,19 @@ class Trainer:
         source = self._eval_source(split, seed, carry)
         return evaluate_loss(self.raw_model, source, iters, device=self.device, ctx=self.ctx)
 
+    def final_eval(self, split: str, max_blocks: int | None) -> dict[str, Any]:
+        """:func:`evaluate_split` of ``split`` (its first ``max_blocks`` blocks; None: all)."""
+        return evaluate_split(
+            self.raw_model,
+            self.data,
+            self.mcfg.block_size,
+            split,
+            self.cfg.batch_size,
+            device=self.device,
+            ctx=self.ctx,
+            max_blocks=max_blocks,
+        )
+
     def checkpoint(self, step: int, val_loss: float, is_best: bool) -> None:
         """best/ (if ``is_best``), then last/ with the trainer state, then history.json."""
         info = {"step": step, "val_loss": val_loss, "corpus": self.data.corpus}
@@ -381,8 +395,12 @@ class Trainer:
         write_json_atomic(self.out_dir / "history.json", self.history)
 
     def finish(self, end_step: int, wall_s: float) -> RunResult:
-        """Final numbers on the best weights (what best/ holds), over more eval batches;
-        metrics.json and history.json written."""
+        """Final numbers on the best weights (what best/ holds); metrics.json and history.json
+        written. The losses come from :func:`evaluate_split`: the whole val split (or its
+        first ``final_eval_blocks`` blocks) in fixed blocks, the same tokens for every model;
+        ``val_loss`` scores each block from an empty context (``val_loss_carried``: state
+        handed on, for models that carry it); ``train_loss`` the train split's first blocks,
+        as many as val's. ``flops_per_token``: :func:`training_flops_per_token`."""
         cfg, data, model = self.cfg, self.data, self.raw_model
         if self.steps_run == 0 and not (self.best_dir / "config.json").exists():
             raise PhysllmError(
@@ -396,13 +414,9 @@ class Trainer:
         time_timed = (
             self.train_time if self.steps_run else float(self.saved_timing.get("train_s", 0))
         )
-        final_iters = max(cfg.eval_iters, 20)
-        val_loss, aux = self.evaluate("val", final_iters, cfg.seed + 20_000)
-        train_eval, _ = self.evaluate("train", final_iters, cfg.seed + 30_000)
-        extra: dict[str, Any] = {"val_eval": self.source.kind}
-        if self.source.kind == "streams":
-            # the same blocks, each from the initial state: the gap is what the carried context buys
-            extra["val_loss_reset"], _ = self.evaluate("val", final_iters, 0, carry=False)
+        val = self.final_eval("val", cfg.final_eval_blocks or None)
+        # the train split scored the same way, on as many tokens as val (its first blocks)
+        train_eval = self.final_eval("train", val["val_blocks"])
         tokens_per_step = (
             cfg.batch_size * self.mcfg.block_size * cfg.grad_accum * self.dist.world_size
         )
@@ -416,11 +430,14 @@ class Trainer:
             "block_size": self.mcfg.block_size,
             "steps": end_step,
             "tokens_seen": end_step * tokens_per_step,
-            "train_loss": train_eval,
-            "val_loss": val_loss,
-            "val_bpc": val_loss / math.log(2) / data.units_per_token("val"),
-            **extra,
+            "train_loss": train_eval["train_loss"],
+            "val_loss": val["val_loss"],
+            "val_bpc": val["val_bits_per_unit"],
+            "val_eval": "blocks",
+            **{k: v for k, v in val.items() if k not in ("val_loss", "aux")},
             "bpc_unit": data.tokenizer.unit,
+            "flops_per_token": training_flops_per_token(model, self.mcfg.block_size),
+            "flops_how": FLOPS_HOW,
             "tokens_per_sec": steps_timed * tokens_per_step / time_timed if time_timed else None,
             # NaN (not None) when unknown, a checkpoint from before timing was saved: callers format it
             "ms_per_step": 1000 * time_timed / steps_timed if steps_timed else float("nan"),
@@ -433,7 +450,7 @@ class Trainer:
             "git_sha": git_sha(),
             "world_size": self.dist.world_size,
             "model_config": self.mcfg.to_dict(),
-            **{f"aux_{k}": v for k, v in aux.items()},
+            **{f"aux_{k}": v for k, v in val["aux"].items()},
         }
         if self.dist.is_main:
             write_json_atomic(self.out_dir / "metrics.json", metrics, indent=2)
