@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from physllm.arch import Entry
+from physllm.arch import SHAPE_FIELDS, Entry
 from physllm.bench import BenchConfig, decode_speed, model_config_for, run_length_bench
 from physllm.errors import PhysllmError
 from physllm.models import ARCHITECTURES, count_params, match_field
@@ -64,7 +64,6 @@ from physllm.training.config import train_field_names
 
 NOTEBOOK = "06_leaderboard"
 REFERENCE = "gpt"
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd")  # the transformer shape every entry shares
 PARAM_TOLERANCE = 0.10  # every entry's parameter count within 10% of GPT's
 
 
