@@ -6,7 +6,7 @@ A protocol is a staged :mod:`physllm.experiments.sweep` spec (:data:`PROTOCOLS`)
 * ``smoke``: three entries at the CPU protocol's small size, a learning-rate stage of
   two rates x one seed, then three seeds at the picked rate, 40 steps (minutes on two cores:
   what nbval and the tests run; its numbers are not evidence);
-* ``cpu``: ``experiments/protocol_cpu.toml`` (every entry, two sizes, 3 rates, then
+* ``cpu``: ``experiments/protocol_cpu.toml`` (every entry, two sizes, 4 rates, then
   3 seeds at 400 and 2000 steps);
 * ``gpu``: ``experiments/protocol_gpu.toml`` (the same protocol at GPU scale).
 
