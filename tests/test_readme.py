@@ -89,6 +89,12 @@ def test_a_headline_gap_over_seeds_shows_its_interval_and_verdict(tmp_path):
             section_rows(readme.readme_text(README, reports))["attractive (gaussian) kernel"][-2:]
             == cells
         )
+    # a gap from physllm.experiments.gaps carries each side's mean over the seeds: the row
+    # shows those (the single run's numbers are another learning rate), bits by the same factor
+    gap |= {"ci95_low": -0.15, "ci95_high": -0.05, "val_loss": 2.05, "baseline_val_loss": 2.15}
+    write_notebook_report(reports, "03_ngt", runs, run=clean, headline_gaps={"ngt": gap})
+    row = section_rows(readme.readme_text(README, reports))["attractive (gaussian) kernel"]
+    assert row[4:7] == ["2.050", f"{2.05 / 0.6931:.3f} /char", "2.150"]
     # a gap against another baseline is not this headline's
     gap |= {"baseline": "other", "ci95_low": -0.2, "ci95_high": -0.1, "n_seeds": 3}
     write_notebook_report(reports, "03_ngt", runs, run=clean, headline_gaps={"ngt": gap})

@@ -692,17 +692,36 @@ def run_sweep_grid(
     max_chars = spec.overrides.get("max_chars", recipe(spec.preset).get("max_chars", 0))
     data = TokenData.load(corpus, tokenizer, max_chars)  # tokenized once here, read by every run
     plan = plan_runs(spec, data.tokenizer.vocab_size)  # every config built: bad values fail now
-    rows = read_results(spec.results_path)
+    return run_plan(plan, spec.results_path, spec.name, say, spec.resume, retry_failed, dry_run)
+
+
+def run_plan(
+    plan: Sequence[tuple[Run, TrainConfig]],
+    results_path: str | os.PathLike,
+    name: str = "",
+    log: Callable[[str], None] | None = print,
+    resume: bool = True,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run every ``(run, config)`` of ``plan`` not yet in ``results_path``, each in its own
+    process, appending its row as it finishes (a progress bar over the plan); a killed run
+    continues from its checkpoint when ``resume``. The engine of :func:`run_sweep_grid`
+    and of :func:`physllm.experiments.gaps.seed_gaps`. Returns ``{planned, skipped, ran,
+    failed, resumed, results}``."""
+    say = log or (lambda _: None)
+    results_path = Path(results_path)
+    rows = read_results(results_path)
     pending = to_do(plan, rows, retry_failed)
     for _, cfg in pending:
-        cfg.resume = spec.resume and find_checkpoint(Path(cfg.out_dir) / "last") is not None
+        cfg.resume = resume and find_checkpoint(Path(cfg.out_dir) / "last") is not None
     summary = {
         "planned": len(plan),
         "skipped": len(plan) - len(pending),
         "ran": 0,
         "failed": 0,
         "resumed": sum(cfg.resume for _, cfg in pending),
-        "results": str(spec.results_path),
+        "results": str(results_path),
     }
     ids = {run.run_id for run, _ in plan}
     failed_before = sum(r.get("status") == "failed" and r["run_id"] in ids for r in rows)
@@ -712,31 +731,32 @@ def run_sweep_grid(
         else ""
     )
     say(
-        f"{f'sweep {spec.name}'.strip()}: {len(plan)} runs, skipped {summary['skipped']} "
-        f"(already in {spec.results_path}{note}), {len(pending)} to run ({summary['resumed']} resumed)"
+        f"{f'sweep {name}'.strip()}: {len(plan)} runs, skipped {summary['skipped']} "
+        f"(already in {results_path}{note}), {len(pending)} to run ({summary['resumed']} resumed)"
     )
-    for note in unmatched(plan):
-        say(note)
+    for line in unmatched(plan):
+        say(line)
     if dry_run:
         for run, cfg in pending:
             say(f"  {'resume' if cfg.resume else 'new   '} {run.run_id}")
         return summary
-    _run_pending(pending, rows, spec, summary, say)
+    _run_pending(pending, rows, results_path, name, summary, say)
     return summary
 
 
 def _run_pending(
     pending: Sequence[tuple[Run, TrainConfig]],
     rows: list[dict[str, Any]],
-    spec: SweepSpec,
+    results_path: Path,
+    name: str,
     summary: dict[str, Any],
     say: Callable[[str], None],
 ) -> None:
     """Run ``pending`` in order, rewriting results.csv after each (the progress bar's body)."""
     if not pending:
         return
-    spec.results_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(summary["planned"], spec.name or "sweep", initial=summary["skipped"])
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar(summary["planned"], name or "sweep", initial=summary["skipped"])
     write = bar.write if bar is not None else say
     try:
         for run, cfg in pending:
@@ -745,7 +765,7 @@ def _run_pending(
             rows = [r for r in rows if r["run_id"] != run.run_id] + [
                 row
             ]  # a retried failure is replaced
-            write_results(spec.results_path, rows)
+            write_results(results_path, rows)
             summary["ran"] += 1
             summary["failed"] += row["status"] != "ok"
             write(describe(run, row, time.perf_counter() - t0))
@@ -796,6 +816,7 @@ __all__ = [
     "resolve_lrs",
     "result_row",
     "run_config",
+    "run_plan",
     "run_stages",
     "run_sweep_grid",
     "train_command",

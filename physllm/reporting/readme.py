@@ -108,6 +108,16 @@ def gap_cells(
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {seeds}", verdict(low, high)
 
 
+def headline_losses(
+    run: Mapping[str, Any], base: Mapping[str, Any], gap: Mapping[str, Any] | None
+) -> tuple[float, float]:
+    """The row's two losses: with a gap over seeds, each side's mean over those seeds at its
+    picked rate (:func:`physllm.experiments.gaps.seed_gaps`); else the two single runs'."""
+    if gap is not None and "val_loss" in gap and "baseline_val_loss" in gap:
+        return float(gap["val_loss"]), float(gap["baseline_val_loss"])
+    return float(run["val_loss"]), float(base["val_loss"])
+
+
 def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports") -> str:
     """The ``results:notebooks`` section: a markdown table from the reports' metrics.json,
     each gap with its evidence (:func:`gap_cells`) and each report not built from a clean
@@ -131,11 +141,14 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
         link = f"[{h.notebook}]({link_root}/{h.notebook}/cpu/{h.notebook}.html)" + (
             " ‡" if why else ""
         )
-        gap, word = gap_cells(run, base, headline_gap(metrics, h))
+        seeds = headline_gap(metrics, h)
+        gap, word = gap_cells(run, base, seeds)
+        val, base_val = headline_losses(run, base, seeds)
+        bits = val * run["val_bpc"] / run["val_loss"]  # the split's tokens-per-unit factor
         lines.append(
             f"| {link} | {h.variant} | {run['params'] / 1e6:.2f}M | {run['steps']} | "
-            f"{run['val_loss']:.3f} | {run['val_bpc']:.3f} /{run.get('bpc_unit', 'char')} | "
-            f"{base['val_loss']:.3f} | {gap} | {word} |"
+            f"{val:.3f} | {bits:.3f} /{run.get('bpc_unit', 'char')} | "
+            f"{base_val:.3f} | {gap} | {word} |"
         )
     intro = (
         "**Each architecture against a vanilla GPT at the same parameters, data and steps**, "
@@ -144,7 +157,9 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
         f"hardware: {', '.join(sorted(devices)) or 'none'}. A gap (variant minus GPT, lower is "
         "better) is a finding only with seeds behind it: with several, its paired 95% interval, "
         'and "better" or "worse" only when that excludes 0; a single seed\'s gap is "not resolved" '
-        "whatever its size."
+        "whatever its size. A row with seeds gives each side's mean validation loss over them, "
+        "each model at the learning rate it picked from the same grid by the same rule "
+        "(`physllm.experiments.gaps`); a row without gives the notebook's single run."
     )
     notes = [
         "",
@@ -487,6 +502,7 @@ __all__ = [
     "gaps_table",
     "gap_cells",
     "headline_gap",
+    "headline_losses",
     "leaderboard_text",
     "markdown_table",
     "markers",
