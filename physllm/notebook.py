@@ -12,6 +12,9 @@
 * :func:`show_source` prints the real code of a physllm object, so a
   walk-through never duplicates (and never drifts from) the package.
 * :func:`write_metrics` writes the notebook's ``metrics.json`` (what reports read).
+* :func:`headline_gaps` turns a notebook's single-seed comparison into the protocol's
+  (:func:`physllm.experiments.gaps.seed_gaps`: tuned rates, new seeds, a paired interval),
+  and :func:`headline_metrics` gives its keys for ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from physllm.data import default_corpus_notice, repo_root
 from physllm.env import resolve_device
 from physllm.errors import PhysllmError
+from physllm.experiments.gaps import gap_rows, seed_gaps, seed_list
 
 IN_COLAB = "google.colab" in sys.modules
 
@@ -111,3 +116,46 @@ def write_metrics(
     path = Path(out_dir) / "metrics.json"
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
+
+
+def headline_gaps(
+    configs: dict[str, Any],
+    n_seeds: int,
+    lrs: str,
+    out_dir: str | os.PathLike,
+    threads: int = 0,
+    baseline: str = "gpt",
+) -> dict[str, Any] | None:
+    """The notebook's gaps to ``baseline`` over ``n_seeds`` new seeds, each config (name ->
+    the TrainConfig the notebook trained) at the rate of ``lrs`` it picks by the protocol's
+    rule (:func:`physllm.experiments.gaps.seed_gaps`; runs under ``out_dir/gaps``). Prints
+    the table. ``n_seeds`` 0: None, and a line saying the notebook's gap is one seed's."""
+    if not n_seeds:
+        print(
+            "gap_seeds = 0: the gaps above are one seed's at the preset's learning rate, "
+            "not evidence (the committed reports run -p gap_seeds 3)"
+        )
+        return None
+    result = seed_gaps(
+        configs,
+        baseline,
+        lrs,
+        seed_list(n_seeds),
+        Path(out_dir) / "gaps",
+        threads=threads or None,
+    )
+    print(pd.DataFrame(gap_rows(result)).round(4).to_string(index=False))
+    return result
+
+
+def headline_metrics(result: dict[str, Any] | None) -> dict[str, Any]:
+    """``metrics.json`` keys of :func:`headline_gaps`' result (the README's rows read
+    ``headline_gaps``); none without one."""
+    if result is None:
+        return {}
+    grid = {k: result[k] for k in ("lrs", "seeds", "lr_seed", "steps")}
+    return {
+        "headline_gaps": result["gaps"],
+        "headline_best_lr": result["best_lr"],
+        "headline_grid": grid,
+    }

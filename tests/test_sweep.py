@@ -105,6 +105,16 @@ def test_a_tiny_grid_runs_once_then_skips_then_readds_a_lost_row(corpus, tmp_pat
     }
 
 
+def test_two_sweeps_cannot_write_one_results_csv(corpus, tmp_path):
+    spec = tiny_spec(corpus, tmp_path / "out", entries=["gpt"], seeds=[1])
+    with sweep.sweep_lock(spec.results_path):  # another sweep, running in that out_dir
+        with pytest.raises(PhysllmError, match="another sweep is writing"):
+            sweep.run_sweep_grid(spec, log=None)
+    assert not spec.results_path.exists() and not list(spec.runs_dir.glob("*/metrics.json"))
+    assert sweep.run_sweep_grid(spec, log=None)["ran"] == 1  # free again once it is done
+    assert not (spec.results_path.parent / sweep.LOCK).exists()  # nothing left behind
+
+
 def test_a_run_killed_midway_resumes_from_its_checkpoint(corpus, tmp_path):
     spec = tiny_spec(corpus, tmp_path / "out", entries=["gpt"], seeds=[3], overrides=TINY)
     [(run, cfg)] = sweep.plan_runs(spec, 256)

@@ -47,6 +47,7 @@ TOML file with stages, ``lr_from`` may name an earlier stage
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -57,7 +58,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,11 @@ from physllm.progress import progress_bar
 from physllm.training import TrainConfig
 from physllm.training.checkpoint import find_checkpoint
 from physllm.training.config import train_field_names
+
+try:  # POSIX; elsewhere two sweeps sharing an out_dir are not detected
+    import fcntl
+except ImportError:
+    fcntl = None
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -740,13 +746,37 @@ def run_plan(
         for run, cfg in pending:
             say(f"  {'resume' if cfg.resume else 'new   '} {run.run_id}")
         return summary
-    _run_pending(pending, rows, results_path, name, summary, say)
+    _run_pending(pending, results_path, name, summary, say)
     return summary
+
+
+LOCK = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def sweep_lock(results_path: Path) -> Iterator[None]:
+    """Hold ``results_path``'s folder for one sweep: two sweeps rewriting one results.csv
+    would each drop the other's rows. The lock goes with the process, so a killed sweep
+    leaves nothing to clean up and ``--resume`` just works."""
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    path = results_path.parent / LOCK
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PhysllmError(
+                    f"another sweep is writing {results_path}: wait for it to finish, "
+                    "or give this one another out_dir"
+                ) from None
+        try:
+            yield
+        finally:  # no file left in a committed report folder
+            path.unlink(missing_ok=True)
 
 
 def _run_pending(
     pending: Sequence[tuple[Run, TrainConfig]],
-    rows: list[dict[str, Any]],
     results_path: Path,
     name: str,
     summary: dict[str, Any],
@@ -755,7 +785,19 @@ def _run_pending(
     """Run ``pending`` in order, rewriting results.csv after each (the progress bar's body)."""
     if not pending:
         return
-    results_path.parent.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(results_path):
+        rows = read_results(results_path)  # what is there now, under the lock
+        _run_locked(pending, rows, results_path, name, summary, say)
+
+
+def _run_locked(
+    pending: Sequence[tuple[Run, TrainConfig]],
+    rows: list[dict[str, Any]],
+    results_path: Path,
+    name: str,
+    summary: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
     bar = progress_bar(summary["planned"], name or "sweep", initial=summary["skipped"])
     write = bar.write if bar is not None else say
     try:
