@@ -240,6 +240,29 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
     assert record["load_avg_1m"] >= 0 and record["cpu_count"] >= 1  # context for speed numbers
 
 
+def test_resume_runs_into_a_killed_runs_folder_and_keeps_what_it_wrote(tmp_path):
+    notebooks = tmp_path / "nbs"
+    write_tiny_notebook(notebooks)
+    reports = tmp_path / "reports"
+    run_report(["01_tiny"], {"steps": 2}, "same", reports, notebooks)
+    folder = reports / "local" / "01_tiny" / "same"
+    # a run killed midway: its folder holds what it had written (a protocol's finished runs)
+    # and no run.json; an older good run was moved aside before it started
+    older = folder.with_name(".same.previous")
+    older.mkdir()
+    (folder / "run.json").rename(older / "run.json")
+    (folder / "finished_work.csv").write_text("kept\n")
+    with pytest.raises(PhysllmError, match="needs --run-name"):
+        run_report(["01_tiny"], {"steps": 3}, None, reports, notebooks, resume=True)
+    [record] = run_report(["01_tiny"], {"steps": 3}, "same", reports, notebooks, resume=True)
+    assert record["status"] == "ok" and (folder / "finished_work.csv").read_text() == "kept\n"
+    assert json.loads((folder / "metrics.json").read_text())["steps"] == 3
+    assert [p.name for p in folder.parent.iterdir()] == ["same"]  # the older one dropped
+    # without --resume the same folder starts empty
+    run_report(["01_tiny"], {"steps": 3}, "same", reports, notebooks)
+    assert not (folder / "finished_work.csv").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -251,6 +274,7 @@ def test_rerun_replaces_a_run_of_the_same_name(tmp_path):
         ("--reference",),  # needs NAMES
         ("--replace",),
         ("--allow-dirty",),
+        ("--resume",),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args):

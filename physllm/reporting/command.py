@@ -70,6 +70,13 @@ def report_parser() -> ArgumentParser:
         help="overwrite an existing reference run (implies --reference)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run in its folder: what it wrote stays, and a notebook that "
+        "skips finished work (06's protocol) picks up where it stopped (implies --replace "
+        "with --reference; a local run needs --run-name)",
+    )
+    parser.add_argument(
         "--allow-dirty",
         action="store_true",
         help="with --reference: run even with uncommitted changes (or outside a git checkout); "
@@ -135,10 +142,19 @@ def cmd_report(argv: Sequence[str]) -> None:
     args = report_parser().parse_args(argv)
     reports_dir = Path(args.reports_dir) if args.reports_dir else default_reports_dir()
     if not args.names:
-        if args.parameter or args.run_name or args.reference or args.replace or args.allow_dirty:
+        if any(
+            (
+                args.parameter,
+                args.run_name,
+                args.reference,
+                args.replace,
+                args.allow_dirty,
+                args.resume,
+            )
+        ):
             raise PhysllmError(
-                "-p, --run-name, --reference, --replace and --allow-dirty need notebook NAMES "
-                "(or all)"
+                "-p, --run-name, --reference, --replace, --resume and --allow-dirty need "
+                "notebook NAMES (or all)"
             )
         rebuild_indexes(reports_dir)
         return
@@ -154,6 +170,7 @@ def cmd_report(argv: Sequence[str]) -> None:
         reference=args.reference,
         replace=args.replace,
         allow_dirty=args.allow_dirty,
+        resume=args.resume,
         announce=lambda line: print(line, flush=True),  # flushed: it must come first
     )
     print_records(records)

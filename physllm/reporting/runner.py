@@ -612,10 +612,13 @@ def _restore_interrupted(final: Path, backup: Path) -> None:
         backup.rename(final)
 
 
-def _set_aside(final: Path, claimed: bool) -> Path:
+def _set_aside(final: Path, claimed: bool, resume: bool = False) -> Path:
     """Make ``final`` an empty folder for the run; an older run there is moved to the
-    returned backup path (kept until the new run is known to be good)."""
+    returned backup path (kept until the new run is known to be good). ``resume``: an
+    existing ``final`` (a killed run's) stays as it is, for the notebook to continue."""
     backup = final.with_name(f".{final.name}.previous")
+    if resume and final.exists():
+        return backup
     if not claimed:
         _restore_interrupted(final, backup)
         if final.exists():
@@ -708,17 +711,19 @@ def run_one(
     kind: str = "local",
     named: bool = True,
     tree: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Execute one notebook into the run folder ``final``; return its ``run.json`` record.
 
     ``claimed``: ``final`` was just created empty for this run (:func:`claim_run_dir`).
     Otherwise an existing ``final`` is replaced, and kept aside until the new run is
-    known to be good. ``kind`` (``reference`` or ``local``) and ``named`` (the folder
+    known to be good; with ``resume`` it is run into as it is (what a killed run wrote
+    stays, and an interrupted run leaves it so). ``kind`` (``reference`` or ``local``) and ``named`` (the folder
     name was asked for) go into ``run.json`` and its reproducing command; so does ``tree``,
     the checkout's state (:func:`tree_state`, measured here when not given).
     """
     tree = tree or tree_state(final, exclude=[final])
-    backup = _set_aside(final, claimed)
+    backup = _set_aside(final, claimed, resume)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     try:
@@ -730,7 +735,9 @@ def run_one(
             progress=progress,
             log_output=log_output,
         )
-    except BaseException:  # Ctrl-C: drop the half-run, put the older run back
+    except BaseException:  # Ctrl-C: drop the half-run (unless resuming), put the older back
+        if resume:
+            raise
         shutil.rmtree(final, ignore_errors=True)
         if backup.exists():
             backup.rename(final)
@@ -804,6 +811,7 @@ def run_report(
     replace: bool = False,
     announce: Callable[[str], None] | None = None,
     allow_dirty: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run each notebook in ``names`` into a run folder and rebuild that folder's index.
 
@@ -816,13 +824,17 @@ def run_report(
     (:func:`tree_state`: nothing uncommitted but what this command writes) unless
     ``allow_dirty``; every run records the checkout's state in ``run.json``. All input
     is checked before anything runs or is written; then ``announce`` (if given) gets
-    the :func:`corpus_line`.
+    the :func:`corpus_line`. ``resume``: run into an existing run folder as it is (a
+    killed run's: notebook 06's protocol skips the runs it finished); implies ``replace``
+    for a reference run, and needs ``run_name`` for a local one.
 
     Returns one record per notebook (``run.json``'s content plus ``path``,
     ``metrics`` and ``size_mb``); a failed notebook has ``status == "failed"``.
     """
     parameters = dict(parameters or {})
     reference = reference or replace
+    if resume and not (reference or run_name):
+        raise PhysllmError("--resume needs --run-name (the local run to continue) or --reference")
     if "out_dir" in parameters:
         raise PhysllmError("out_dir is set by the report command (reports/<notebook>/<run>)")
     nb_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
@@ -835,7 +847,7 @@ def run_report(
         validate_run_name(run_name)
 
     if reference:
-        targets = reference_targets(stems, out_root, run_name, parameters, replace)
+        targets = reference_targets(stems, out_root, run_name, parameters, replace or resume)
         index_root = out_root
     else:
         index_root = local_reports_dir(out_root)
@@ -864,6 +876,7 @@ def run_report(
             kind="reference" if reference else "local",
             named=run_name is not None or reference,
             tree=tree,
+            resume=resume,
         )
         records.append(record)
     rebuild_index(index_root, local=not reference)
