@@ -787,6 +787,21 @@ def reference_targets(
     return targets
 
 
+def run_targets(
+    stems: Sequence[str],
+    index_root: Path,
+    run_name: str | None,
+    parameters: dict[str, Any],
+    reference: bool,
+    replace: bool,
+) -> dict[str, Path]:
+    """Each notebook's run folder when known before running: a reference run's
+    (:func:`reference_targets`), a named local run's; a new local folder is claimed later."""
+    if reference:
+        return reference_targets(stems, index_root, run_name, parameters, replace)
+    return {stem: index_root / stem / run_name for stem in stems} if run_name else {}
+
+
 def written_by(targets: dict[str, Path], index_root: Path) -> list[Path]:
     """What a report command itself writes, left out of the clean-tree check: the run
     folders (with the ``<run>-failed`` and ``.<run>.previous`` folders beside them) and the
@@ -846,12 +861,8 @@ def run_report(
     if run_name is not None:
         validate_run_name(run_name)
 
-    if reference:
-        targets = reference_targets(stems, out_root, run_name, parameters, replace or resume)
-        index_root = out_root
-    else:
-        index_root = local_reports_dir(out_root)
-        targets = {stem: index_root / stem / run_name for stem in stems} if run_name else {}
+    index_root = out_root if reference else local_reports_dir(out_root)
+    targets = run_targets(stems, index_root, run_name, parameters, reference, replace or resume)
     tree = tree_state(out_root, exclude=written_by(targets, index_root))
     if reference and not tree["reproducible"] and not allow_dirty:
         raise dirty_tree_error(tree, out_root)
