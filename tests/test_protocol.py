@@ -76,6 +76,19 @@ def test_protocol_metrics_best_lr_and_gaps_by_hand(results, lr_results):
     json.dumps(m, allow_nan=False)  # strict JSON: metrics.json holds no NaN
 
 
+def test_a_picked_rate_at_an_end_of_the_grid_is_named(results, lr_results):
+    m = pr.protocol_metrics(results, lr_results)
+    assert m["lr_at_edge"] == {
+        "gpt": {"0.2M": "highest"},
+        "hamiltonian": {"0.2M": "lowest"},
+        "qllm": {"0.2M": "lowest"},  # its failed 3e-3 run still marks the grid's end
+    }
+    assert m["runs"] == 9 + 5  # finished runs of both stages
+    wider = lr_results + [row("gpt", 0, 2.6, lr=1e-2), row("hamiltonian", 0, 2.4, lr=3e-4)]
+    assert "gpt" not in pr.protocol_metrics(results, wider)["lr_at_edge"]  # bracketed now
+    assert "hamiltonian" not in pr.protocol_metrics(results, wider)["lr_at_edge"]
+
+
 def test_best_lr_without_the_lr_stage_and_a_single_seed(results):
     assert pr.best_lrs(results)["gpt"] == {"0.2M": 3e-3}  # the one rate the stage ran
     with pytest.raises(PhysllmError, match="several learning rates"):
@@ -142,7 +155,8 @@ def protocol_report(reports, results, lr_results, lie=False):
         "device": "cpu (test box)", "torch_version": "2.x", "git_sha": "abc1234",
         "protocol": {"name": "cpu", "params": {"0.2M": 217_664},
                      "stages": [{"name": "lr", "seeds": [0], "lrs": [1e-3, 3e-3], "steps": [400]},
-                                {"name": "seeds", "seeds": [1, 2, 3], "lrs": "best", "steps": [400]}]},
+                                {"name": "seeds", "seeds": [1, 2, 3], "lrs": "best", "steps": [400]}],
+                     "runs": m["runs"], "runs_wall_s": 5000.0},
         **m, "summary": pr.summary_rows(results), "leaderboard": pr.leaderboard_rows(results),
     }  # fmt: skip
     folder = reports / NOTEBOOK / "cpu"
@@ -176,6 +190,11 @@ def test_readme_states_gaps_with_intervals_and_words_only_when_resolved(
     assert words == 2  # hamiltonian's table row and its sentence, nothing else
     assert "results.csv" in section and "loss_vs_flops.png" in section
     assert "217,664" in section and format_seconds(4000.0) in section
+    assert f"14 runs, {format_seconds(5000.0)} of training summed over them" in section
+    assert (
+        "The picked learning rate is the grid's highest rate for gpt (0.2M); the grid's lowest "
+        "rate for hamiltonian (0.2M), qllm (0.2M): their optimum may lie outside" in section
+    )
     assert rd.leaderboard_text(
         rd.leaderboard_text(README, tmp_path), tmp_path
     ) == rd.leaderboard_text(README, tmp_path)  # idempotent

@@ -122,9 +122,33 @@ def gap_tree(results: Any, baseline: str = REFERENCE) -> dict[str, dict[str, dic
     return tree
 
 
+def lr_edges(lr_results: Any, best: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, str]]:
+    """``{entry: {size: "highest" | "lowest"}}`` for every picked rate at an end of the rates
+    its (entry, size) tried: its optimum may lie outside the grid, so its loss (and its gap
+    to GPT) is tuned only as far as the grid reaches."""
+    rows = as_rows(lr_results)
+    edges: dict[str, dict[str, str]] = {}
+    for entry, by_size in best.items():
+        for size, lr in by_size.items():
+            grid = sorted(
+                {float(r["lr"]) for r in rows if r["entry"] == entry and str(r["size"]) == size}
+            )
+            if len(grid) > 1 and lr in (grid[0], grid[-1]):
+                edges.setdefault(entry, {})[size] = "highest" if lr == grid[-1] else "lowest"
+    return edges
+
+
 def protocol_metrics(results: Any, lr_results: Any = None) -> dict[str, Any]:
-    """``{"best_lr": best_lrs(...), "gaps": gap_tree(...)}`` of the final stage's rows."""
-    return {"best_lr": best_lrs(results, lr_results), "gaps": gap_tree(results)}
+    """``{"best_lr", "gaps", "lr_at_edge", "runs"}`` of the final stage's rows (and the lr
+    stage's: the rates, :func:`lr_edges`, and its finished runs in the count)."""
+    best = best_lrs(results, lr_results)
+    every = len(_ok(results)) + (len(_ok(lr_results)) if lr_results is not None else 0)
+    return {
+        "best_lr": best,
+        "gaps": gap_tree(results),
+        "lr_at_edge": lr_edges(lr_results, best) if lr_results is not None else {},
+        "runs": every,
+    }
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -256,6 +280,7 @@ __all__ = [
     "headline_cell",
     "leaderboard_rows",
     "load_protocol",
+    "lr_edges",
     "protocol_metrics",
     "run_curve",
     "spec_source",

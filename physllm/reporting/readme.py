@@ -326,6 +326,27 @@ def entry_sentences(m: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def edge_note(m: Mapping[str, Any]) -> list[str]:
+    """A line naming the entries whose picked rate is an end of the grid (``lr_at_edge``)."""
+    edges = m.get("lr_at_edge") or {}
+    models = {r["entry"]: r.get("model") for r in m.get("leaderboard", [])}
+    parts = []
+    for end in ("highest", "lowest"):
+        named = [
+            f"{entry_label(e, models.get(e))} ({', '.join(s for s, v in by.items() if v == end)})"
+            for e, by in edges.items()
+            if end in by.values()
+        ]
+        if named:
+            parts.append(f"the grid's {end} rate for {', '.join(named)}")
+    if not parts:
+        return []
+    return [
+        f"The picked learning rate is {'; '.join(parts)}: their optimum may lie outside the "
+        "grid, so those rows (and their gaps to GPT) are tuned only as far as the grid reaches."
+    ]
+
+
 def _stages(m: Mapping[str, Any]) -> str:
     """The protocol's stages in words, from ``metrics["protocol"]``."""
     p = m.get("protocol") or {}
@@ -338,6 +359,19 @@ def _stages(m: Mapping[str, Any]) -> str:
         steps = " and ".join(map(str, stage.get("steps", [])))
         words.append(f"{stage.get('name')}: seeds {seeds} at {rate}, {steps} steps")
     return "; ".join(words)
+
+
+def protocol_time(m: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    """The protocol's cost in words: its runs and their summed training time, and the wall
+    time of the notebook run that finished it (a resumed protocol's last session only)."""
+    wall = f"notebook wall time {format_seconds(run.get('wall_s'))}"
+    p = m.get("protocol") or {}
+    if not p.get("runs"):
+        return wall
+    return (
+        f"{p['runs']} runs, {format_seconds(p.get('runs_wall_s'))} of training summed over "
+        f"them, {wall}"
+    )
 
 
 def render_protocol(tag: str, run: Mapping[str, Any], m: Mapping[str, Any], base: str) -> str:
@@ -361,7 +395,7 @@ def render_protocol(tag: str, run: Mapping[str, Any], m: Mapping[str, Any], base
         f"val loss at the short budget); {_stages(m)}. Val loss: the whole validation split in "
         f"fixed blocks, the same tokens for every model, each block from an empty context. "
         f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
-        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
+        f"{str(run.get('started', ''))[:10]}, {protocol_time(m, run)}, "
         f"physllm {m.get('git_sha', run.get('git_sha', ''))}" + (f" ({why})" if why else "") + "."
     )
     note = (
@@ -375,12 +409,13 @@ def render_protocol(tag: str, run: Mapping[str, Any], m: Mapping[str, Any], base
     )
     table_note = (
         f"Means over {r.get('n_seeds', '?')} seeds at size {r.get('size', '?')}, {r['steps']} steps "
-        f"({r['tokens_seen']:,} tokens), bits per {unit}. Train tokens/s: the runs themselves, one "
-        "after another. Speed, peak memory, their ratios and inference (streaming decode, batch 1): "
-        "one step at the training shape, each model in a fresh process."
+        f"({r['tokens_seen']:,} tokens), bits per {unit}. Train tokens/s: the runs themselves, "
+        "which may have shared the machine with other runs (not a speed measurement). Speed, peak "
+        "memory, their ratios and inference (streaming decode, batch 1): one step at the training "
+        "shape, each model in a fresh process, measured after the runs."
     )
     return "\n".join(
-        [intro, "", *gaps_table(m), "", note, "", *entry_sentences(m), "",
+        [intro, "", *gaps_table(m), "", note, *edge_note(m), "", *entry_sentences(m), "",
          f"Training loss against {curves}, mean over seeds with a band from the lowest to the "
          "highest seed.", "", *markdown_table(rows), "", table_note]
     )  # fmt: skip
@@ -413,7 +448,7 @@ def render_section(tag: str, reports_dir: str | os.PathLike, link_root: str = "r
         f"({r['tokens_seen']:,} tokens), seed {m.get('seed', '')}, every model within "
         f"{m.get('param_tolerance', PARAM_TOLERANCE):.0%} of GPT's parameters; "
         f"{m.get('device', run.get('hardware', ''))}, torch {m.get('torch_version', '')}, "
-        f"{str(run.get('started', ''))[:10]}, notebook wall time {format_seconds(run.get('wall_s'))}, "
+        f"{str(run.get('started', ''))[:10]}, {protocol_time(m, run)}, "
         f"physllm {m.get('git_sha', run.get('git_sha', ''))}.",
         "",
         *markdown_table(rows),
