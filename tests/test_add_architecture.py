@@ -22,7 +22,7 @@ from torch import nn
 from physllm.arch import Architecture, Command, Entry, LanguageModel, ModelConfig, Preset
 from physllm.cli import main
 from physllm.errors import PhysllmError
-from physllm.experiments.leaderboard import select_entries
+from physllm.experiments.leaderboard import all_entries, bench_all_config, select_entries
 from physllm.models import ARCHITECTURES, build_model, register, unregister
 from physllm.training import get_preset
 from physllm.validation import PROBABILITY, Rule
@@ -115,6 +115,8 @@ def test_built_by_name(toy):
 def test_preset_and_leaderboard_find_it(toy):
     assert get_preset(NAME, "cpu") == {"batch_size": 4, "n_embd": 8, "block_size": 16}
     assert [e.name for e in select_entries(NAME)] == ["gpt", NAME]  # gpt: the reference
+    assert all_entries()[-1].name == NAME  # registered after import, still there
+    assert NAME in bench_all_config("cpu")[1].values()  # and in bench --all
 
 
 def test_train_help_shows_its_fields_and_top_help_its_command(toy, capsys):

@@ -80,7 +80,7 @@ def test_count_params_equals_a_real_model():
 @pytest.mark.parametrize("preset", ["cpu", "gpu"])
 def test_every_entry_shares_the_budget_and_matches_gpt(preset):
     configs = lb.build_configs(preset, 256, threads=1)
-    assert list(configs) == [e.name for e in lb.ENTRIES]
+    assert list(configs) == [e.name for e in lb.all_entries()]
     gpt = configs["gpt"]
     ref = lb.count_params("gpt", gpt.model_config.to_dict())
     for name, cfg in configs.items():
@@ -125,7 +125,7 @@ def test_bench_spec_rebuilds_the_entry_config():
 
 def test_bench_all_config_labels_every_entry():
     cfg, labels = lb.bench_all_config("cpu", n_embd=32, n_layer=1, block_size=16)
-    assert sorted(labels.values()) == sorted(e.name for e in lb.ENTRIES)
+    assert sorted(labels.values()) == sorted(e.name for e in lb.all_entries())
     assert cfg.models == list(labels) and (cfg.block_size, cfg.n_embd) == (16, 32)
     assert cfg.batch_size == lb.recipe("cpu")["batch_size"]
 
@@ -181,7 +181,7 @@ def test_measure_lengths_one_row_per_length_ascending():
 
 def fake_metrics(device: str = "cpu (test box)") -> dict:
     runs = {}
-    for i, e in enumerate(lb.ENTRIES):
+    for i, e in enumerate(lb.all_entries()):
         runs[e.name] = {
             "model": e.model, "params": 800_000 + 1000 * i, "steps": 400, "tokens_seen": 307_200,
             "val_loss": 2.0 + 0.01 * i, "val_bpc": 2.9 + 0.01 * i, "bpc_unit": "byte",
@@ -214,7 +214,7 @@ def write_report(reports: Path, tag: str, metrics: dict, status: str = "ok") -> 
 def test_rows_take_peak_and_ratios_at_the_training_length():
     m = fake_metrics()
     rows = m["leaderboard"]
-    assert [r["entry"] for r in rows] == [e.name for e in lb.ENTRIES]
+    assert [r["entry"] for r in rows] == [e.name for e in lb.all_entries()]
     assert rows[0]["params_vs_gpt"] == 1.0 and rows[2]["peak_mem_mb"] == 102.0
     frame = lb.leaderboard_frame(rows)
     assert set(frame["model"]) == set(MODELS)

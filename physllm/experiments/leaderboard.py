@@ -51,7 +51,7 @@ import torch
 from physllm.arch import SHAPE_FIELDS, Entry
 from physllm.bench import BenchConfig, decode_speed, model_config_for, run_length_bench
 from physllm.errors import PhysllmError
-from physllm.models import ARCHITECTURES, count_params, match_field
+from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
 from physllm.training import (
     NANOGPT_CHAR_CPU,
     PRESETS,
@@ -69,7 +69,11 @@ PARAM_TOLERANCE = 0.10  # every entry's parameter count within 10% of GPT's
 
 # Each architecture declares its rows (``ARCH.leaderboard``); the table lists them in
 # the registry's order, GPT (the reference) first.
-ENTRIES: tuple[Entry, ...] = tuple(e for arch in ARCHITECTURES.values() for e in arch.leaderboard)
+def all_entries() -> tuple[Entry, ...]:
+    """Every registered architecture's leaderboard rows, read from the registry now (so an
+    architecture registered after import is in the leaderboard, the sweep and ``bench --all``)."""
+    return tuple(e for arch in ARCHITECTURES.values() for e in arch.leaderboard)
+
 
 # One recipe per preset: every field that decides a run's budget or optimizer.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -145,8 +149,7 @@ def select_entries(names: str | Iterable[str] = "all") -> list[Entry]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()] if names != "all" else []
     wanted = set(names)
-    # read at call time: an architecture registered after import has its rows too
-    entries = [e for arch in ARCHITECTURES.values() for e in arch.leaderboard]
+    entries = all_entries()
     known = [e.name for e in entries]
     unknown = sorted(wanted - set(known))
     if unknown:
@@ -162,8 +165,12 @@ def entry_values(
     """Every ``make_config`` value of ``entry`` (training and model fields, the layers of the
     module docstring) before parameter matching. ``budget``: changes to the recipe."""
     shared = {**recipe(preset), **(budget or {})}
-    if entry.own_shape:  # an attention-free model keeps its own widths (and has no heads)
-        shared = {k: v for k, v in shared.items() if k not in SHAPE_FIELDS}
+    # the recipe's model fields go only to a model that declares them (a registered model
+    # need not have heads or dropout); an attention-free one keeps its own widths
+    declared = {f.name for f in dataclasses.fields(get_model_classes(entry.model)[0])}
+    if entry.own_shape:
+        declared -= set(SHAPE_FIELDS)
+    shared = {k: v for k, v in shared.items() if k in declared or k in train_field_names()}
     train_fields, model_fields = split_overrides(entry.model, shared)
     values = dict(PRESETS.get(entry.model, {}).get(preset, {}))
     values.update(train_fields)
@@ -189,14 +196,14 @@ def build_configs(
     """``{entry name: TrainConfig}`` for ``entries`` (default: all), each entry with
     ``match`` set to GPT's parameter count. ``budget`` overrides recipe fields for all
     (``steps``, ``seed``, ``device``, ``threads``, ``corpus``...)."""
-    entries = list(entries or ENTRIES)
+    entries = list(entries or all_entries())
     unknown = sorted(set(budget) - train_field_names() - {"block_size", "dropout", *SHAPE_FIELDS})
     if unknown:
         raise PhysllmError(f"unknown leaderboard budget field(s): {', '.join(unknown)}")
     # A run that sets torch's threads (a preset may) would change every later run's:
     # every entry gets the same explicit count.
     budget.setdefault("threads", torch.get_num_threads())
-    ref = next(e for e in ENTRIES if e.name == REFERENCE)
+    ref = next(e for e in all_entries() if e.name == REFERENCE)
     target = count_params(
         ref.model, model_values(ref.model, entry_values(ref, preset, vocab_size, budget))
     )
@@ -365,7 +372,7 @@ def leaderboard_rows(
 ) -> list[dict[str, Any]]:
     """One dict per entry (keys :data:`ROW_KEYS`) from each run's metrics and the length
     sweep's rows at ``block_size`` (peak memory, isolated speed ratio against gpt)."""
-    variants = {e.name: e.variant for e in ENTRIES}
+    variants = {e.name: e.variant for e in all_entries()}
     at_block = {
         r["label"]: r for r in sweep_rows if block_size is None or r["length"] == block_size
     }
@@ -421,7 +428,7 @@ def leaderboard_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 
 __all__ = [
-    "ENTRIES",
+    "all_entries",
     "Entry",
     "RECIPES",
     "SWEEPS",

@@ -32,7 +32,7 @@ from typing import Any
 
 from physllm.data import repo_root
 from physllm.errors import PhysllmError
-from physllm.experiments.leaderboard import ENTRIES, REFERENCE
+from physllm.experiments.leaderboard import REFERENCE, all_entries
 from physllm.experiments.stats import as_rows, gap_table
 from physllm.experiments.sweep import SweepSpec, load_specs, pick_lr, read_spec_file
 
@@ -203,10 +203,10 @@ def leaderboard_rows(
     at_block = {
         r["label"]: r for r in sweep_rows if block_size is None or r["length"] == block_size
     }
-    variants = {e.name: e.variant for e in ENTRIES}
+    variants = {e.name: e.variant for e in all_entries()}
     ref = summary.get(REFERENCE, {})
     rows = []
-    for e in ENTRIES:
+    for e in all_entries():
         s = summary.get(e.name)
         if s is None:
             continue
