@@ -56,6 +56,7 @@ from physllm.experiments.leaderboard import bench_all_config
 from physllm.experiments.sweep import load_specs, run_stages
 from physllm.models import ARCHITECTURES, MODELS, get_model_classes
 from physllm.notebook import pick_preset
+from physllm.plan import DEFAULT_MFU, format_plan, plan, vocab_size_of, with_vocab
 from physllm.reporting import cmd_report
 from physllm.sampling import SamplingConfig, TextStream, stream_generate
 from physllm.training import TrainConfig, load_checkpoint, make_config, train
@@ -96,6 +97,34 @@ def cmd_train(argv: Sequence[str]) -> None:
         f"{m['model']}: {m['params'] / 1e6:.2f}M params, {m['steps']} steps, val loss {m['val_loss']:.4f} "
         f"({m['val_bpc']:.3f} bits/{m['bpc_unit']}), {m['ms_per_step']:.1f} ms/step -> {cfg.out_dir}/metrics.json"
     )
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def cmd_plan(argv: Sequence[str]) -> None:
+    """``python -m physllm plan --model M --preset P [train flags]``: size, memory and time."""
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="gpt")
+    known, _ = pre.parse_known_args(argv)
+    if known.model not in MODELS:
+        raise PhysllmError(f"unknown model {known.model!r}; choose from {', '.join(MODELS)}")
+    parser = train_parser(known.model)
+    parser.prog = "physllm plan"
+    parser.description = (
+        "Estimate a training run before it starts: parameters, memory per GPU, FLOPs, "
+        "and time on T4, L4, A100 and H100 (the train command's flags; nothing is trained)."
+    )
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="fraction of peak")
+    parser.add_argument("--world-size", type=int, default=1, help="GPUs (DDP)")
+    args = parser.parse_args(argv)
+    if args.world_size < 1:
+        raise PhysllmError(f"--world-size must be at least 1, got {args.world_size}")
+    skip = ("preset", "model", "mfu", "world_size", "vocab_size")
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    cfg = make_config(known.model, args.preset, **overrides)
+    cfg = with_vocab(cfg, vocab_size_of(cfg.tokenizer, args.vocab_size or 0))
+    print(format_plan(plan(cfg, args.mfu, args.world_size)))
 
 
 # --------------------------------------------------------------------------- sample
@@ -321,6 +350,7 @@ CORE: dict[str, tuple[CoreCommand, str]] = {
     "bench": (cmd_bench, "speed and memory of models side by side"),
     "corpora": (cmd_corpora, "list corpora and cache state"),
     "sweep": (cmd_sweep, "run a grid of training runs from a spec into results.csv"),
+    "plan": (cmd_plan, "estimate a run's memory and time on common GPUs before training"),
     "report": (cmd_report, "run notebooks with papermill into reports/ and rebuild the index"),
 }
 
