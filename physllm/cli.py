@@ -10,6 +10,8 @@ Core commands (this module, :mod:`physllm.reporting` for report):
 - ``sweep``    run a grid of training runs from a TOML spec into one results.csv
   (:mod:`physllm.experiments.sweep`; resumable: finished runs are skipped)
 - ``report``   run notebooks with papermill into reports/ and rebuild the index
+- ``plan``     estimate a run's parameters, memory, FLOPs and time on common GPUs before
+  training (:mod:`physllm.plan`; the ``train`` flags)
 
 Architecture commands, declared by each architecture's ``ARCH.commands``
 (:class:`~physllm.arch.Command`) and collected from the registry:
