@@ -162,3 +162,20 @@ def test_a_local_index_leaves_the_readme_beside_it_alone(tmp_path):
     rebuild_index(reports)  # the reference index regenerates it, from reference runs only
     text = readme_path.read_text()
     assert "| 2.000 |" in text and "9.000" not in text
+
+
+def test_a_gap_whose_picked_rate_is_the_grids_highest_is_marked(tmp_path):
+    reports = tmp_path / "reports"
+    runs = {"ngt": run_metrics(2.1, steps=1000), "gpt": run_metrics(2.2)}
+    clean = {"git_sha": "abc1234", "reproducible": True}
+    gap = {"baseline": "gpt", "mean": -0.1, "ci95_low": -0.15, "ci95_high": -0.05, "n_seeds": 5}
+    for lr, base_lr, marked in [(1e-3, 1e-3, False), (3e-3, 1e-3, True), (1e-3, 3e-3, True)]:
+        gaps = {"ngt": {**gap, "lr": lr, "baseline_lr": base_lr}}
+        grid = {"lrs": [3e-4, 1e-3, 3e-3], "seeds": [1, 2, 3, 4, 5]}
+        write_notebook_report(
+            reports, "03_ngt", runs, run=clean, headline_gaps=gaps, headline_grid=grid
+        )
+        text = readme.readme_text(README, reports)
+        cell = section_rows(text)["attractive (gaussian) kernel"][-2]
+        assert cell.endswith(" §") == marked
+        assert ("§ The picked learning rate" in text) == marked

@@ -108,6 +108,14 @@ def gap_cells(
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] {seeds}", verdict(low, high)
 
 
+def at_grid_edge(gap: Mapping[str, Any] | None, grid: Mapping[str, Any] | None) -> bool:
+    """Whether either side of a gap over seeds ran at the highest rate its grid tried."""
+    rates = (grid or {}).get("lrs") or []
+    if gap is None or len(rates) < 2:
+        return False
+    return max(rates) in (gap.get("lr"), gap.get("baseline_lr"))
+
+
 def headline_losses(
     run: Mapping[str, Any], base: Mapping[str, Any], gap: Mapping[str, Any] | None
 ) -> tuple[float, float]:
@@ -125,7 +133,7 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
     reports_dir = Path(reports_dir)
     header = "| notebook | variant | params | steps | val loss | bits / unit | GPT, same budget "
     lines = [header + "| gap (nats) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    devices, missing, unreproducible = set(), [], {}
+    devices, missing, unreproducible, edged = set(), [], {}, set()
     for h in HEADLINES:
         run_json, metrics = _report(reports_dir, h.notebook) or ({}, {})
         runs = metrics.get("runs", {})
@@ -143,6 +151,9 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
         )
         seeds = headline_gap(metrics, h)
         gap, word = gap_cells(run, base, seeds)
+        if at_grid_edge(seeds, metrics.get("headline_grid")):
+            gap += " §"
+            edged.add(h.notebook)
         val, base_val = headline_losses(run, base, seeds)
         bits = val * run["val_bpc"] / run["val_loss"]  # the split's tokens-per-unit factor
         lines.append(
@@ -163,10 +174,17 @@ def notebook_results(reports_dir: str | os.PathLike, link_root: str = "reports")
     )
     notes = [
         "",
-        "† Trained on consecutive blocks with the state handed on (truncated BPTT) and "
-        "evaluated so; the other rows read random windows from a zero state. Notebook 02 "
-        "scores both kinds on identical blocks.",
+        "† Trained on consecutive blocks with the state handed on (truncated BPTT); scored "
+        "like every row, on the whole validation split in fixed blocks, each from a zero "
+        "state (the loss with the state carried across blocks is in the report).",
     ]
+    if edged:
+        notes += [
+            "",
+            "§ The picked learning rate (of the variant, GPT or both) is the highest of the "
+            f"grid ({', '.join(sorted(edged))}): the optimum may lie above it, so the row is "
+            "tuned only as far as the grid reaches.",
+        ]
     for why, named in unreproducible.items():
         notes += ["", f"‡ {why} (the report's `run.json`): {', '.join(named.values())}."]
     if missing:
