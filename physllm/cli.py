@@ -82,18 +82,24 @@ def train_parser(model: str) -> ArgumentParser:
     return parser
 
 
-def cmd_train(argv: Sequence[str]) -> None:
-    # --model decides which config's fields are flags: read it first
+def model_flag(argv: Sequence[str]) -> str:
+    """The ``--model`` of a train-style command line (it decides which config's fields are
+    flags, so it is read first); an unknown name is a PhysllmError."""
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--model", default="gpt")
-    known, _ = pre.parse_known_args(argv)
-    if known.model not in MODELS:
-        raise PhysllmError(f"unknown model {known.model!r}; choose from {', '.join(MODELS)}")
-    args = train_parser(known.model).parse_args(argv)
+    model = pre.parse_known_args(argv)[0].model
+    if model not in MODELS:
+        raise PhysllmError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    return model
+
+
+def cmd_train(argv: Sequence[str]) -> None:
+    model = model_flag(argv)
+    args = train_parser(model).parse_args(argv)
     overrides = {
         k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "model")
     }
-    cfg = make_config(known.model, args.preset, **overrides)
+    cfg = make_config(model, args.preset, **overrides)
     m = train(cfg).metrics
     print(
         f"{m['model']}: {m['params'] / 1e6:.2f}M params, {m['steps']} steps, val loss {m['val_loss']:.4f} "
@@ -106,12 +112,8 @@ def cmd_train(argv: Sequence[str]) -> None:
 
 def cmd_plan(argv: Sequence[str]) -> None:
     """``python -m physllm plan --model M --preset P [train flags]``: size, memory and time."""
-    pre = ArgumentParser(add_help=False)
-    pre.add_argument("--model", default="gpt")
-    known, _ = pre.parse_known_args(argv)
-    if known.model not in MODELS:
-        raise PhysllmError(f"unknown model {known.model!r}; choose from {', '.join(MODELS)}")
-    parser = train_parser(known.model)
+    model = model_flag(argv)
+    parser = train_parser(model)
     parser.prog = "physllm plan"
     parser.description = (
         "Estimate a training run before it starts: parameters, memory per GPU, FLOPs, "
@@ -124,7 +126,7 @@ def cmd_plan(argv: Sequence[str]) -> None:
         raise PhysllmError(f"--world-size must be at least 1, got {args.world_size}")
     skip = ("preset", "model", "mfu", "world_size", "vocab_size")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
-    cfg = make_config(known.model, args.preset, **overrides)
+    cfg = make_config(model, args.preset, **overrides)
     cfg = with_vocab(cfg, vocab_size_of(cfg.tokenizer, args.vocab_size or 0))
     print(format_plan(plan(cfg, args.mfu, args.world_size)))
 

@@ -43,7 +43,9 @@ def test_the_estimates_follow_their_stated_formulas(model):
     assert p["memory_gb"]["float32"]["activations"] == pytest.approx(2 * m16["activations"])
     for gpu, row in zip(GPUS, p["gpus"], strict=True):
         step = p["flops_per_token"] * 4 * 2 * 128 / (gpu.peak_tflops * 1e12 * 0.5)
-        assert row["step_s"] == pytest.approx(step) and row["run_s"] == pytest.approx(step * cfg.steps)
+        assert row["step_s"] == pytest.approx(step) and row["run_s"] == pytest.approx(
+            step * cfg.steps
+        )
         assert row["fits"]
 
 
