@@ -170,7 +170,8 @@ def entry_values(
     declared = {f.name for f in dataclasses.fields(get_model_classes(entry.model)[0])}
     if entry.own_shape:
         declared -= set(SHAPE_FIELDS)
-    shared = {k: v for k, v in shared.items() if k in declared or k in train_field_names()}
+    declared |= train_field_names()
+    shared = {k: v for k, v in shared.items() if k in declared}
     train_fields, model_fields = split_overrides(entry.model, shared)
     values = dict(PRESETS.get(entry.model, {}).get(preset, {}))
     values.update(train_fields)

@@ -692,13 +692,12 @@ def run_sweep_grid(
     appending its row as it finishes (a progress bar over the grid). ``dry_run``: only say
     what would run. Returns ``{planned, skipped, ran, failed, resumed, results}`` (counts,
     and results.csv's path)."""
-    say = log or (lambda _: None)
     corpus = spec.corpus or recipe(spec.preset)["corpus"]
     tokenizer = spec.tokenizer or recipe(spec.preset)["tokenizer"]
     max_chars = spec.overrides.get("max_chars", recipe(spec.preset).get("max_chars", 0))
     data = TokenData.load(corpus, tokenizer, max_chars)  # tokenized once here, read by every run
     plan = plan_runs(spec, data.tokenizer.vocab_size)  # every config built: bad values fail now
-    return run_plan(plan, spec.results_path, spec.name, say, spec.resume, retry_failed, dry_run)
+    return run_plan(plan, spec.results_path, spec.name, log, spec.resume, retry_failed, dry_run)
 
 
 def run_plan(
@@ -787,35 +786,24 @@ def _run_pending(
         return
     with sweep_lock(results_path):
         rows = read_results(results_path)  # what is there now, under the lock
-        _run_locked(pending, rows, results_path, name, summary, say)
-
-
-def _run_locked(
-    pending: Sequence[tuple[Run, TrainConfig]],
-    rows: list[dict[str, Any]],
-    results_path: Path,
-    name: str,
-    summary: dict[str, Any],
-    say: Callable[[str], None],
-) -> None:
-    bar = progress_bar(summary["planned"], name or "sweep", initial=summary["skipped"])
-    write = bar.write if bar is not None else say
-    try:
-        for run, cfg in pending:
-            t0 = time.perf_counter()
-            row = run_process(run, cfg)
-            rows = [r for r in rows if r["run_id"] != run.run_id] + [
-                row
-            ]  # a retried failure is replaced
-            write_results(results_path, rows)
-            summary["ran"] += 1
-            summary["failed"] += row["status"] != "ok"
-            write(describe(run, row, time.perf_counter() - t0))
+        bar = progress_bar(summary["planned"], name or "sweep", initial=summary["skipped"])
+        write = bar.write if bar is not None else say
+        try:
+            for run, cfg in pending:
+                t0 = time.perf_counter()
+                row = run_process(run, cfg)
+                rows = [r for r in rows if r["run_id"] != run.run_id] + [
+                    row
+                ]  # a retried failure is replaced
+                write_results(results_path, rows)
+                summary["ran"] += 1
+                summary["failed"] += row["status"] != "ok"
+                write(describe(run, row, time.perf_counter() - t0))
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
 
 
 def run_stages(
