@@ -66,8 +66,8 @@ lora_alpha = 64.0
 ablation_steps = 250
 sample_tokens = 200
 threads = 0  # torch CPU threads of this kernel and of the gap grid's runs (0: torch's default)
-gap_seeds = 0  # > 0: the gap over this many new seeds at tuned rates (the committed report: 3)
-gap_lrs = "3e-4,1e-3,3e-3"  # the learning rates both models of the gap grid are tried at
+gap_seeds = 0  # > 0: the gap over this many new seeds at tuned rates (the committed report: 5)
+gap_lrs = "3e-4,1e-3,3e-3,1e-2"  # the learning rates both models of the gap grid are tried at
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -377,7 +377,7 @@ save_figure(fig, out_dir, "loss_curves")
 # ### The gap over seeds
 #
 # The two runs above are one seed each at the preset's learning rate. With
-# `-p gap_seeds N` (the committed report runs 3), `physllm.experiments.gaps`
+# `-p gap_seeds N` (the committed report runs 5), `physllm.experiments.gaps`
 # puts both configs through the protocol of notebook 06: each model at every
 # rate of `gap_lrs` (seed 0), the rate with the lowest validation loss kept
 # (one rule for both), then N new seeds at that rate, each run in its own

@@ -133,7 +133,7 @@ def headline_gaps(
     if not n_seeds:
         print(
             "gap_seeds = 0: the gaps above are one seed's at the preset's learning rate, "
-            "not evidence (the committed reports run -p gap_seeds 3)"
+            "not evidence (the committed reports run -p gap_seeds 5)"
         )
         return None
     result = seed_gaps(

@@ -45,13 +45,13 @@ from physllm.experiments.sweep import (
 from physllm.training import TrainConfig
 
 SIZE = "recipe"  # the notebook's own size: one per grid
-DEFAULT_LRS = (3e-4, 1e-3, 3e-3)  # the CPU protocol's rates (experiments/protocol_cpu.toml)
+DEFAULT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)  # the CPU protocol's rates (experiments/protocol_cpu.toml)
 DEFAULT_SEEDS = (1, 2, 3)
 STAGES = ("lr", "seeds")
 
 
 def parse_rates(text: str | Sequence[float]) -> tuple[float, ...]:
-    """``"3e-4,1e-3,3e-3"`` (a papermill parameter) or a sequence: positive finite rates."""
+    """``"3e-4,1e-3,3e-3,1e-2"`` (a papermill parameter) or a sequence: positive finite rates."""
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
         rates = tuple(float(x) for x in items if str(x).strip())
