@@ -14,6 +14,7 @@ from physllm.hamiltonian.integrators import (
     harmonic_exact,
     harmonic_potential,
     integrate,
+    kinetic_energy,
     leapfrog_step,
     loglog_slope,
     relative_energy_error,
@@ -159,3 +160,66 @@ def test_local_influence_decays_as_learned_exponential():
     assert grads[:, : t - 11].abs().max() == 0
     future = torch.autograd.grad(y[0, 5].sum(), x)[0][0, 6:]
     assert future.abs().max() == 0
+
+
+def frozen_context_layer(mode: str, substeps: int = 1, dt: float = 0.5):
+    """One float64 layer with O(1) weights and its context frozen at a fixed input: the map
+    (q, p) -> (q', p') it computes, and the (q, p) it was frozen at (1, 3, 4 each)."""
+    torch.manual_seed(0)
+    cfg = HamiltonianConfig(
+        vocab_size=20,
+        block_size=8,
+        n_layer=1,
+        n_head=2,
+        n_embd=4,
+        mode=mode,
+        dt=dt,
+        substeps=substeps,
+    )
+    layer = HamiltonianLM(cfg).double().layers[0]
+    with torch.no_grad():
+        for param in layer.parameters():  # far from init, where every force is nearly linear
+            param.normal_(0.0, 0.5)
+        layer.dt.fill_(dt)
+    q0, p0 = torch.randn(2, 1, 3, 4, dtype=torch.float64).unbind(0)
+    c = layer.context(q0).detach()
+    layer.context = lambda q: c  # the layer's own forward, its context held
+    return layer, q0, p0
+
+
+def symplectic_defect(layer, q0: torch.Tensor, p0: torch.Tensor) -> float:
+    """max |J^T Omega J - Omega| of the layer's map at (q0, p0), Omega = [[0, I], [-I, 0]]."""
+    n = q0.numel()
+
+    def step(z: torch.Tensor) -> torch.Tensor:
+        q, p = layer(z[:n].view_as(q0), z[n:].view_as(p0))
+        return torch.cat([q.flatten(), p.flatten()])
+
+    J = torch.autograd.functional.jacobian(step, torch.cat([q0.flatten(), p0.flatten()]))
+    eye, zero = torch.eye(n, dtype=J.dtype), torch.zeros(n, n, dtype=J.dtype)
+    omega = torch.cat([torch.cat([zero, eye], 1), torch.cat([-eye, zero], 1)])
+    return float((J.T @ omega @ J - omega).abs().max())
+
+
+@pytest.mark.parametrize("substeps", [1, 3])
+def test_conservative_layer_is_symplectic_direct_is_not(substeps):
+    """J^T Omega J = Omega for the conservative layer (context frozen); the direct force is
+    the gradient of nothing, so the same leapfrog shape does not preserve Omega."""
+    conservative = symplectic_defect(*frozen_context_layer("conservative", substeps))
+    direct = symplectic_defect(*frozen_context_layer("direct", substeps))
+    assert conservative < 1e-8
+    assert direct > 1e-3
+
+
+def test_substeps_cut_the_energy_error_as_one_over_k_squared():
+    """k leapfrog steps of dt / k: the layer's energy error falls about k^2-fold."""
+    errors = []
+    for k in (1, 4):
+        layer, q0, p0 = frozen_context_layer("conservative", substeps=k, dt=0.2)
+        c = layer.context(q0)
+        with torch.no_grad():
+            q1, p1 = layer(q0, p0)
+            H0 = kinetic_energy(p0) + layer.potential(q0, c)
+            H1 = kinetic_energy(p1) + layer.potential(q1, c)
+        errors.append(float(((H1 - H0).abs() / H0.abs()).max()))
+    assert errors[0] > 0 and errors[1] < errors[0] / 8

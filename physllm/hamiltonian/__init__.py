@@ -16,14 +16,16 @@ ARCH = Architecture(
         Entry(
             "hamiltonian",
             "hamiltonian",
-            "symplectic: leapfrog layers, direct force",
+            "leapfrog-shaped layers, non-conservative force (mode direct: no energy exists)",
             per_preset={"gpu": {"eos_id": -1}},  # its gpu preset's id is gpt2"s; bytes have none
         ),
     ),
     headlines=(
-        Headline("01_hamiltonian", "symplectic", "symplectic (leapfrog, direct force)"),
         Headline(
-            "01_hamiltonian", "symplectic-conservative", "symplectic, conservative (F = -dV/dq)"
+            "01_hamiltonian", "symplectic", "leapfrog-shaped, non-conservative force (mode direct)"
+        ),
+        Headline(
+            "01_hamiltonian", "symplectic-conservative", "symplectic: conservative force F = -dV/dq"
         ),
         Headline("01_hamiltonian", "seed", "the seed's model"),
     ),

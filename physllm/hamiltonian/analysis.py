@@ -14,6 +14,18 @@ import torch
 from physllm.hamiltonian.integrators import loglog_slope
 
 
+def relative_layer_energy_change(energies: dict[str, torch.Tensor]) -> torch.Tensor:
+    """|H_out - H_in| / |H_in| per layer and token, (L, B * T), from
+    :meth:`HamiltonianLM.layer_energies`: what an exact flow of each layer's H keeps at 0."""
+    H_in, H_out = energies["H_in"], energies["H_out"]
+    return ((H_out - H_in).abs() / H_in.abs().clamp_min(1e-12)).flatten(1)
+
+
+def layer_energy_error(energies: dict[str, torch.Tensor]) -> list[float]:
+    """The median over tokens of :func:`relative_layer_energy_change`, one number per layer."""
+    return [float(r.median()) for r in relative_layer_energy_change(energies)]
+
+
 def plot_layer_energies(energies: dict[str, torch.Tensor]):
     """Per layer: mean kinetic, potential and H before/after the step, and the relative
     change of each layer's own H (what a perfect integrator would keep at 0)."""
@@ -28,7 +40,7 @@ def plot_layer_energies(energies: dict[str, torch.Tensor]):
     ax.plot(layers, H_out.mean((1, 2)), "v--", label="H_l after the step")
     ax.set(xlabel="layer", ylabel="mean energy per token", title="energy along the layers")
     ax.legend(fontsize=8)
-    rel = ((H_out - H_in).abs() / H_in.abs().clamp_min(1e-12)).flatten(1)
+    rel = relative_layer_energy_change(energies)
     ax = axes[1]
     ax.boxplot([r.numpy() for r in rel], positions=list(layers))
     ax.set_yscale("log")
