@@ -218,7 +218,9 @@ for form, gates in [("seed", "hidden"), ("fixed", "hidden"), ("fixed", "input")]
 # synchronisation).
 #
 # **Truncated backpropagation through time.** The preset sets
-# `carry_state=True`, the seed's way of training: the trainer cuts the corpus
+# `carry_state=True`. This is our training, not the seed's: the seed trained
+# on independent samples, each from a zero context, which is what the
+# `_windows` rows below do. With it the trainer cuts the corpus
 # into `batch_size` segments, one per batch row, and each optimizer step reads
 # the *next* block of every segment (`physllm.data.StreamSampler`), starting
 # from the context the previous step left (detached, so the gradient stops at

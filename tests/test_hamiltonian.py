@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from physllm.hamiltonian.model import HamiltonianConfig, HamiltonianLM, ema_scan
 from physllm.models import MODELS, build_model
@@ -41,7 +42,8 @@ def test_forward_backward_and_causality(kind):
     assert logits.shape == (3, 12, 30)
     assert math.isfinite(loss.item())
     loss.backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if "gravity" not in n)
+    # every parameter, the seed's gravity head included, gets a gradient
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     # changing token 8 must not change the logits before it
     other = idx.clone()
     other[:, 8] = (other[:, 8] + 1) % 30
@@ -117,22 +119,92 @@ def test_seed_momentum_is_ema_halved_at_eos():
 
 
 @pytest.mark.parametrize("variant", ["symplectic", "seed"])
-def test_steer_vector_uses_every_token(variant):
+def test_steer_vector_reads_the_word_as_each_variant_does(variant):
+    """Symplectic: every token of the word counts. Seed, as its get_concept_vector:
+    strength * E[first token], the rest of the word ignored."""
     model = tiny(variant=variant)
     v1 = model.steer_vector([3, 4], 1.0)
     with torch.no_grad():
-        model.wte.weight[4] += 1.0  # the second token matters
+        model.wte.weight[4] += 1.0
     v2 = model.steer_vector([3, 4], 1.0)
-    assert not torch.allclose(v1, v2)
     assert torch.allclose(model.steer_vector([3, 4], -0.5), -0.5 * v2)
     if variant == "seed":
-        assert torch.allclose(v2, model.wte.weight[[3, 4]].mean(0))
+        assert torch.equal(v1, v2) and torch.equal(v2, model.wte.weight[3].detach())
+    else:
+        assert not torch.allclose(v1, v2)  # the second token matters
     # steering changes the logits, and strength 0 does nothing
     idx = torch.randint(0, 30, (1, 8))
     with torch.no_grad():
         base = model.run(idx)["logits"]
         assert torch.allclose(model.run(idx, model.steer_vector([3], 0.0))["logits"], base)
         assert not torch.allclose(model.run(idx, model.steer_vector([3], 1.0))["logits"], base)
+
+
+def seed_reference_logits(model: HamiltonianLM, idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """The seed's forward (sonnguyenasu/Hamiltonian-LLM main.py at 5104bb8:
+    EMAMomentumEmbedding, AdaptiveGravityAttention, HamiltonianBlock, HamiltonianNano_v8),
+    transcribed loop for loop, reading our model's weights."""
+    cfg = model.config
+    B, T = idx.shape
+    C, nh = cfg.n_embd, cfg.n_head
+    hd = C // nh
+    # EMAMomentumEmbedding: velocity = roll difference, first step zeroed; EMA with reset
+    q, p_raw = model.wte.weight[idx], model.wte_p.weight[idx]
+    p_prev = torch.roll(p_raw, shifts=1, dims=1)
+    mask = torch.ones_like(p_raw)
+    mask[:, 0, :] = 0
+    velocity = (p_raw - p_prev) * mask
+    reset = ((idx == eos_id).float() * 0.5).unsqueeze(-1)
+    m, momentum = torch.zeros_like(velocity[:, 0]), []
+    for t in range(T):
+        m = (cfg.ema_beta * m + (1 - cfg.ema_beta) * velocity[:, t]) * (1 - reset[:, t])
+        momentum.append(m)
+    x = q + torch.stack(momentum, 1)
+    # RotaryEmbedding(head_dim)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    freqs = torch.einsum("i,j->ij", torch.arange(T).float(), inv_freq)
+    rope = torch.cat((freqs, freqs), dim=-1)[None, None]
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        t1, t2 = t.chunk(2, dim=-1)
+        return t * rope.cos() + torch.cat((-t2, t1), dim=-1) * rope.sin()
+
+    for block in model.layers:
+        a = block.attn
+        h = F.layer_norm(x, (C,), block.ln1.weight, block.ln1.bias)
+        qq, kk, vv = (h @ a.c_attn.weight.T).split(C, dim=2)
+        qq, kk, vv = (t.view(B, T, nh, hd).transpose(1, 2) for t in (qq, kk, vv))
+        qq, kk = rotate(qq), rotate(kk)
+        att = (qq @ kk.transpose(-2, -1)) * hd**-0.5
+        g = F.softplus(h @ a.gravity.weight.T + a.gravity.bias).transpose(1, 2).unsqueeze(-1)
+        ind = torch.arange(T)
+        dist = torch.clamp((ind.view(1, 1, T, 1) - ind.view(1, 1, 1, T)).abs(), max=64)
+        att = att - g * dist * 0.1
+        att = att.masked_fill(~torch.tril(torch.ones(T, T)).bool(), float("-inf"))
+        y = (F.softmax(att, dim=-1) @ vv).transpose(1, 2).contiguous().view(B, T, C)
+        reflex = F.silu(
+            F.conv1d(x.transpose(1, 2), block.reflex.weight, block.reflex.bias, padding=2, groups=C)
+        )[:, :, :T].transpose(1, 2)
+        x = x + y @ a.c_proj.weight.T + reflex
+        h = F.layer_norm(x, (C,), block.ln2.weight, block.ln2.bias)
+        x = x + F.gelu(h @ block.c_fc.weight.T) @ block.c_proj.weight.T
+    x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias)
+    return x @ model.wte.weight.T  # lm_head tied to q_emb
+
+
+def test_seed_variant_is_the_seeds_code():
+    """Our seed variant's logits equal the seed's forward on fixed inputs and weights, and
+    its gravity head starts as the seed's (weights N(0, 0.01), bias 0.5)."""
+    model = tiny(variant="seed", eos_id=7).eval()
+    idx = torch.randint(0, 30, (2, 16), generator=torch.Generator().manual_seed(1))
+    idx[0, 5] = 7  # an end-of-text token: momentum halved there
+    with torch.no_grad():
+        ours = model(idx)[0]
+        reference = seed_reference_logits(model, idx, eos_id=7)
+    assert (ours - reference).abs().max() < 1e-6
+    for block in model.layers:
+        assert torch.equal(block.attn.gravity.bias, torch.full_like(block.attn.gravity.bias, 0.5))
+        assert 0.005 < float(block.attn.gravity.weight.detach().std()) < 0.02
 
 
 @pytest.mark.parametrize("kind", ["symplectic-direct", "seed"])

@@ -21,7 +21,7 @@ CONTEXT_VECTOR_CPU = NANOGPT_CHAR_CPU.without(
         n_hidden=256,
         n_context=128,
         form="seed",
-        carry_state=True,  # the seed's training: consecutive blocks, state handed on (truncated BPTT)
+        carry_state=True,  # ours, not the seed's (it trained on independent samples): truncated BPTT
     ),
     train=dict(
         steps=400,

@@ -40,8 +40,9 @@ the word.
 ``variant="seed"`` is what the seed's code actually does (no integrator): a
 GPT whose input is q + EMA_0.9(p_t - p_{t-1}) (halved at end-of-text), with a
 causal depthwise conv (kernel 3, SiLU) beside RoPE attention that subtracts a
-learned distance penalty softplus(g(x_i)) * min(|i - j|, 64) * 0.1. Its
-steering adds s * E[target] to the embeddings at every position.
+learned distance penalty softplus(g(x_i)) * min(|i - j|, 64) * 0.1 (g initialised
+as the seed's: weights N(0, 0.01), bias 0.5). Its steering adds s * E[first token of
+the target] to the embeddings at every position.
 """
 
 from __future__ import annotations
@@ -303,6 +304,10 @@ class HamiltonianLM(LanguageModel):
             self.layers = nn.ModuleList([SeedBlock(config) for _ in range(config.n_layer)])
             self.ln_f = nn.LayerNorm(C)
         init_gpt2_weights(self, config.n_layer)
+        if config.variant == "seed":  # the seed's gravity head: a penalty of 0.1 softplus(0.5)
+            for block in self.layers:  # per token of distance from the start
+                nn.init.normal_(block.attn.gravity.weight, std=0.01)
+                nn.init.constant_(block.attn.gravity.bias, 0.5)
         if config.variant == "symplectic" and config.mode == "conservative":
             for layer in self.layers:
                 nn.init.normal_(layer.v, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -392,16 +397,16 @@ class HamiltonianLM(LanguageModel):
     def steer_vector(self, token_ids: list[int], strength: float) -> torch.Tensor:
         """The steering term (C,) toward (strength > 0) or away from (< 0) a word's tokens.
 
-        Every token of the word counts: u is the mean of their embeddings. Seed:
-        strength * u (the seed used the first token's embedding only). Symplectic:
+        Seed, as its ``get_concept_vector``: strength * E[first token] (the rest of the
+        word is ignored). Symplectic: every token counts, u the mean of their embeddings,
         a force strength * steer_scale * |E|_mean * u/|u| on every momentum kick.
         """
         if not token_ids:
             raise ValueError("the target word encodes to no tokens")
         E = self.wte.weight.detach()
-        u = E[torch.tensor(token_ids, device=E.device)].mean(0)
         if self.config.variant == "seed":
-            return strength * u
+            return strength * E[token_ids[0]]
+        u = E[torch.tensor(token_ids, device=E.device)].mean(0)
         scale = self.config.steer_scale * E.norm(dim=-1).mean()
         return strength * scale * u / u.norm().clamp_min(1e-12)
 
