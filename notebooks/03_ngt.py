@@ -54,7 +54,7 @@ device = "auto"
 seed = 1337
 out_dir = "runs/03_ngt"
 kernel = (
-    "gaussian"  # "gaussian" (attractive, fused SDPA) or "seed" (-gamma m_i m_j / (d2 + eps) + b)
+    "gaussian"  # "gaussian" (attractive, fused SDPA) or "seed" (m_i m_j (-gamma / (d2 + eps) + b))
 )
 mass_in = "logits"  # "logits", "values" or "none"
 cutoff = "auto"  # auto (gaussian: none, seed: hard) | none | hard | soft | smooth
@@ -125,12 +125,13 @@ print(corpus_notice(corpus if corpus != "default" else get_preset("ngt", preset)
 # $d^2_{ij} = |u_i - u_j|^2$.
 #
 # The seed project scored pairs with the (squared) force and a learned
-# gravity constant $\gamma = \mathrm{softplus}(\cdot)$ and bias $b$ per head:
+# gravity constant $\gamma = \mathrm{softplus}(\cdot)$ and bias $b$ per head.
+# Its code adds $b$ first and then multiplies by the masses:
 #
-# $$ s^\text{seed}_{ij} = -\gamma\, \frac{m_i m_j}{d^2_{ij} + \epsilon} + b, \qquad a_{ij} = \mathrm{softmax}_j(s_{ij}). $$
+# $$ s^\text{seed}_{ij} = m_i m_j \left(-\frac{\gamma}{d^2_{ij} + \epsilon} + b\right), \qquad a_{ij} = \mathrm{softmax}_j(s_{ij}). $$
 #
 # **The sign makes it repel.** Softmax gives the *largest* weight to the
-# *largest* score. This score is $-\gamma m_i m_j / (d^2+\epsilon)$: hugely
+# *largest* score. The distance term is $-\gamma m_i m_j / (d^2+\epsilon)$: hugely
 # negative when $d$ is small (at $d = 0$, with $\epsilon = 10^{-6}$, about
 # $-7\cdot 10^5$, so a token never attends to itself) and rising towards $0$
 # as $d$ grows. Far tokens win. The minus sign is right for an *energy*
@@ -168,8 +169,11 @@ _ = save_figure(fig, out_dir, "kernel_weight_vs_distance")
 #
 # $$ \frac{e^{s_{ij} + c_i}}{\sum_{j'} e^{s_{ij'} + c_i}} = \frac{e^{c_i} e^{s_{ij}}}{e^{c_i} \sum_{j'} e^{s_{ij'}}} = \frac{e^{s_{ij}}}{\sum_{j'} e^{s_{ij'}}} . $$
 #
-# So the seed's bias $b$ (one number per head) does nothing at all under its
-# hard cutoff, and here we may drop terms that depend on $i$ only.
+# So a bias added to every score would do nothing. The seed's $b$ is not
+# that: it is multiplied by $m_i m_j$, and along a row $b\, m_i m_j$ grows with
+# the key's mass $m_j$, a linear mass prior (the only place where the seed
+# lets a heavy key *gain* weight at a fixed distance). Here we may drop terms
+# that depend on $i$ only.
 #
 # **The dot-product expansion.** $d^2_{ij} = |u_i|^2 - 2\, u_i \cdot u_j + |u_j|^2$,
 # so

@@ -350,3 +350,70 @@ def test_notebook_runs_with_few_steps(run_notebook, monkeypatch):
     assert metrics["speed_ratio_vs_gpt"] > 0
     assert (out_dir / "coordinates_3d.html").exists()
     assert (out_dir / "projector" / "projector_config.pbtxt").exists()
+
+
+# --------------------------------------------------------------------------- the seed's code
+
+
+def seed_reference_logits(model: NGT, idx: torch.Tensor, soft: bool) -> torch.Tensor:
+    """The seed's forward (leetae9yu/newton-gravity-transformer ngt_model.py at 7e05baf:
+    GravityAttention, NGTBlock, NewtonGravityTransformer), transcribed, reading our
+    model's weights: the score m_i m_j (-gamma / (d2 + eps) + b) (or, with mass in the
+    values, v_j m_j and no mass in the score), its hard or soft radius cutoff, and the
+    coordinates moved by the attention output, z <- LN(z + W_next o), layer after layer."""
+    cfg = model.config
+    B, T = idx.shape
+    H, c, d = cfg.n_head, cfg.head_coord, cfg.n_embd
+    h = model.wte(idx)
+    m = torch.nn.functional.softplus(model.mass_emb(idx))  # (B, T, 1)
+    z = model.coord_emb(torch.arange(T).unsqueeze(0).expand(B, T))
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for block in model.blocks:
+        a, x = block.attn, block.ln_1(h)
+        value = a.v_proj(x).view(B, T, H, d // H).transpose(1, 2)
+        zh = a.coord_proj(z).view(B, T, H, c).transpose(1, 2)
+        diff = zh.unsqueeze(-2) - zh.unsqueeze(-3)
+        squared_dist = (diff * diff).sum(dim=-1)
+        gamma = torch.nn.functional.softplus(a.gamma_raw).view(1, H, 1, 1)
+        radius = torch.nn.functional.softplus(a.radius_raw)
+        base_score = -gamma / (squared_dist + cfg.dist_eps) + a.bias.view(1, H, 1, 1)
+        if cfg.mass_in == "logits":
+            ms = m.squeeze(-1)
+            scores = base_score * (ms.unsqueeze(-1) * ms.unsqueeze(-2)).unsqueeze(1)
+        else:
+            scores = base_score
+            value = value * m.unsqueeze(1)
+        if soft:
+            scores = scores * torch.relu(1.0 - squared_dist / radius**2)
+        else:
+            scores = scores.masked_fill(squared_dist > radius**2, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
+        out = a.c_proj((weights @ value).transpose(1, 2).contiguous().view(B, T, d))
+        h = h + out
+        h = h + block.mlp(block.ln_2(h))
+        z = block.ln_z(z + block.coord_next(out))
+    return model.lm_head(model.ln_f(h))
+
+
+@pytest.mark.parametrize("cutoff", ["hard", "soft"])
+@pytest.mark.parametrize("mass_in", ["logits", "values"])
+def test_seed_kernel_is_the_seeds_code(cutoff, mass_in):
+    """Our seed kernel equals the seed's forward to 1e-6 on fixed weights with a bias b, a
+    spread of masses and coordinates that the radius partly cuts (float64)."""
+    model = tiny(kernel="seed", cutoff=cutoff, mass_in=mass_in, radius_init=1.0).double().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.bias.normal_(0.0, 1.0)  # b matters: it is scaled by m_i m_j
+            block.attn.coord_proj.weight.normal_(0.0, 0.3)  # coordinates spread about R
+        model.mass_emb.weight.normal_(0.0, 1.0)
+    idx = torch.randint(0, 17, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = model(idx)[0]
+        reference = seed_reference_logits(model, idx, soft=cutoff == "soft")
+        trace = model.forward_with_trace(idx)
+    assert (ours - reference).abs().max() < 1e-6
+    if cutoff == "hard":  # the radius cuts some pairs but not all, so the test sees it
+        r2 = torch.stack([b.attn.radius for b in model.blocks]) ** 2
+        cut = (pairwise_d2(trace["u"]) > r2.view(-1, 1, 1, 1, 1)).float().mean()
+        assert 0.05 < float(cut) < 0.95

@@ -14,7 +14,7 @@ Two kernels (``kernel=``):
 
 ``"seed"``: the seed project's score, kept so its behaviour can be shown::
 
-    s_ij = -gamma m_i m_j / (d2_ij + eps) + b
+    s_ij = m_i m_j (-gamma / (d2_ij + eps) + b)
 
   Newton's potential is -G m_i m_j / r, but softmax turns a *higher* score
   into *more* weight, and this score is most negative at small distance: near
@@ -81,7 +81,7 @@ class NGTConfig(TransformerShape):
     head_coord: int = 16  # per-head coordinate dims of u = P z (the seed's default)
     mlp_hidden: int = 0  # 0: the width that gives the vanilla GPT's parameter count
     kernel: str = (
-        "gaussian"  # "gaussian" (attractive, SDPA) or "seed" (-gamma m m / (d2 + eps) + b)
+        "gaussian"  # "gaussian" (attractive, SDPA) or "seed" (m m (-gamma / (d2 + eps) + b))
     )
     mass_in: str = "logits"  # "logits", "values" (v_j * m_j, the seed's option) or "none"
     cutoff: str = "auto"  # auto (gaussian: none, seed: hard) | none | hard | soft (seed's) | smooth
@@ -138,16 +138,17 @@ def seed_scores(
     mass: torch.Tensor | None,
     eps: float,
 ) -> torch.Tensor:
-    """The seed's score. d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None.
+    """The seed's score as its code computes it (ngt_model.py at 7e05baf: the bias added,
+    then the mass product). d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None.
 
-    The formula its README documents; its last code adds b before multiplying
-    by m_i m_j, (-gamma / (d2 + eps) + b) m_i m_j: a different bias, the same
-    dependence on distance (and so the same repulsion).
+    b is scaled by m_i m_j, so it is not a row constant: along a row b m_i m_j grows
+    with the key's mass, a mass prior (its README's formula, -gamma m_i m_j / (d2 + eps)
+    + b, has a b that softmax would ignore).
     """
     g, b = gamma.view(-1, 1, 1), bias.view(-1, 1, 1)
     mm = 1.0 if mass is None else (mass.unsqueeze(-1) * mass.unsqueeze(-2)).unsqueeze(1)
-    # s_ij = -gamma m_i m_j / (d2_ij + eps) + b
-    return -g * mm / (d2 + eps) + b
+    # s_ij = m_i m_j (-gamma / (d2_ij + eps) + b)
+    return mm * (-g / (d2 + eps) + b)
 
 
 def gaussian_scores(
