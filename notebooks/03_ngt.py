@@ -287,8 +287,12 @@ def ngt_config(run_seed: int) -> TrainConfig:
 
 
 def gpt_twin(run_seed: int) -> TrainConfig:
-    """The vanilla GPT at NGT's budget: the same shape, data, schedule and seed."""
-    return matched_baseline(ngt_config(run_seed), out_dir=str(out_dir / f"gpt_s{run_seed}"))
+    """The vanilla GPT at NGT's budget: the same shape, data, schedule and seed. Where NGT's
+    MLP width is fixed (the gpu preset: the seed's 2048), GPT's MLP is sized to match
+    NGT's parameter count (NGT has no query/key projections); else NGT's MLP was."""
+    ngt = ngt_config(run_seed)
+    match = "mlp_hidden" if ngt.model_config.mlp_hidden else None
+    return matched_baseline(ngt, match=match, out_dir=str(out_dir / f"gpt_s{run_seed}"))
 
 
 ngt_cfg, gpt_cfg = ngt_config(seed), gpt_twin(seed)

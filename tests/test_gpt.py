@@ -146,7 +146,19 @@ def test_configs_share_the_transformer_shape(cls):
     # the GPT of a model's shape, for baselines and parameter matching
     shaped = cls(n_layer=2, n_head=2, n_embd=64, dropout=0.1, bias=True)
     gpt = GPTConfig(**shaped.shape())
-    assert gpt.to_dict() == {k: getattr(shaped, k) for k in gpt.to_dict()}
+    shape_keys = [k for k in gpt.to_dict() if k != "mlp_hidden"]  # GPT's own field
+    assert {k: gpt.to_dict()[k] for k in shape_keys} == {k: getattr(shaped, k) for k in shape_keys}
+    assert gpt.mlp_hidden == 0  # GPT's own 4 * n_embd unless asked
+
+
+def test_gpt_mlp_hidden_sets_the_mlp_width():
+    base = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    narrow = GPT(
+        GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, mlp_hidden=64)
+    )
+    assert base.blocks[0].mlp.c_fc.out_features == 128
+    assert narrow.blocks[0].mlp.c_fc.out_features == 64
+    assert base.num_params() - narrow.num_params() == 2 * 2 * 32 * 64
 
 
 @pytest.mark.parametrize("cls", SHAPED)
@@ -177,7 +189,7 @@ def test_context_vector_has_no_heads_but_keeps_its_shape_rules():
 def test_old_config_json_loads_into_the_shared_shape():
     # a GPT checkpoint's config.json, written before the shape fields moved
     old = dict(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
-    assert GPTConfig.from_dict(old).to_dict() == old
+    assert GPTConfig.from_dict(old).to_dict() == {**old, "mlp_hidden": 0}  # GPT's own MLP
 
 
 def test_a_gpt_next_to_a_model_without_heads_keeps_its_own_shape():

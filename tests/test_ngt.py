@@ -417,3 +417,21 @@ def test_seed_kernel_is_the_seeds_code(cutoff, mass_in):
         r2 = torch.stack([b.attn.radius for b in model.blocks]) ** 2
         cut = (pairwise_d2(trace["u"]) > r2.view(-1, 1, 1, 1, 1)).float().mean()
         assert 0.05 < float(cut) < 0.95
+
+
+def test_gpu_twin_gpt_matches_ngt_parameters():
+    """The gpu preset fixes NGT's MLP at the seed's 2048; its GPT twin's MLP is sized so the
+    two match in parameters (without it GPT would carry 16% more)."""
+    from dataclasses import replace
+
+    from physllm.experiments.leaderboard import count_params
+    from physllm.training import make_config, matched_baseline
+
+    ngt = make_config("ngt", "gpu")
+    ngt = replace(ngt, model_config=replace(ngt.model_config, vocab_size=8192))
+    n_ngt = count_params("ngt", ngt.model_config.to_dict())
+    plain = matched_baseline(ngt, out_dir="x")
+    twin = matched_baseline(ngt, match="mlp_hidden", out_dir="x")
+    assert count_params("gpt", plain.model_config.to_dict()) / n_ngt > 1.1
+    assert abs(count_params("gpt", twin.model_config.to_dict()) / n_ngt - 1) < 0.005
+    assert twin.model_config.mlp_hidden < 2048 and twin.model_config.n_embd == 512

@@ -13,9 +13,7 @@ from __future__ import annotations
 from physllm.arch import Preset
 from physllm.gpt.presets import NANOGPT_CHAR_CPU
 
-CONTEXT_VECTOR_CPU = NANOGPT_CHAR_CPU.without(
-    "n_head"
-).with_(
+CONTEXT_VECTOR_CPU = NANOGPT_CHAR_CPU.without("n_head").with_(
     model=dict(
         n_layer=1,
         n_hidden=256,

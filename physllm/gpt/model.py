@@ -24,11 +24,17 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.nn import MLP, CausalSelfAttention, LayerNorm, init_gpt2_weights
+from physllm.validation import NON_NEGATIVE
 
 
 @dataclass
 class GPTConfig(TransformerShape):
-    """GPT is the transformer shape and nothing more (:class:`~physllm.arch.TransformerShape`)."""
+    """GPT is the transformer shape (:class:`~physllm.arch.TransformerShape`) and the
+    width of its MLP, so that it can match another model's parameter count exactly."""
+
+    mlp_hidden: int = 0  # the MLP's hidden width; 0: GPT's 4 * n_embd
+
+    field_rules = {"mlp_hidden": NON_NEGATIVE}
 
 
 class Block(nn.Module):
@@ -37,7 +43,9 @@ class Block(nn.Module):
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
-        self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
+        self.mlp = MLP(
+            config.n_embd, config.mlp_hidden or None, bias=config.bias, dropout=config.dropout
+        )
 
     def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         a, cache = self.attn(self.ln_1(x), cache)
