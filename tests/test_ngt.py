@@ -459,3 +459,36 @@ def test_bf16_augmented_scores_stay_near_the_float64_formula(center):
         q.bfloat16(), k.bfloat16(), values.bfloat16(), is_causal=True, scale=1.0
     )
     assert float((fused.double() - reference).abs().sum(-1).max()) < 0.05
+
+
+def test_seed_repulsion_is_the_seeds_term():
+    """repulsion_form="seed" adds the seed's compute_repulsion_loss (train.py at 2ceebcf) on the
+    final coordinates, 64 random positions shared across the batch, masses pushed too."""
+    from physllm.ngt.model import seed_repulsion_energy
+
+    model = tiny(repulsion=0.05, repulsion_form="seed", block_size=80).train()
+    idx = torch.randint(0, 17, (2, 80), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(7)
+    _, loss = model(idx, idx)
+    trace = model._run(idx, need_weights=False)[1]
+    z, m = trace["z"][-1], trace["mass"].unsqueeze(-1)
+    # the seed's function, transcribed
+    torch.manual_seed(7)
+    keep = torch.randperm(80)[:64]
+    z, m = z[:, keep, :], m[:, keep, :]
+    diff = z.unsqueeze(2) - z.unsqueeze(1)
+    squared_dist = (diff * diff).sum(-1).clamp_min(1e-3 * 1e-3)
+    ms = m.squeeze(-1)
+    energy = (ms.unsqueeze(-1) * ms.unsqueeze(-2)) / squared_dist
+    pair_mask = torch.triu(torch.ones(64, 64, dtype=torch.bool), diagonal=1).unsqueeze(0)
+    reference = energy.masked_select(pair_mask.expand_as(energy)).mean()
+    assert abs(model.last_aux["repulsion"] - float(reference)) < 1e-5 * float(reference)
+    torch.manual_seed(7)
+    ours = seed_repulsion_energy(trace["z"][-1], trace["mass"], 64)
+    assert torch.allclose(ours, reference)
+    ours.backward(retain_graph=True)  # the seed's masses get a gradient; ours are detached
+    assert model.mass_emb.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    # ours on layer 1's coordinates (which do not depend on the masses): no mass gradient
+    repulsion_energy(trace["u"][0], trace["mass"], 64, 1e-2).backward()
+    assert model.mass_emb.weight.grad is None or model.mass_emb.weight.grad.abs().sum() == 0

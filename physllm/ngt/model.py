@@ -75,6 +75,7 @@ from physllm.validation import (
 KERNELS = ("gaussian", "seed")
 CUTOFFS = ("auto", "none", "hard", "soft", "smooth")
 MASS_MODES = ("logits", "values", "none")
+REPULSION_FORMS = ("coords", "seed")
 
 
 @dataclass
@@ -94,6 +95,9 @@ class NGTConfig(TransformerShape):
     repulsion: float = 0.0  # weight of the repulsion term in the training loss
     repulsion_samples: int = 64  # positions per sequence the repulsion looks at (evenly spaced)
     repulsion_eps: float = 1e-2  # softening: 1 / (d2 + eps) stays finite when two tokens meet
+    # coords: ours (every layer's u, evenly spaced positions, masses detached);
+    # seed: the seed's (final z, random positions, 1 / max(d2, 1e-6), masses pushed too)
+    repulsion_form: str = "coords"
 
     field_rules = {
         "n_coord": POSITIVE,
@@ -107,6 +111,7 @@ class NGTConfig(TransformerShape):
         "repulsion": at_least(0),
         "repulsion_samples": POSITIVE,
         "repulsion_eps": POSITIVE_FLOAT,
+        "repulsion_form": one_of(*REPULSION_FORMS),
     }
 
     def check(self) -> None:
@@ -213,6 +218,22 @@ def repulsion_energy(
         energy = energy * (m.unsqueeze(-1) * m.unsqueeze(-2)).unsqueeze(1)
     pairs = torch.ones(n, n, dtype=torch.bool, device=u.device).triu(1)
     return energy[..., pairs].mean()
+
+
+def seed_repulsion_energy(z: torch.Tensor, mass: torch.Tensor, samples: int) -> torch.Tensor:
+    """The seed's repulsion (train.py at 2ceebcf, ``compute_repulsion_loss``): on the final
+    coordinates z (B, T, C), ``samples`` random positions shared across the batch, the mean
+    over pairs i < j of m_i m_j / max(d2_ij, 1e-6). The masses (B, T) keep their gradient,
+    so the term also pushes every mass towards 0."""
+    T = z.size(1)
+    if T > samples:
+        idx = torch.randperm(T, device=z.device)[:samples]
+        z, mass = z[:, idx], mass[:, idx]
+    diff = z.unsqueeze(2) - z.unsqueeze(1)
+    d2 = (diff * diff).sum(-1).clamp_min(1e-6)  # the seed's min_dist = 1e-3, squared
+    energy = mass.unsqueeze(-1) * mass.unsqueeze(-2) / d2  # (B, n, n)
+    pairs = torch.ones(z.size(1), z.size(1), dtype=torch.bool, device=z.device).triu(1)
+    return energy[:, pairs].mean()
 
 
 # --------------------------------------------------------------------------- parts
@@ -389,22 +410,23 @@ class NGT(LanguageModel):
             loss = ce
             aux = {"ce": ce.detach()}
             if self.config.repulsion > 0:
-                rep = torch.stack(
-                    [
-                        repulsion_energy(
-                            u,
-                            trace["mass"],
-                            self.config.repulsion_samples,
-                            self.config.repulsion_eps,
-                        )
-                        for u in trace["u"]
-                    ]
-                ).mean()
+                rep = self.repulsion(trace)
                 aux["repulsion"] = rep.detach()
                 if self.training:  # a training regulariser: validation loss stays comparable
                     loss = ce + self.config.repulsion * rep
             self._set_aux(aux, trace["mass"])
         return logits, loss
+
+    def repulsion(self, trace: dict) -> torch.Tensor:
+        """The repulsion term of ``repulsion_form`` on a forward pass's trace (a scalar)."""
+        cfg = self.config
+        if cfg.repulsion_form == "seed":
+            return seed_repulsion_energy(trace["z"][-1], trace["mass"], cfg.repulsion_samples)
+        energies = [
+            repulsion_energy(u, trace["mass"], cfg.repulsion_samples, cfg.repulsion_eps)
+            for u in trace["u"]
+        ]
+        return torch.stack(energies).mean()
 
     def _set_aux(self, aux: dict[str, torch.Tensor], mass: torch.Tensor) -> None:
         with torch.no_grad():
@@ -462,5 +484,6 @@ __all__ = [
     "matched_mlp_hidden",
     "pairwise_d2",
     "repulsion_energy",
+    "seed_repulsion_energy",
     "seed_scores",
 ]
