@@ -18,7 +18,7 @@ from torch import nn
 
 from physllm.validation import ConfigError
 
-__all__ = ["MLP", "CausalSelfAttention", "LayerNorm", "init_gpt2_weights"]
+__all__ = ["MLP", "CausalSelfAttention", "KVCache", "LayerNorm", "init_gpt2_weights"]
 
 
 class LayerNorm(nn.Module):
@@ -53,6 +53,37 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
+class KVCache:
+    """The keys and values of earlier positions, (B, nh, capacity, hs) each, allocated once.
+
+    :meth:`extend` writes a step's new keys and values in place and returns views of the
+    filled prefix, so a decoding step costs one token's work; growing the cache by
+    ``torch.cat`` instead copies every earlier key and value at every step.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        B, nh, T, hs = k.shape
+        if T > capacity:
+            raise ValueError(f"a prefix of {T} positions does not fit a cache of {capacity}")
+        self.k = k.new_empty(B, nh, capacity, hs)
+        self.v = v.new_empty(B, nh, capacity, v.size(-1))
+        self.k[:, :, :T], self.v[:, :, :T] = k, v
+        self.length = T
+
+    @property
+    def capacity(self) -> int:
+        return self.k.size(2)
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, nh, T, hs) in place; the keys and values of every position so far."""
+        end = self.length + k.size(2)
+        if end > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions, {end} asked")
+        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention with an optional key/value cache (GPT's; see
     :mod:`physllm.gpt.model` for the math), through ``F.scaled_dot_product_attention``."""
@@ -67,16 +98,18 @@ class CausalSelfAttention(nn.Module):
         self.n_head = n_head
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
-        """x (B, T, C); ``cache`` the (k, v) of earlier positions, or None."""
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache | tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, C); ``cache`` the keys and values of earlier positions (extended in
+        place), or None. Returns the output (B, T, C) and the cache, or this call's (k, v)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hs)
-            v = torch.cat([cache[1], v], dim=2)
+            k, v = cache.extend(k, v)  # (B, nh, T_past + T, hs)
         # With a cache the T new queries sit at the end: query i may see keys up
         # to T_past + i, which is the causal mask shifted right by T_past.
         T_past = k.size(2) - T
@@ -94,7 +127,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y)), (k, v) if cache is None else cache
 
 
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:

@@ -201,3 +201,33 @@ def test_a_gpt_next_to_a_model_without_heads_keeps_its_own_shape():
     assert (mc.block_size, mc.vocab_size, gpt.steps) == (64, 65, cfg.steps)
     target = count_params("context_vector", cfg.model_config.to_dict())
     assert abs(count_params("gpt", mc.to_dict()) / target - 1) < 0.1
+
+
+def test_kv_cache_is_preallocated_and_filled_in_place():
+    """Decoding writes each step's keys and values into buffers allocated once at the block
+    length (no per-token concatenation), and matches the full forward pass token by token."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    full, _ = model(idx)
+    logits, state = model.decode_step(idx[:, :4], None)
+    buffers = [c.k.data_ptr() for c in state["caches"]]
+    assert all(c.capacity == 16 and c.length == 4 for c in state["caches"])
+    steps = [logits]
+    for t in range(4, 12):
+        logits, state = model.decode_step(idx[:, t : t + 1], state)
+        steps.append(logits)
+    assert [c.k.data_ptr() for c in state["caches"]] == buffers  # the same memory throughout
+    assert all(c.length == 12 for c in state["caches"])
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 3:], atol=1e-5, rtol=0)
+
+
+def test_kv_cache_refuses_to_overflow():
+    from physllm.nn import KVCache
+
+    k = torch.zeros(1, 2, 3, 4)
+    cache = KVCache(k, k, capacity=4)
+    keys, _ = cache.extend(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+    assert keys.shape == (1, 2, 4, 4) and keys[0, 0, 3].eq(1).all()
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        cache.extend(k[:, :, :1], k[:, :, :1])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
-from physllm.nn import MLP, CausalSelfAttention, LayerNorm, init_gpt2_weights
+from physllm.nn import MLP, CausalSelfAttention, KVCache, LayerNorm, init_gpt2_weights
 from physllm.validation import NON_NEGATIVE
 
 
@@ -47,7 +47,9 @@ class Block(nn.Module):
             config.n_embd, config.mlp_hidden or None, bias=config.bias, dropout=config.dropout
         )
 
-    def forward(self, x: torch.Tensor, cache: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache | tuple]:
         a, cache = self.attn(self.ln_1(x), cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -92,13 +94,15 @@ class GPT(LanguageModel):
     def decode_step(
         self, idx: torch.Tensor, state: dict | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """KV-cached step. The state keeps each layer's (k, v) and the token window."""
+        """KV-cached step. The state keeps each layer's :class:`~physllm.nn.KVCache`
+        (preallocated to ``block_size``, filled in place) and the token window."""
         history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
         if state is None or history.size(1) > self.config.block_size:
             # Learned absolute positions: past the block, re-encode the last
             # block_size tokens from position 0 (what uncached sampling does).
             history = history[:, -self.config.block_size :]
-            logits, caches = self._run(history, caches=None, start=0)
+            logits, prefix = self._run(history, caches=None, start=0)
+            caches = [KVCache(k, v, self.config.block_size) for k, v in prefix]
         else:
             logits, caches = self._run(idx, caches=state["caches"], start=state["tokens"].size(1))
         return logits[:, -1, :], {"tokens": history, "caches": caches}
