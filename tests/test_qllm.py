@@ -1,4 +1,5 @@
-"""QLLM: phase forms, causality with both global modes, recurrent memory, LoRA, sampling."""
+"""QLLM: phase forms, causality with both global modes, recurrent memory, LoRA, sampling,
+and the seed options against a transcription of the seed's own code."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from physllm.errors import PhysllmError
 from physllm.lora import LoRALinear, merge_lora
@@ -17,6 +19,7 @@ from physllm.qllm.model import (
     PhaseRotation,
     QLLMConfig,
     coherence_loss,
+    seed_coherence_loss,
     window_mask,
 )
 from physllm.sampling import apply_repetition_penalty, generate
@@ -66,7 +69,9 @@ def test_rotation_preserves_norm_and_is_a_complex_multiply(n_pos):
     "kw",
     [
         dict(globals="seed", phase="gain"),
+        dict(globals="seed", phase="gain", phase_at="embeddings", tie_head=False, bias=True),
         dict(globals="recurrent", phase="rotation"),
+        dict(globals="recurrent", phase="rotation", phase_per_position=True, phase_at="embeddings"),
         dict(globals="recurrent", phase="rotation", phase_per_position=True),
         dict(globals="off", phase="none"),
     ],
@@ -120,24 +125,34 @@ def test_recurrent_memory_carries_across_six_segments():
 
 
 def test_seed_globals_are_a_constant_prefix():
-    """The seed's globals see only each other: their states ignore the text."""
+    """The seed's globals see only globals (causally: global i reads globals 0..i): their
+    states ignore the text."""
     model = tiny(globals="seed")
-    G, mem = model.G, model.initial_memory(1)
-    mask = window_mask(G, 24, write=False)
+    G = model.G
+    mask = model.attention_mask(24, write=False)
+    assert mask is None  # the seed's plain causal mask over [globals | bytes]
 
-    def global_states(idx):
+    def global_states(idx, mem):
         x = torch.cat([mem, model.wte(idx) + model.wpe(torch.arange(24))], dim=1)
         for block in model.blocks:
             x = block(x, mask)
         return x[:, :G]
 
     a = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(global_states(a), global_states(255 - a), atol=1e-6, rtol=0)
+    mem = model.initial_memory(1)
+    states = global_states(a, mem)
+    torch.testing.assert_close(global_states(255 - a, mem), states, atol=1e-6, rtol=0)
+    later = mem.clone()
+    later[:, G - 1] += 1.0  # the last global: no earlier global reads it
+    changed = global_states(a, later)
+    torch.testing.assert_close(changed[:, : G - 1], states[:, : G - 1], atol=1e-6, rtol=0)
+    assert (changed[:, G - 1] - states[:, G - 1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("globals_", ["recurrent", "seed", "off"])
-def test_decode_step_matches_forward(globals_):
-    model = tiny(globals=globals_)
+@pytest.mark.parametrize("phase_at", ["blocks", "embeddings"])
+def test_decode_step_matches_forward(globals_, phase_at):
+    model = tiny(globals=globals_, phase_at=phase_at)
     idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
     logits, _ = model(idx)
     step_logits, state = model.decode_step(idx[:, :5])
@@ -218,6 +233,10 @@ def test_bad_options_are_clear_errors():
         build_model("qllm", {"globals": "maybe"})
     with pytest.raises(PhysllmError, match="phase_per_position"):
         build_model("qllm", {"phase": "gain", "phase_per_position": True})
+    with pytest.raises(PhysllmError, match="--phase-at"):
+        build_model("qllm", {"phase_at": "middle"})
+    with pytest.raises(PhysllmError, match="--coherence-form"):
+        build_model("qllm", {"coherence_form": "squares"})
 
 
 def test_lora_finetune_through_the_trainer(tmp_path):
@@ -287,3 +306,253 @@ def test_phases_are_not_weight_decayed():
     assert not thetas & {id(p) for p in decay["params"]}
     n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # the seed's one phase module, on the embeddings
+    model = tiny(phase="rotation", phase_per_position=True, phase_at="embeddings")
+    decay, no_decay = model.optim_groups(0.1)
+    assert id(model.phase.theta) in {id(p) for p in no_decay["params"]}
+    assert id(model.phase.theta) not in {id(p) for p in decay["params"]}
+
+
+# --------------------------------------------------------------------------- the seed's code
+#
+# Transcribed from gowrav-vishwakarma/qllm2 v1, quantum_llm_model.py (QuantumInspiredLLM,
+# PhaseRotator, MultiHeadSelfAttention, TransformerBlock, LoRALinear) and qllm_utils.py
+# (causal_mask), the version train_improved.py's 3.425 run calls; read here from OUR
+# model's weights. The seed's LoRALinear names its factors the other way round:
+# its B (r, in) is our lora_A, its A (out, r) our lora_B.
+
+
+def seed_causal_mask(seq_len):
+    mask = torch.full((1, 1, seq_len, seq_len), float("-inf"), dtype=torch.float64)
+    return torch.triu(mask, diagonal=1)
+
+
+def seed_lora_linear(layer, x):
+    out = F.linear(x, layer.weight, layer.bias)
+    if isinstance(layer, LoRALinear):
+        update = F.linear(x, layer.lora_A)  # the seed's B: [*, r]
+        update = F.linear(update, layer.lora_B)  # the seed's A: [*, out]
+        out = out + layer.scaling * update
+    return out
+
+
+def seed_attention(attn, x, attn_bias, num_heads):
+    B, L, D = x.shape
+    head_dim = D // num_heads
+
+    def split(t):
+        return t.view(B, L, num_heads, head_dim).transpose(1, 2)
+
+    q, k, v = (split(seed_lora_linear(lin, x)) for lin in (attn.q, attn.k, attn.v))
+    scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim**-0.5
+    scores = scores + attn_bias
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # attention dropout: eval, identity
+    out = out.transpose(1, 2).contiguous().view(B, L, D)
+    return seed_lora_linear(attn.o, out)
+
+
+def seed_layer_norm(ln, x):
+    return F.layer_norm(x, (x.size(-1),), ln.weight, ln.bias, 1e-5)  # nn.LayerNorm(dim)
+
+
+def seed_forward(model, idx):
+    """QuantumInspiredLLM.forward: embed -> PhaseRotator -> prepend globals -> blocks -> head."""
+    B, L = idx.shape
+    pos = torch.arange(0, L).unsqueeze(0)
+    x = F.embedding(idx, model.wte.weight) + F.embedding(pos, model.wpe.weight)
+    phi = torch.tanh(model.phase.p) * math.pi  # PhaseRotator.forward
+    c, s = torch.cos(phi), torch.sin(phi)
+    x = x * c - x * s
+    g = model.memory.unsqueeze(0).expand(B, -1, -1)  # add_globals
+    x, n_g = torch.cat([g, x], dim=1), model.memory.size(0)
+    attn_bias = seed_causal_mask(L + n_g)
+    for blk in model.blocks:  # TransformerBlock.forward
+        x = x + seed_attention(
+            blk.attn, seed_layer_norm(blk.ln_1, x), attn_bias, model.config.n_head
+        )
+        h = seed_layer_norm(blk.ln_2, x)
+        h = F.linear(
+            F.gelu(F.linear(h, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias)),
+            blk.mlp.c_proj.weight,
+            blk.mlp.c_proj.bias,
+        )
+        x = x + h
+    x = seed_layer_norm(model.ln_f, x)
+    return F.linear(x[:, n_g:, :], model.lm_head.weight)  # head: nn.Linear(dim, vocab, bias=False)
+
+
+def seed_coherence(phase):
+    """PhaseRotator.coherence_loss, on its raw parameter."""
+    diff = phase[1:] - phase[:-1]
+    return (diff**2).mean() + 0.1 * (phase**2).mean()
+
+
+def seed_model(**kw):
+    """The seed preset's model options at a tiny shape, with trained-looking phases and LoRA."""
+    from dataclasses import replace
+
+    from physllm.training import make_config
+
+    shape = dict(vocab_size=256, block_size=24, n_layer=2, n_head=2, n_embd=16, n_global=3)
+    config = replace(make_config("qllm", "seed").model_config, lora_rank=4, **shape, **kw)
+    torch.manual_seed(0)
+    model = QLLM(config).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("phase.p"):
+                p.normal_(0, 1.0)  # gains of both signs
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.05)  # a trained adapter: its update is not 0
+    return model
+
+
+def test_seed_options_match_the_seeds_forward_and_coherence():
+    model = seed_model(dropout=0.0).eval()
+    assert model.lm_head.weight is not model.wte.weight  # the seed's head is its own
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(6))
+    logits, _ = model(idx)
+    reference = seed_forward(model, idx)
+    assert logits.dtype == reference.dtype == torch.float64
+    assert (logits - reference).abs().max() < 1e-6
+    # the coherence term and the training loss: ce + lambda L_coh, lambda the seed's 0.05
+    coh = seed_coherence(model.phase.p)
+    torch.testing.assert_close(model.coherence(), coh, atol=1e-12, rtol=0)
+    assert model.config.coherence == 0.05
+    model.train()
+    _, loss = model(idx, idx)
+    ce = F.cross_entropy(reference.flatten(0, 1), idx.flatten())
+    assert abs(loss.item() - (ce + 0.05 * coh).item()) < 1e-6
+    assert abs(model.last_aux["coherence"] - coh.item()) < 1e-9
+    model.eval()
+    assert abs(model(idx, idx)[1].item() - ce.item()) < 1e-6  # eval: the cross-entropy alone
+
+
+def test_seed_placement_and_mask_are_what_the_reference_checks():
+    """The reference has teeth: the gain on every block (ours) or globals that see each other
+    whole (this model's earlier seed mask) give other logits."""
+    seed = seed_model(dropout=0.0).eval()
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(6))
+    reference = seed_forward(seed, idx)
+    blocks = seed_model(dropout=0.0, phase_at="blocks").eval()
+    state = {k: v for k, v in seed.state_dict().items() if k != "phase.p"}
+    blocks.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for b in blocks.blocks:
+            b.phase.p.copy_(seed.phase.p)
+    assert (blocks(idx)[0] - reference).abs().max() > 1e-3
+    closed = window_mask(3, 24, write=False)  # globals see all globals
+    x = torch.cat(
+        [seed.initial_memory(2), seed.phase(seed.wte(idx) + seed.wpe(torch.arange(24)))], dim=1
+    )
+    for block in seed.blocks:
+        x = block(x, closed)
+    other = seed.lm_head(seed.ln_f(x[:, 3:]))
+    assert (other - reference).abs().max() > 1e-3
+
+
+def test_embedding_gain_with_an_untied_head_is_absorbed_into_the_tables():
+    """The docstring's claim: g (wte[x] + wpe[t]) = (g wte)[x] + (g wpe)[t]."""
+    seed = seed_model(dropout=0.0).eval()
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(8))
+    absorbed = seed_model(dropout=0.0).eval()
+    with torch.no_grad():
+        gain = torch.cos(seed.phase.phases()) - torch.sin(seed.phase.phases())
+        absorbed.wte.weight.mul_(gain)
+        absorbed.wpe.weight.mul_(gain)
+        absorbed.phase.p.zero_()  # gain 1
+    torch.testing.assert_close(absorbed(idx)[0], seed(idx)[0], atol=1e-12, rtol=0)
+
+
+def test_seed_coherence_form_over_layers_and_rotations():
+    gains = tiny(phase="gain", coherence_form="seed")
+    ps = [b.phase.p for b in gains.blocks]
+    expected = torch.stack([seed_coherence(p) for p in ps]).mean()
+    torch.testing.assert_close(gains.coherence(), expected)
+    torch.testing.assert_close(seed_coherence_loss(ps), expected)
+    rotations = tiny(phase="rotation", coherence_form="seed")
+    thetas = [b.phase.theta for b in rotations.blocks]  # the angles are the parameter
+    torch.testing.assert_close(
+        rotations.coherence(), torch.stack([seed_coherence(t) for t in thetas]).mean()
+    )
+    # not periodic, unlike ours: a shift of 2 pi costs, and p = 0 (gain 1) costs nothing
+    theta = torch.tensor([0.1, 0.1 + 2 * math.pi])
+    assert coherence_loss([theta]) < 1e-6 < seed_coherence_loss([theta])
+    assert seed_coherence_loss([torch.zeros(5)]).item() == 0.0
+    assert tiny(phase="none", coherence_form="seed").coherence() is None
+
+
+def test_lora_trained_with_the_base():
+    """lora_train_base: adapters and every base weight get gradients and move in a step."""
+    model = tiny(lora_rank=4, lora_alpha=8, lora_train_base=True, phase_at="embeddings").train()
+    assert all(p.requires_grad for p in model.parameters())
+    groups = model.optim_groups(0.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    opt = torch.optim.AdamW(groups, lr=1e-2)
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(7))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(2):  # B = 0 at init: A's gradient is 0 until B has moved
+        opt.zero_grad()
+        _, loss = model(idx, idx)
+        loss.backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                if "lora_A" not in name:
+                    assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    for name, p in model.named_parameters():
+        assert not torch.equal(p.detach(), before[name]), f"{name} did not change"
+    # the default still fine-tunes: only the adapters train
+    frozen = tiny(lora_rank=4)
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == {
+        n for n, _ in frozen.named_parameters() if "lora_" in n
+    }
+
+
+def test_seed_preset_is_the_seeds_wikitext2_run():
+    from dataclasses import replace
+
+    from physllm.training import make_config
+
+    cfg = make_config("qllm", "seed")
+    m = cfg.model_config
+    assert (cfg.corpus, cfg.tokenizer) == ("wikitext2", "byte")
+    assert (m.n_embd, m.n_layer, m.n_head, m.block_size, m.n_global) == (768, 12, 12, 256, 16)
+    assert (m.phase, m.phase_at, m.globals, m.coherence_form, m.coherence) == (
+        "gain",
+        "embeddings",
+        "seed",
+        "seed",
+        0.05,
+    )
+    assert (m.lora_rank, m.lora_alpha, m.lora_train_base, m.lora_dropout) == (32, 64.0, True, 0.0)
+    assert (m.tie_head, m.bias, m.dropout) == (False, True, 0.1)
+    assert (cfg.batch_size, cfg.grad_accum, cfg.lr, cfg.min_lr, cfg.warmup_steps) == (
+        16,
+        4,
+        5e-5,
+        5e-5,  # constant: the seed has no schedule
+        0,
+    )
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip) == (0.9, 0.95, 0.01, 1.0)
+    assert (cfg.dtype, cfg.seed) == ("float16", 42)
+    assert 13_000 <= cfg.steps <= 14_000  # 20 epochs of WikiText-2's ~11 MB, 16 x 4 x 256 a step
+    with torch.device("meta"):
+        model = QLLM(replace(m, vocab_size=256))
+    C, V, G, L, r = 768, 256, 16, 12, 32
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["wte.weight"] == (V, C) and shapes["wpe.weight"] == (256, C)
+    assert shapes["phase.p"] == (C,) and shapes["memory"] == (G, C)
+    assert shapes["lm_head.weight"] == (V, C) and model.lm_head.weight is not model.wte.weight
+    assert shapes["blocks.11.attn.o.lora_A"] == (r, C) and shapes["blocks.11.attn.o.lora_B"] == (
+        C,
+        r,
+    )
+    assert "blocks.0.phase.p" not in shapes and "blocks.0.attn.q.bias" in shapes
+    # the seed's QuantumInspiredLLM, counted from its modules ...
+    linear = C * C + C
+    lora = r * C + C * r
+    block = 2 * 2 * C + 4 * (linear + lora) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    seed = V * C + (256 + G) * C + C + L * block + 2 * C + C * V + G * C
+    # ... allocates G position rows it never reads (only the bytes get positions): we do not
+    assert model.num_params() == seed - G * C == 88_018_176
+    assert all(p.requires_grad for p in model.parameters())  # LoRA trained with the base

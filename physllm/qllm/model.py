@@ -1,12 +1,18 @@
 """QLLM: a byte-level transformer with a phase module, global memory tokens and a coherence loss.
 
 Identical to :mod:`physllm.gpt.model` (pre-LN blocks, GELU MLP, tied head,
-GPT-2 init) except for four things.
+GPT-2 init) except for four things, each with the seed's form beside ours.
+The seed is ``gowrav-vishwakarma/qllm2`` v1 (``quantum_llm_model.py``,
+``quantum_llm_train.py``, ``train_improved.py``); the ``seed`` preset sets
+every seed option at once.
 
 **Separate q, k, v, o projections**, so LoRA (:mod:`physllm.lora`) can adapt
-each by name.
+each by name. ``lora_rank > 0`` adds adapters; by default only they train (a
+fine-tune of a frozen base), ``lora_train_base=True`` trains them together with
+every base weight, as the seed's run did (then W + (alpha/r) B A is just a
+reparametrised W).
 
-**A phase module** on every block's attention input, three forms:
+**A phase module**, three forms:
 
 * ``phase="gain"``, the seed's PhaseRotator, per channel c::
 
@@ -26,12 +32,24 @@ each by name.
   (``phase_per_position``) cannot: it acts like a learned RoPE.
 * ``phase="none"``: identity.
 
+and two places:
+
+* ``phase_at="blocks"`` (ours): one module per block, on the attention input
+  ``phase(ln_1(x))``; the globals pass through it too.
+* ``phase_at="embeddings"`` (the seed's): one module, applied once to the byte
+  embeddings ``wte(x) + wpe(t)`` before the globals are prepended, so the
+  globals never pass through it. There a gain only rescales the columns of
+  ``wte`` and ``wpe``: with an untied head (``tie_head=False``, the seed's) it
+  is absorbed into them exactly and changes nothing but the training dynamics.
+
 **G global memory tokens** prepended to the byte sequence; logits are read only
 at byte positions.
 
-* ``globals="seed"``: G learned vectors that attend only to each other, so
-  whatever the input, they are the same: a learned constant prefix (a bias
-  every byte can attend to, never a memory of the text).
+* ``globals="seed"``: the seed's G learned vectors under the seed's plain causal
+  mask over ``[globals | bytes]``: global i attends to globals 0..i, every byte
+  to all globals and to earlier bytes. The globals see no byte, so whatever the
+  input they are the same: a learned constant prefix (a bias every byte can
+  attend to, never a memory of the text).
 * ``globals="recurrent"``: real memory, as in the Recurrent Memory Transformer
   (Bulatov et al. 2022). The block of ``block_size`` bytes is cut into segments
   of ``segment_len``; segment k sees ``[read memory m_k | bytes_k | write
@@ -43,14 +61,35 @@ at byte positions.
 * ``globals="off"``: a plain causal byte transformer.
 
 **The coherence loss** on the phases, weight ``coherence`` (lambda), mean over
-layers of the mean over neighbouring channels (pairs, for rotations)::
+the phase modules of the mean over neighbouring channels (pairs, for
+rotations), two forms:
 
-    L_coh = mean_j (1 - cos(phi_{j+1} - phi_j))
+* ``coherence_form="cosine"`` (ours), on the angles phi::
 
-zero when neighbouring channels share one phase, periodic in 2 pi as a phase
-penalty must be. It is added to the training loss; in eval mode ``loss`` is the
-cross-entropy alone, so the validation bits per byte are comparable across
-lambda (the coherence value is still in ``last_aux``).
+      L_coh = mean_j (1 - cos(phi_{j+1} - phi_j))
+
+  zero when neighbouring channels share one phase, periodic in 2 pi as a phase
+  penalty must be.
+* ``coherence_form="seed"``, on the raw parameters p (theta for rotations)::
+
+      L_coh = mean_j (p_{j+1} - p_j)^2 + 0.1 mean_j p_j^2
+
+  not periodic: it pulls neighbours together and every p towards 0 (gain 1).
+  The seed's run used lambda 0.05.
+
+It is added to the training loss; in eval mode ``loss`` is the cross-entropy
+alone, as the seed's evaluation, so the validation bits per byte are comparable
+across lambda (the coherence value is still in ``last_aux``).
+
+**Not the seed's, with every seed option set** (the claims above are tested
+against a transcription of the seed's forward): the init (GPT-2's N(0, 0.02);
+the seed keeps PyTorch's defaults, N(0, 1) embeddings and uniform Linears);
+the dropout places (ours also drops the embeddings and the attention output,
+the seed only the attention weights and the MLP output); LoRA's zero factor
+(ours B, on the output side; the seed's zeroes the input side); the weight
+decay (ours spares biases, norms and phases; the seed decays everything); and
+``wpe`` has ``block_size`` rows where the seed allocates G more that it never
+reads.
 """
 
 from __future__ import annotations
@@ -77,7 +116,9 @@ from physllm.validation import (
 )
 
 PHASES = ("gain", "rotation", "none")
+PHASE_AT = ("blocks", "embeddings")
 GLOBALS = ("seed", "recurrent", "off")
+COHERENCE_FORMS = ("cosine", "seed")
 
 
 @dataclass
@@ -85,20 +126,26 @@ class QLLMConfig(TransformerShape):
     vocab_size: int = 256  # bytes
     phase: str = "rotation"  # gain (the seed's PhaseRotator) | rotation (norm-preserving) | none
     phase_per_position: bool = False  # rotation only: one phase per (position, pair), not per pair
+    phase_at: str = "blocks"  # blocks (every attention input) | embeddings (once, the seed's)
     globals: str = "recurrent"  # seed (constant prefix) | recurrent (memory across segments) | off
     n_global: int = 16  # G, the seed's number of global tokens
     segment_len: int = (
         64  # recurrent: bytes per segment (a block is ceil(block_size / this) segments)
     )
-    coherence: float = 0.1  # lambda; our choice (0: off)
-    lora_rank: int = 0  # 0: no adapters; > 0: LoRA on q, k, v, o and the base frozen
+    coherence: float = 0.1  # lambda; our choice (0: off; the seed's run: 0.05)
+    coherence_form: str = "cosine"  # cosine (periodic in the phase) | seed (squares of raw p)
+    tie_head: bool = True  # output head = byte embedding (GPT); False: its own matrix (the seed's)
+    lora_rank: int = 0  # 0: no adapters; > 0: LoRA on q, k, v, o
     lora_alpha: float = 64.0  # update scale alpha / r
     lora_dropout: float = 0.0
+    lora_train_base: bool = False  # False: only adapters train; True: all weights too (the seed's)
 
     renamed_fields = {"lora_r": "lora_rank"}
     field_rules = {
         "phase": one_of(*PHASES),
+        "phase_at": one_of(*PHASE_AT),
         "globals": one_of(*GLOBALS),
+        "coherence_form": one_of(*COHERENCE_FORMS),
         "n_global": NON_NEGATIVE,
         "segment_len": POSITIVE,
         "coherence": at_least(0),
@@ -142,6 +189,9 @@ class PhaseGain(nn.Module):
         # phi = pi tanh(p), in (-pi, pi)
         return math.pi * torch.tanh(self.p)  # (C,)
 
+    def learned(self) -> torch.Tensor:
+        return self.p  # (C,), the raw parameter the seed's coherence term reads
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         phi = self.phases()
         # y_c = x_c (cos phi_c - sin phi_c)
@@ -159,6 +209,9 @@ class PhaseRotation(nn.Module):
     def phases(self) -> torch.Tensor:
         return self.theta  # (C/2,) or (L, C/2)
 
+    def learned(self) -> torch.Tensor:
+        return self.theta  # the angles are the parameter
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.theta if self.theta.dim() == 1 else self.theta[: x.size(1)]
         cos, sin = torch.cos(theta), torch.sin(theta)
@@ -171,6 +224,9 @@ class PhaseRotation(nn.Module):
 
 class NoPhase(nn.Module):
     def phases(self) -> None:
+        return None
+
+    def learned(self) -> None:
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,6 +244,13 @@ def make_phase(config: QLLMConfig, n_pos: int) -> nn.Module:
 def coherence_loss(phases: list[torch.Tensor]) -> torch.Tensor:
     """mean over layers of mean_j (1 - cos(phi_{j+1} - phi_j)), neighbours along the channel axis."""
     terms = [(1 - torch.cos(phi[..., 1:] - phi[..., :-1])).mean() for phi in phases]
+    return torch.stack(terms).mean()
+
+
+def seed_coherence_loss(params: list[torch.Tensor]) -> torch.Tensor:
+    """The seed's term, mean over layers of mean_j (p_{j+1} - p_j)^2 + 0.1 mean_j p_j^2, on the
+    raw parameters p (not phi = pi tanh p). Not periodic: it pulls every p towards 0."""
+    terms = [((p[..., 1:] - p[..., :-1]) ** 2).mean() + 0.1 * (p**2).mean() for p in params]
     return torch.stack(terms).mean()
 
 
@@ -230,7 +293,7 @@ class Block(nn.Module):
     def __init__(self, config: QLLMConfig, n_pos: int):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
-        self.phase = make_phase(config, n_pos)
+        self.phase = make_phase(config, n_pos) if config.phase_at == "blocks" else NoPhase()
         self.attn = Attention(config)
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
@@ -242,7 +305,8 @@ class Block(nn.Module):
 
 
 def window_mask(n_global: int, n_bytes: int, write: bool, device=None) -> torch.Tensor | None:
-    """Who reads whom in ``[read globals (G) | bytes (S) | write globals (G if write)]``.
+    """Who reads whom in ``[read globals (G) | bytes (S) | write globals (G if write)]``
+    (recurrent globals; the seed's use the plain causal mask, see ``QLLM.attention_mask``).
 
     Read globals see only each other; byte i sees the read globals and bytes
     0..i; write globals see everything. None (plain causal) without globals.
@@ -279,11 +343,14 @@ class QLLM(LanguageModel):
         n_pos = self.G + self.S + (self.G if recurrent else 0)  # longest window the blocks see
         self.wte = nn.Embedding(config.vocab_size, C)
         self.wpe = nn.Embedding(self.S, C)
+        if config.phase_at == "embeddings":  # the seed's: one phase module, on the byte embeddings
+            self.phase = make_phase(config, self.S)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, n_pos) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(C, config.bias)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied, as in GPT
+        if config.tie_head:
+            self.lm_head.weight = self.wte.weight  # tied, as in GPT
         if self.G:
             # seed: the constant prefix; recurrent: the memory before the first segment
             self.memory = nn.Parameter(torch.randn(self.G, C) * 0.02)  # (G, C)
@@ -298,7 +365,8 @@ class QLLM(LanguageModel):
             apply_lora(
                 self, ("q", "k", "v", "o"), config.lora_rank, config.lora_alpha, config.lora_dropout
             )
-            mark_only_lora_trainable(self)
+            if not config.lora_train_base:  # fine-tuning: the base stays as loaded
+                mark_only_lora_trainable(self)
 
     # ---- one window: [read globals | bytes | write globals]
 
@@ -309,18 +377,29 @@ class QLLM(LanguageModel):
         (B, s, C) and, if ``write``, the next memory (B, G, C)."""
         B, s = idx.shape
         pos = torch.arange(s, device=idx.device)
-        parts = [self.wte(idx) + self.wpe(pos)]  # (B, s, C)
+        emb = self.wte(idx) + self.wpe(pos)  # (B, s, C)
+        if self.config.phase_at == "embeddings":
+            emb = self.phase(emb)  # the bytes only: the globals are prepended after it
+        parts = [emb]
         if self.G:
             parts.insert(0, memory)
             if write:
                 parts.append(memory + self.write_embed)
         x = self.drop(torch.cat(parts, dim=1))  # (B, G + s (+ G), C)
-        mask = window_mask(self.G, s, write, idx.device)
+        mask = self.attention_mask(s, write, idx.device)
         for block in self.blocks:
             x = block(x, mask)
         hidden = x[:, self.G : self.G + s]
         new_memory = self.ln_mem(x[:, self.G + s :]) if write else None
         return hidden, new_memory
+
+    def attention_mask(self, n_bytes: int, write: bool, device=None) -> torch.Tensor | None:
+        """The mask of one window (None: plain causal)."""
+        if self.config.globals == "seed":
+            # the seed's: causal over [globals | bytes], so global i reads globals 0..i only
+            # (still a constant prefix) and every byte reads all globals
+            return None
+        return window_mask(self.G, n_bytes, write, device)
 
     def initial_memory(self, batch: int) -> torch.Tensor | None:
         return self.memory.expand(batch, -1, -1) if self.G else None
@@ -348,7 +427,9 @@ class QLLM(LanguageModel):
     def optim_groups(self, weight_decay: float) -> list[dict]:
         """As the base, except phases never decay: the coherence loss is their only regulariser."""
         groups = super().optim_groups(weight_decay)
-        phase_ids = {id(p) for n, p in self.named_parameters() if ".phase." in n}
+        phase_ids = {
+            id(p) for n, p in self.named_parameters() if n.startswith("phase.") or ".phase." in n
+        }
         decay = [p for p in groups[0]["params"] if id(p) not in phase_ids]
         moved = [p for p in groups[0]["params"] if id(p) in phase_ids]
         return [
@@ -356,8 +437,22 @@ class QLLM(LanguageModel):
             {"params": groups[1]["params"] + moved, "weight_decay": 0.0},
         ]
 
+    def phase_modules(self) -> list[nn.Module]:
+        if self.config.phase_at == "embeddings":
+            return [self.phase]
+        return [b.phase for b in self.blocks]
+
     def phases(self) -> list[torch.Tensor]:
-        return [p for b in self.blocks if (p := b.phase.phases()) is not None]
+        """The angles phi of every phase module (one per block, or one on the embeddings)."""
+        return [p for m in self.phase_modules() if (p := m.phases()) is not None]
+
+    def coherence(self) -> torch.Tensor | None:
+        """L_coh in the configured form; None without phases."""
+        if self.config.coherence_form == "seed":
+            params = [p for m in self.phase_modules() if (p := m.learned()) is not None]
+            return seed_coherence_loss(params) if params else None
+        phases = self.phases()
+        return coherence_loss(phases) if phases else None
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -367,8 +462,8 @@ class QLLM(LanguageModel):
         loss = None
         if targets is not None:
             lm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-            phases = self.phases()
-            coh = coherence_loss(phases) if phases else lm.new_zeros(())
+            coh = self.coherence()
+            coh = lm.new_zeros(()) if coh is None else coh
             self.last_aux = {"lm": lm.item(), "coherence": coh.item()}
             # L = L_lm + lambda L_coh while training; eval reports the cross-entropy alone
             loss = lm + self.config.coherence * coh if self.training else lm
