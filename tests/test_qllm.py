@@ -556,3 +556,25 @@ def test_seed_preset_is_the_seeds_wikitext2_run():
     # ... allocates G position rows it never reads (only the bytes get positions): we do not
     assert model.num_params() == seed - G * C == 88_018_176
     assert all(p.requires_grad for p in model.parameters())  # LoRA trained with the base
+
+
+@pytest.mark.parametrize("segment_memory", ["reset", "none"])
+def test_memory_controls_see_nothing_of_earlier_segments(segment_memory):
+    """The attribution controls: with the memory reset for every segment, or with no memory
+    tokens, a byte of segment 0 reaches no later segment; the default carries it. Streaming
+    decode computes the same as the forward pass."""
+    model = tiny(globals="recurrent", block_size=32, segment_memory=segment_memory)
+    S = model.config.segment_len
+    assert model.G == (0 if segment_memory == "none" else 3)
+    assert not hasattr(model, "write_embed")
+    idx = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(6))
+    earlier = idx.clone()
+    earlier[:, 1] = (earlier[:, 1] + 7) % 256
+    logits, new = model(idx)[0], model(earlier)[0]
+    torch.testing.assert_close(new[:, S:], logits[:, S:], atol=1e-6, rtol=0)
+    assert (new[:, 1:S] - logits[:, 1:S]).abs().max() > 1e-5  # within the segment it matters
+    state, streamed = None, []
+    for t in range(32):
+        step_logits, state = model.decode_step(idx[:, t : t + 1], state)
+        streamed.append(step_logits)
+    torch.testing.assert_close(torch.stack(streamed, 1), logits, atol=1e-5, rtol=0)

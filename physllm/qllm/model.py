@@ -58,6 +58,10 @@ at byte positions.
   cannot grow from segment to segment) is m_{k+1}. Information goes forward,
   segment k -> k+1, never back; gradients flow back through the chain within a
   training block (BPTT), and generation carries m_k past ``block_size``.
+  Two controls that attribute a gain to the memory (``segment_memory``):
+  ``"reset"``, every segment reads the learned m_0 (the same tokens, no memory
+  of the text), and ``"none"``, no memory tokens at all (each segment alone,
+  positions restarting: a GPT on 32-byte windows).
 * ``globals="off"``: a plain causal byte transformer.
 
 **The coherence loss** on the phases, weight ``coherence`` (lambda), mean over
@@ -118,6 +122,7 @@ from physllm.validation import (
 PHASES = ("gain", "rotation", "none")
 PHASE_AT = ("blocks", "embeddings")
 GLOBALS = ("seed", "recurrent", "off")
+SEGMENT_MEMORY = ("carry", "reset", "none")
 COHERENCE_FORMS = ("cosine", "seed")
 
 
@@ -132,6 +137,9 @@ class QLLMConfig(TransformerShape):
     segment_len: int = (
         64  # recurrent: bytes per segment (a block is ceil(block_size / this) segments)
     )
+    # recurrent: carry (m_k -> m_{k+1}) | reset (every segment reads m_0: the memory
+    # tokens without memory) | none (no memory tokens: segments alone, positions restarting)
+    segment_memory: str = "carry"
     coherence: float = 0.1  # lambda; our choice (0: off; the seed's run: 0.05)
     coherence_form: str = "cosine"  # cosine (periodic in the phase) | seed (squares of raw p)
     tie_head: bool = True  # output head = byte embedding (GPT); False: its own matrix (the seed's)
@@ -145,6 +153,7 @@ class QLLMConfig(TransformerShape):
         "phase": one_of(*PHASES),
         "phase_at": one_of(*PHASE_AT),
         "globals": one_of(*GLOBALS),
+        "segment_memory": one_of(*SEGMENT_MEMORY),
         "coherence_form": one_of(*COHERENCE_FORMS),
         "n_global": NON_NEGATIVE,
         "segment_len": POSITIVE,
@@ -337,10 +346,12 @@ class QLLM(LanguageModel):
         check_config(config)
         C = config.n_embd
         recurrent = config.globals == "recurrent"
-        self.G = config.n_global if config.globals != "off" else 0
+        self.carry = recurrent and config.segment_memory == "carry"  # m_k -> m_{k+1}
+        no_tokens = config.globals == "off" or (recurrent and config.segment_memory == "none")
+        self.G = 0 if no_tokens else config.n_global
         # positions restart in every segment (recurrent): the memory says where we are
         self.S = min(config.segment_len, config.block_size) if recurrent else config.block_size
-        n_pos = self.G + self.S + (self.G if recurrent else 0)  # longest window the blocks see
+        n_pos = self.G + self.S + (self.G if self.carry else 0)  # longest window the blocks see
         self.wte = nn.Embedding(config.vocab_size, C)
         self.wpe = nn.Embedding(self.S, C)
         if config.phase_at == "embeddings":  # the seed's: one phase module, on the byte embeddings
@@ -354,7 +365,7 @@ class QLLM(LanguageModel):
         if self.G:
             # seed: the constant prefix; recurrent: the memory before the first segment
             self.memory = nn.Parameter(torch.randn(self.G, C) * 0.02)  # (G, C)
-        if recurrent:
+        if self.carry:
             self.write_embed = nn.Parameter(torch.randn(self.G, C) * 0.02)  # marks the write copy
             self.ln_mem = LayerNorm(C, config.bias)  # keeps |m_k| from growing with k
         init_gpt2_weights(self, config.n_layer)
@@ -416,12 +427,11 @@ class QLLM(LanguageModel):
             return self.segment(idx, memory, write=False)[0]
         outs = []
         for start in range(0, T, self.S):
-            last = start + self.S >= T  # the last segment's memory would go unread
-            hidden, new_memory = self.segment(
-                idx[:, start : start + self.S], memory, write=not last
-            )
+            # the last segment's memory would go unread; reset and none never write one
+            write = self.carry and start + self.S < T
+            hidden, new_memory = self.segment(idx[:, start : start + self.S], memory, write)
             outs.append(hidden)
-            memory = new_memory
+            memory = new_memory if write else memory
         return torch.cat(outs, dim=1)
 
     def optim_groups(self, weight_decay: float) -> list[dict]:
@@ -481,7 +491,8 @@ class QLLM(LanguageModel):
         )
         open_seg = torch.cat([open_seg, idx], dim=1)
         while open_seg.size(1) > self.S:  # close full segments, carrying the memory forward
-            _, memory = self.segment(open_seg[:, : self.S], memory, write=True)
+            if self.carry:
+                _, memory = self.segment(open_seg[:, : self.S], memory, write=True)
             open_seg = open_seg[:, self.S :]
         hidden, _ = self.segment(open_seg, memory, write=False)
         logits = self.lm_head(self.ln_f(hidden[:, -1]))
