@@ -231,3 +231,22 @@ def test_kv_cache_refuses_to_overflow():
     assert keys.shape == (1, 2, 4, 4) and keys[0, 0, 3].eq(1).all()
     with pytest.raises(ValueError, match="holds 4 positions"):
         cache.extend(k[:, :, :1], k[:, :, :1])
+
+
+def test_baseline_matched_on_training_flops():
+    """by="flops": GPT's MLP width sized so its training FLOPs per token match QLLM's (which
+    computes more per byte: its memory tokens), where a parameter match leaves it short."""
+    from physllm.training.presets import _flops
+
+    cfg = make_config(
+        "qllm", "cpu", vocab_size=256, n_layer=2, n_embd=64, n_global=4, segment_len=16,
+        block_size=32, out_dir="x",
+    )  # fmt: skip
+    target = _flops("qllm", cfg.model_config.to_dict())
+    plain = matched_baseline(cfg, out_dir="x")
+    twin = matched_baseline(cfg, match="mlp_hidden", by="flops", out_dir="x")
+    assert _flops("gpt", plain.model_config.to_dict()) < 0.9 * target
+    assert abs(_flops("gpt", twin.model_config.to_dict()) / target - 1) < 0.03
+    assert twin.model_config.mlp_hidden > 4 * 64
+    with pytest.raises(PhysllmError, match="match by"):
+        matched_baseline(cfg, match="mlp_hidden", by="speed", out_dir="x")

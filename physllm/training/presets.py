@@ -14,8 +14,15 @@ from typing import Any
 
 from physllm.arch import SHAPE_FIELDS, TransformerShape
 from physllm.errors import PhysllmError
-from physllm.models import ARCHITECTURES, count_params, get_model_classes, match_field
+from physllm.models import (
+    ARCHITECTURES,
+    build_model,
+    count_params,
+    get_model_classes,
+    match_field,
+)
 from physllm.training.config import TrainConfig, split_overrides, train_field_names
+from physllm.training.flops import training_flops_per_token
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     name: {preset: p.values() for preset, p in arch.presets.items()}
@@ -55,6 +62,16 @@ def _count(model: str, values: dict[str, Any]) -> int:
     return count_params(model, {**values, "vocab_size": values.get("vocab_size") or COUNT_VOCAB})
 
 
+def _flops(model: str, values: dict[str, Any]) -> int:
+    """Training FLOPs per token (:func:`training_flops_per_token`) at the config's block."""
+    values = {**values, "vocab_size": values.get("vocab_size") or COUNT_VOCAB}
+    built = build_model(model, values)
+    return int(training_flops_per_token(built, values["block_size"], device="cpu"))
+
+
+MATCH_BY = {"params": _count, "flops": _flops}
+
+
 def matched_baseline(
     cfg: TrainConfig,
     baseline: str = "gpt",
@@ -62,13 +79,15 @@ def matched_baseline(
     step: int = 16,
     *,
     out_dir: str | None = None,
+    by: str = "params",
 ) -> TrainConfig:
     """``baseline`` at ``cfg``'s budget: the same training fields (steps, schedule, data,
     seed...; ``out_dir`` suffixed ``_<baseline>`` unless given) and the model fields the two
     configs share (n_layer, n_embd, block_size, dropout...; the shape fields only from a
     :class:`~physllm.arch.TransformerShape`, else the baseline keeps its own). With
     ``match``, that integer field of the baseline (a multiple of ``step``) is searched so
-    its parameter count is nearest ``cfg``'s model's."""
+    its parameter count (``by="params"``) or its training FLOPs per token (``by="flops"``,
+    :func:`~physllm.training.flops.training_flops_per_token`) is nearest ``cfg``'s model's."""
     train_fields = {k: getattr(cfg, k) for k in train_field_names()}
     train_fields["out_dir"] = out_dir or f"{cfg.out_dir.rstrip('/')}_{baseline}"
     config_cls, _ = get_model_classes(baseline)
@@ -80,9 +99,12 @@ def matched_baseline(
     if match is not None:
         if match not in {f.name for f in dataclasses.fields(config_cls)}:
             raise PhysllmError(f"model {baseline!r} has no field {match!r} to match")
-        target = _count(cfg.model, theirs)
+        if by not in MATCH_BY:
+            raise PhysllmError(f"match by {by!r}: one of {', '.join(MATCH_BY)}")
+        count = MATCH_BY[by]
+        target = count(cfg.model, theirs)
         defaults = config_cls(**model_fields).to_dict()
-        model_fields[match] = match_field(baseline, defaults, match, target, step, count=_count)
+        model_fields[match] = match_field(baseline, defaults, match, target, step, count=count)
     return TrainConfig(model=baseline, model_config=config_cls(**model_fields), **train_fields)
 
 
