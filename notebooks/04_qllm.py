@@ -72,15 +72,18 @@ gap_lrs = "3e-4,1e-3,3e-3,1e-2"  # the learning rates both models of the gap gri
 # %%
 # NBVAL_IGNORE_OUTPUT
 import copy
+import dataclasses
 import inspect
 import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from physllm.analysis import loss_table, plot_loss_curves, save_figure
 from physllm.data import TokenData, resolve_default_corpus
+from physllm.experiments.gaps import paired_gaps
 from physllm.lora import LoRALinear, lora_parameter_counts, merge_lora
 from physllm.models import build_model
 from physllm.notebook import (
@@ -384,11 +387,46 @@ save_figure(fig, out_dir, "loss_curves")
 # process and scored on the whole validation split. The gap is paired by seed
 # with a Student-t 95% interval ("better" or "worse" only when it excludes 0);
 # this row is the README's. It says whether QLLM beats GPT at this budget, not
-# why: QLLM also computes about 1.4x GPT's FLOPs per byte (its global tokens).
+# why: QLLM also computes about 1.4x GPT's FLOPs per byte (its global tokens),
+# and it cuts each block into 32-byte segments whose positions restart.
+#
+# **Controls**, through the same grid (tuned rate each, the same seeds), so a
+# gain can be attributed:
+#
+# * `qllm_reset`: QLLM with its memory reset for every segment
+#   (`segment_memory="reset"`): the same tokens and compute, no memory of the
+#   text. QLLM minus this is what carrying the memory is worth.
+# * `segments`: no memory tokens and no phases (`segment_memory="none"`,
+#   `phase="none"`): a GPT on the same 32-byte segments with restarted
+#   positions. `qllm_reset` minus this is what the (constant) memory tokens and
+#   phases are worth; `segments` minus GPT what cutting the block costs.
+# * `gpt_flops`: GPT whose MLP is widened until its training FLOPs per token
+#   equal QLLM's (`matched_baseline(..., by="flops")`). QLLM minus this asks
+#   whether QLLM beats GPT at equal compute.
+#
+# "Memory helps" is said only if `qllm - qllm_reset` excludes 0; a constant
+# phase rotation is absorbed by the next linear layer (section 2), so phases
+# are credited only through these rows.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-headline = headline_gaps({"qllm": qcfg, "gpt": gcfg}, gap_seeds, gap_lrs, out_dir, threads)
+gap_configs = {"qllm": qcfg, "gpt": gcfg}
+if gap_seeds and global_tokens == "recurrent":
+    gap_configs.update(
+        qllm_reset=dataclasses.replace(
+            qcfg, model_config=dataclasses.replace(qcfg.model_config, segment_memory="reset")
+        ),
+        segments=dataclasses.replace(
+            qcfg, model_config=dataclasses.replace(
+                qcfg.model_config, segment_memory="none", phase="none", phase_per_position=False)
+        ),
+        gpt_flops=matched_baseline(qcfg, match="mlp_hidden", by="flops", out_dir=str(out_dir / "gpt_flops")),
+    )
+headline = headline_gaps(gap_configs, gap_seeds, gap_lrs, out_dir, threads)
+control_pairs = [("qllm", "qllm_reset"), ("qllm_reset", "segments"), ("segments", "gpt"), ("qllm", "gpt_flops")]
+controls = paired_gaps(headline, [p for p in control_pairs if set(p) <= set(gap_configs)]) if headline else {}
+if controls:
+    print(pd.DataFrame(controls).T[["mean", "ci95_low", "ci95_high", "n_seeds", "verdict"]].round(4))
 
 # %% [markdown]
 # Both models must have learned to use context: a unigram model of bytes
@@ -569,7 +607,6 @@ for label, cfg in ablation_cfgs.items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-import pandas as pd
 
 noise = abs(ablation["main"]["val_bpc"] - ablation["main, seed 2"]["val_bpc"])
 rows = {}
@@ -628,6 +665,7 @@ extra = dict(
     seed_claim_bpc=math.log2(3.425),
     notebook_wall_s=time.perf_counter() - notebook_start,
     **headline_metrics(headline),
+    controls=controls,
 )
 print(f"QLLM ({phase}{' per position' if phase_per_position else ''}, globals {global_tokens}, lambda {coherence}) "
       f"vs byte GPT at {q_run.metrics['params']:,} / {g_run.metrics['params']:,} parameters and {q_run.metrics['steps']} steps: "

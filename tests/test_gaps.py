@@ -61,6 +61,10 @@ def test_seed_gaps_picks_rates_pairs_seeds_and_skips_on_a_second_call(corpus, tm
     assert gap["verdict"] == stats.verdict(gap["ci95_low"], gap["ci95_high"])
     rows = gaps.gap_rows(result)
     assert [r["variant"] for r in rows] == ["symplectic"]
+    # a candidate against another config than the baseline: the same pairing, reversed here
+    other = gaps.paired_gaps(result, [("gpt", "symplectic")])["gpt - symplectic"]
+    assert other["mean"] == pytest.approx(-mean) and other["n_seeds"] == 2
+    assert other["ci95_low"] == pytest.approx(-gap["ci95_high"])
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
     capsys.readouterr()

@@ -177,6 +177,16 @@ def gap_at_best(
     }
 
 
+def paired_gaps(
+    result: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
+) -> dict[str, dict[str, Any]]:
+    """Gaps between configs of one :func:`seed_gaps` result other than its baseline (a
+    candidate against a control): ``{"a - b": gap_at_best(...)}``, paired by seed, each
+    config at the rate it picked."""
+    rows = [r for r in read_results(result["results"]) if r["status"] == "ok"]
+    return {f"{a} - {b}": gap_at_best(rows, a, b, result["best_lr"]) for a, b in pairs}
+
+
 def gap_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """:func:`seed_gaps`'s gaps as table rows (for ``pandas.DataFrame``)."""
     keys = ("lr", "val_loss", "baseline_lr", "baseline_val_loss", "mean", "ci95_low", "ci95_high")
@@ -188,4 +198,12 @@ def gap_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["DEFAULT_LRS", "gap_at_best", "gap_rows", "parse_rates", "seed_gaps", "seed_list"]
+__all__ = [
+    "DEFAULT_LRS",
+    "gap_at_best",
+    "gap_rows",
+    "paired_gaps",
+    "parse_rates",
+    "seed_gaps",
+    "seed_list",
+]
