@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from physllm.arch import Headline
-from physllm.experiments.leaderboard import NOTEBOOK, PARAM_TOLERANCE
+from physllm.experiments.leaderboard import NOTEBOOK, PARAM_TOLERANCE, all_entries
 from physllm.experiments.stats import NOT_RESOLVED, verdict
 from physllm.fmt import format_seconds, millions, num, read_json
 from physllm.models import ARCHITECTURES
@@ -212,12 +212,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "train wall",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    variants = {e.name: e.variant for e in all_entries()}  # today's wording of each entry
     for r in rows:
         cells = [
             f"{r['model']}"
             if r["entry"] == r["model"]
             else f"{r['model']} ({r['entry'].split('-', 1)[-1]})",
-            str(r.get("variant", "")).replace("|", "\\|"),
+            str(variants.get(r["entry"], r.get("variant", ""))).replace("|", "\\|"),
             millions(r.get("params")),
             num(r.get("val_loss"), ".3f") + (" †" if r.get("carries_state") else ""),
             num(r.get("val_bpc"), ".3f"),
