@@ -120,7 +120,9 @@ class StreamSource:
         return x, y, reset
 
     def model_inputs(self, part: slice) -> dict[str, Any]:
-        return {"state": None if self.carried is None else [t[part] for t in self.carried]}
+        # no state to hand on (carry=False, or the first batch): the model's own initial
+        # state, so a model without one (GPT) reads the same blocks too
+        return {} if self.carried is None else {"state": [t[part] for t in self.carried]}
 
     def observe(self, model: LanguageModel) -> None:
         if self.carry:
