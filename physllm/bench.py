@@ -23,6 +23,7 @@ import torch
 from physllm.env import device_description, peak_rss_mb, reset_peak_rss, resolve_device
 from physllm.errors import PhysllmError
 from physllm.models import build_model, get_model_classes
+from physllm.training.flops import training_flops_per_token
 from physllm.validation import (
     DEVICE,
     NON_NEGATIVE,
@@ -173,12 +174,18 @@ def _measure_training(
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:  # peak resident memory above what the process held before building the model
         peak = peak_rss_mb() - baseline
+    tokens_per_sec = cfg.steps * cfg.batch_size * cfg.block_size / elapsed
+    # counted after the timing (FlopCounterMode on a copy of the model: training.flops)
+    flops = training_flops_per_token(model, cfg.block_size, device=device)
     row = {
         "model": spec,
         "params": model.num_params(),
-        "tokens_per_sec": cfg.steps * cfg.batch_size * cfg.block_size / elapsed,
+        "tokens_per_sec": tokens_per_sec,
         "ms_per_step": 1000 * elapsed / cfg.steps,
         "peak_mem_mb": peak,
+        "flops_per_token": flops,
+        # the step's FLOPs over its whole time (optimizer and elementwise work included)
+        "achieved_flops": flops * tokens_per_sec,
     }
     return row, model
 
@@ -241,12 +248,16 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
         f"# training step (fwd+bwd+AdamW), batch {cfg.batch_size} x block {cfg.block_size}, "
         f"{cfg.n_layer} layers, width {cfg.n_embd}, best of {cfg.repeats} interleaved rounds of {cfg.steps} steps",
         f"# hardware: {hardware()}; ratios against {ref}",
-        f"{'model':<28} {'params':>10} {'tokens/s':>10} {'speed x':>8} {'ms/step':>9} {'peak MB':>9} {'mem x':>7}",
+        "# MFLOP/tok: training (fwd+bwd) FLOPs per token, matrix products incl. attention, "
+        "counted by torch's FlopCounterMode; GFLOP/s: that times tokens/s",
+        f"{'model':<28} {'params':>10} {'tokens/s':>10} {'speed x':>8} {'ms/step':>9} {'peak MB':>9} {'mem x':>7}"
+        f" {'MFLOP/tok':>10} {'GFLOP/s':>8}",
     ]
     for r in rows:
         lines.append(
             f"{r.get('label') or r['model']:<28} {r['params']:>10,} {r['tokens_per_sec']:>10,.0f} {r['speed_ratio']:>8.2f} "
             f"{r['ms_per_step']:>9.1f} {r['peak_mem_mb']:>9.1f} {r['mem_ratio']:>7.2f}"
+            f" {r['flops_per_token'] / 1e6:>10.2f} {r['achieved_flops'] / 1e9:>8.2f}"
         )
     return "\n".join(lines)
 

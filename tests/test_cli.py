@@ -275,6 +275,11 @@ def test_bench_prints_ratios_against_gpt(tmp_path):
     assert [r["model"] for r in rows] == ["gpt", "gpt:n_layer=2"]
     assert rows[0]["speed_ratio"] == 1.0 and rows[1]["params"] > rows[0]["params"]
     assert "speed x" in proc.stdout and "ratios against gpt" in proc.stdout
+    # FLOPs per token: two layers about twice one (the head and embeddings aside)
+    assert 1.3 < rows[1]["flops_per_token"] / rows[0]["flops_per_token"] < 2.0
+    for r in rows:
+        assert r["achieved_flops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_sec"])
+    assert "MFLOP/tok" in proc.stdout and "GFLOP/s" in proc.stdout
 
 
 def test_bench_all_is_every_leaderboard_entry_with_ratios_against_gpt(tmp_path):
