@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from physllm.errors import PhysllmError
 from physllm.hamiltonian.steering import (
     DecodeConfig,
+    at_matched_perplexity,
     continuation_nll,
     decode,
     repetition_rate,
@@ -75,6 +77,40 @@ def test_steering_moves_the_target_rate(loaded):
     rate = {r["strength"]: r["token_rate"] for r in rows}
     assert rate[-2.0] < rate[0.0] < rate[2.0]
     assert all(r["n"] == 50 and r["ppl"] > 1 for r in rows)
+
+
+def test_logit_bias_baseline_moves_the_rate_and_costs_perplexity(loaded):
+    """The plain baseline: strength nats on the word's tokens' logits. Strength 0 is the
+    same samples as unsteered steering (common random numbers)."""
+    model, tokenizer = loaded
+    kw = dict(n_samples=30, max_new_tokens=12)
+    rows = steering_curve(model, tokenizer, ["the"], (-3.0, 0.0, 3.0), method="bias", **kw)
+    rate = {r["strength"]: r["token_rate"] for r in rows}
+    assert rate[-3.0] < rate[0.0] < rate[3.0]
+    assert {r["method"] for r in rows} == {"bias"}
+    plain = steering_curve(model, tokenizer, ["the"], (0.0,), **kw)[0]
+    assert plain["token_rate"] == rate[0.0] and plain["ppl"] == rows[1]["ppl"]
+    with pytest.raises(PhysllmError, match="steer or bias"):
+        steering_curve(model, tokenizer, ["the"], (1.0,), method="nudge", **kw)
+
+
+def test_matched_perplexity_interpolates_the_baseline():
+    steered = [
+        dict(target="a", strength=0.0, ppl=10.0, token_rate=0.2),
+        dict(target="a", strength=1.0, ppl=13.0, token_rate=0.5),
+        dict(target="a", strength=-1.0, ppl=30.0, token_rate=0.05),
+    ]
+    biased = [
+        dict(target="a", strength=0.0, ppl=10.0, token_rate=0.2),
+        dict(target="a", strength=2.0, ppl=12.0, token_rate=0.4),
+        dict(target="a", strength=4.0, ppl=16.0, token_rate=0.8),
+        dict(target="a", strength=-2.0, ppl=11.0, token_rate=0.1),
+    ]
+    rows = {r["strength"]: r for r in at_matched_perplexity(steered, biased)}
+    assert set(rows) == {1.0, -1.0}
+    assert rows[1.0]["bias_token_rate"] == pytest.approx(0.5)  # 0.4 + 0.4 * (13 - 12) / 4
+    assert rows[1.0]["steer_minus_bias"] == pytest.approx(0.0)
+    assert rows[-1.0]["bias_token_rate"] is None  # the bias grid never cost ppl 30
 
 
 @pytest.mark.parametrize("word", ["the", "def", "x"])

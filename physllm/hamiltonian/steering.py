@@ -81,8 +81,11 @@ def iter_sample(
     steer: torch.Tensor | None = None,
     cfg: DecodeConfig | None = None,
     generator: torch.Generator | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Modes 1 and 2: yield (B, 1) tokens sampled with the seed's knobs (and steering)."""
+    """Modes 1 and 2: yield (B, 1) tokens sampled with the seed's knobs (and steering).
+    ``logit_bias`` (V,): added to every step's logits (the plain baseline steering is
+    measured against)."""
     cfg = cfg or DecodeConfig()
     knobs = SamplingConfig(
         temperature=cfg.temperature, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty
@@ -90,6 +93,8 @@ def iter_sample(
     generated = idx[:, :0]
     for _ in range(max_new_tokens):
         logits, _ = forward_last(model, idx, steer)
+        if logit_bias is not None:
+            logits = logits + logit_bias
         # the seed penalises the tokens it generated, not the prompt's
         token = pick_token(logits, generated, knobs, generator)
         generated = torch.cat([generated, token], dim=1)
@@ -159,11 +164,12 @@ def iter_decode(
     steer: torch.Tensor | None = None,
     cfg: DecodeConfig | None = None,
     generator: torch.Generator | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Any of the four modes by name (or by the seed's number 1-4)."""
     mode = MODES.get(mode, mode)
     if mode in ("sample", "steer"):
-        return iter_sample(model, idx, max_new_tokens, steer, cfg, generator)
+        return iter_sample(model, idx, max_new_tokens, steer, cfg, generator, logit_bias)
     if mode == "least-action":
         return iter_least_action(model, idx, max_new_tokens, cfg)
     if mode == "flow":
@@ -224,13 +230,20 @@ def steering_curve(
     max_new_tokens: int = 24,
     seed: int = 1337,
     cfg: DecodeConfig | None = None,
+    method: str = "steer",
 ) -> list[dict]:
     """Target-word rate and unsteered perplexity of ``n_samples`` steered continuations
     per (target, strength), each batch of samples generated at once.
 
+    ``method="steer"``: the model's steering term (:meth:`HamiltonianLM.steer_vector`).
+    ``method="bias"``: the plain baseline, ``strength`` nats added to the logits of the
+    word's tokens at every step (no model internals at all).
+
     The same random seed for every strength (common random numbers), so the
     differences between strengths are the steering's, not the sampler's.
     """
+    if method not in ("steer", "bias"):
+        raise PhysllmError(f"steering method {method!r}: steer or bias")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -240,12 +253,16 @@ def steering_curve(
         for word in targets:
             ids = target_ids(tokenizer, word)
             for s in strengths:
-                steer = model.steer_vector(ids, s) if s != 0 else None
+                steer = model.steer_vector(ids, s) if s != 0 and method == "steer" else None
+                bias = None
+                if s != 0 and method == "bias":
+                    bias = torch.zeros(model.config.vocab_size, device=device)
+                    bias[torch.tensor(ids, device=device)] = float(s)
                 gen = torch.Generator(device=device).manual_seed(seed)
                 t0 = time.perf_counter()
                 cont = decode(
                     model, prompt_ids, max_new_tokens, mode="steer", steer=steer, cfg=cfg,
-                    generator=gen,
+                    generator=gen, logit_bias=bias,
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 texts = [tokenizer.decode(row.tolist()) for row in cont]
@@ -254,6 +271,7 @@ def steering_curve(
                 rows.append(
                     dict(
                         target=word,
+                        method=method,
                         strength=float(s),
                         n=n_samples,
                         word_rate=word_rate,
@@ -265,6 +283,42 @@ def steering_curve(
                 )
     finally:
         model.train(was_training)
+    return rows
+
+
+def at_matched_perplexity(steered: Sequence[dict], biased: Sequence[dict]) -> list[dict]:
+    """Steering against the logit-bias baseline at the same fluency cost.
+
+    For each steered row (strength != 0), the baseline's token rate at the steered
+    row's perplexity: linear interpolation between the two bias strengths (same target,
+    same sign) whose perplexities bracket it; None where no pair brackets it (the bias
+    grid did not reach that cost). ``steer_minus_bias``: positive where steering moves
+    the target's rate further than the bias does at equal perplexity."""
+    rows = []
+    for r in steered:
+        if r["strength"] == 0:
+            continue
+        sign = 1 if r["strength"] > 0 else -1
+        line = sorted(
+            ((b["ppl"], b["token_rate"]) for b in biased
+             if b["target"] == r["target"] and (b["strength"] == 0 or (b["strength"] > 0) == (sign > 0))),
+        )  # fmt: skip
+        rate = None
+        for (p0, t0), (p1, t1) in zip(line, line[1:]):
+            if p0 <= r["ppl"] <= p1:
+                rate = t0 if p1 == p0 else t0 + (t1 - t0) * (r["ppl"] - p0) / (p1 - p0)
+                break
+        diff = None if rate is None else sign * (r["token_rate"] - rate)
+        rows.append(
+            dict(
+                target=r["target"],
+                strength=r["strength"],
+                ppl=r["ppl"],
+                steer_token_rate=r["token_rate"],
+                bias_token_rate=rate,
+                steer_minus_bias=diff,
+            )
+        )
     return rows
 
 
