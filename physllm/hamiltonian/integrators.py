@@ -93,6 +93,25 @@ def leapfrog_step(
     return q_new, p_new
 
 
+def leapfrog_steps(
+    q: torch.Tensor,
+    p: torch.Tensor,
+    force: Force,
+    dt: float | torch.Tensor,
+    n_steps: int,
+    mass: float | torch.Tensor = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_steps`` velocity-Verlet steps; a step's closing force opens the next one, so
+    each step evaluates the force once (n + 1 evaluations in all, not 2n)."""
+    f = force(q)
+    for _ in range(n_steps):
+        p_half = p + 0.5 * dt * f
+        q = q + dt * p_half / mass
+        f = force(q)
+        p = p_half + 0.5 * dt * f
+    return q, p
+
+
 def euler_step(
     q: torch.Tensor,
     p: torch.Tensor,

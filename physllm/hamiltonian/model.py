@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
-from physllm.hamiltonian.integrators import force_from_potential, leapfrog_step
+from physllm.hamiltonian.integrators import force_from_potential, leapfrog_steps
 from physllm.nn import CausalSelfAttention, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
@@ -205,10 +205,7 @@ class SymplecticLayer(nn.Module):
             f = self.force(x, c)
             return f if steer is None else f + steer  # steering: a constant extra force
 
-        h = self.dt / self.substeps
-        for _ in range(self.substeps):
-            q, p = leapfrog_step(q, p, force, h, self.mass)
-        return q, p
+        return leapfrog_steps(q, p, force, self.dt / self.substeps, self.substeps, self.mass)
 
 
 # --------------------------------------------------------------------------- seed parts
