@@ -7,9 +7,12 @@ preset even on a CUDA machine; TinyShakespeare-only tests carry the
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -129,3 +132,50 @@ def test_foundations_notebook_runs_on_tinyshakespeare_with_20_steps(run_notebook
     assert math.isfinite(metrics["val_loss"]) and 0 < metrics["unigram_loss"] < math.log(256)
     assert (out_dir / "loss_curves.png").exists()
     assert (out_dir / "gpt" / "best" / "model.safetensors").exists()
+
+
+SHOW_SOURCE_CALL = re.compile(r"^show_source\((.+)\)$")
+
+
+def _imports_of(nb) -> str:
+    """Every `from physllm... import ...` statement of a notebook's code cells."""
+    statements = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tree = ast.parse(
+                "\n".join(ln for ln in cell.source.splitlines() if not ln.startswith(("%", "!")))
+            )
+            statements += [
+                ast.unparse(node)
+                for node in tree.body
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("physllm")
+            ]
+    return "\n".join(statements)
+
+
+@pytest.mark.parametrize("path", sorted(conftest.NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_stored_show_source_outputs_are_todays_code(path):
+    """nbval compares each `show_source` cell's stored output with the code it shows today;
+    this finds a stale one in a second, instead of half an hour into the nbval run."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    namespace: dict = {}
+    exec(_imports_of(nb), namespace)
+    for cell in nb.cells:
+        lines = (
+            [ln for ln in cell.source.splitlines() if ln.strip()]
+            if cell.cell_type == "code"
+            else []
+        )
+        calls = [SHOW_SOURCE_CALL.match(ln) for ln in lines]
+        if not lines or not all(calls):
+            continue
+        shown = [
+            o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {})
+        ]
+        expected = [
+            f"```python\n{inspect.getsource(eval(m.group(1), namespace))}\n```" for m in calls
+        ]
+        assert shown == expected, (
+            f"{path.name}: stored output of {cell.source!r} is stale; re-execute it"
+        )
