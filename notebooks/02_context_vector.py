@@ -54,6 +54,7 @@ out_dir = "runs/02_context_vector"
 variants = "seed,fixed,scan,seed_windows,scan_windows"  # runs besides gpt: seed (the preset), fixed (fixed form, a loop), scan (input gates); *_windows: the same trained on random windows (no state carried)
 bench_lengths = "1024,8192,65536"  # streaming benchmark: context lengths
 bench_timed_tokens = 128  # tokens generated one at a time and timed at each length
+bench_window = 256  # the sliding-window GPT's attention window in the streaming benchmark
 chat_steps = 150  # steps of the chat demo's model (0: skip the chat demo)
 threads = 0  # torch CPU threads of this kernel and of the gap grid's runs (0: torch's default)
 gap_seeds = 0  # > 0: the headline gaps over this many new seeds at tuned rates (the committed report: 5)
@@ -400,40 +401,63 @@ for name, g in gates.items():
 # The context vector model here is the scan variant (its prefill of 64k tokens is
 # parallel; the seed's loop form decodes through the same constant-size state,
 # one token at a time, but would take minutes to prefill 64k tokens on a CPU).
+#
+# A second constant-memory reference is the same GPT with sliding-window attention
+# (`gpt:attn_window=W`, W = `bench_window` = 256 by default; labelled `gpt_window`):
+# each position attends to itself and the W - 1 before it, so decoding keeps a ring of
+# the last W keys and values per layer. Its memory stays flat like the context
+# vector's, but it forgets everything older than its window exactly (n_layer (W - 1)
+# tokens back, through the stack), where the context vector forgets gradually, by its gates.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from physllm.bench import BenchConfig, format_generation_table, run_generation_bench
 
+bench_names = {  # spec -> label in the table, the figure and metrics.json
+    "gpt": "gpt",
+    f"gpt:attn_window={bench_window}": "gpt_window",
+    "context_vector:gates=input+n_hidden=128+n_context=64": "context_vector",
+}
 bench_cfg = BenchConfig(
-    models=["gpt", "context_vector:gates=input+n_hidden=128+n_context=64"],
+    models=list(bench_names),
     n_layer=2, n_head=2, n_embd=64, vocab_size=256, mode="generate", lengths=bench_lengths,
     timed_tokens=bench_timed_tokens, prefill_chunk=256, repeats=1, threads=1,
     device="cuda" if device.startswith("cuda") else "cpu",
 )
 bench_rows = run_generation_bench(bench_cfg)
+for r in bench_rows:
+    r["label"] = bench_names[r["model"]]
 print(format_generation_table(bench_rows, bench_cfg))
-fig = plot_streaming_bench(bench_rows)
+fig = plot_streaming_bench([{**r, "model": r["label"]} for r in bench_rows])
 _ = save_figure(fig, out_dir, "streaming_bench")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-by = {(r["model"].split(":")[0], r["length"]): r for r in bench_rows}
+by = {(r["label"], r["length"]): r for r in bench_rows}
 lengths = [int(v) for v in bench_lengths.split(",")]
 lo, hi = lengths[0], lengths[-1]
 cv_growth = by["context_vector", hi]["mem_growth"]
 gpt_growth = by["gpt", hi]["mem_growth"]
 cv_speed = by["context_vector", hi]["speed_ratio"]
 gpt_speed = by["gpt", hi]["speed_ratio"]
+window_growth = by["gpt_window", hi]["mem_growth"]
+window_speed = by["gpt_window", hi]["speed_ratio"]
 print(f"{lo} -> {hi} tokens: context_vector peak memory x{cv_growth:.3f}, tokens/s x{cv_speed:.2f}; "
-      f"gpt peak memory x{gpt_growth:.3f}, tokens/s x{gpt_speed:.2f}")
+      f"gpt peak memory x{gpt_growth:.3f}, tokens/s x{gpt_speed:.2f}; "
+      f"gpt_window peak memory x{window_growth:.3f}, tokens/s x{window_speed:.2f}")
 
 # %%
-# The state is the same size at every length; GPT's cache grows with it.
+# The context vector's state is the same size at every length, and so is the windowed
+# GPT's cache once the stream is longer than the tokens that still reach the next one
+# (its ring of W keys and values per layer, and those tokens); the full GPT's cache grows.
 cv_state = {by["context_vector", n]["state_kb"] for n in lengths}
+reach = bench_cfg.n_layer * (bench_window - 1) + 1
+window_state = {by["gpt_window", n]["state_kb"] for n in lengths if n >= reach}
 print("context_vector state size constant:", len(cv_state) == 1)
+print("gpt_window cache size constant past its reach:", len(window_state) <= 1)
 print("gpt cache grows with the length:", by["gpt", hi]["state_kb"] > by["gpt", lo]["state_kb"])
 assert len(cv_state) == 1 and by["gpt", hi]["state_kb"] > by["gpt", lo]["state_kb"]
+assert len(window_state) <= 1 and by["gpt_window", hi]["state_kb"] < by["gpt", hi]["state_kb"]
 assert cv_growth < 1.05  # the goal: under 5% growth of peak memory
 
 # %% [markdown]
@@ -551,11 +575,13 @@ extra = dict(
     val_loss_gpt=metrics["gpt"]["val_loss"],
     carried_state=carry,
     gates=gates,
-    streaming={f"{r['model'].split(':')[0]}@{r['length']}": {k: r[k] for k in ("tokens_per_sec", "peak_mem_mb", "mem_growth", "speed_ratio", "state_kb")} for r in bench_rows},
+    streaming={f"{r['label']}@{r['length']}": {k: r[k] for k in ("tokens_per_sec", "peak_mem_mb", "mem_growth", "speed_ratio", "state_kb")} for r in bench_rows},
     streaming_mem_growth_context_vector=cv_growth,
     streaming_mem_growth_gpt=gpt_growth,
+    streaming_mem_growth_gpt_window=window_growth,
     streaming_speed_ratio_context_vector=cv_speed,
     streaming_speed_ratio_gpt=gpt_speed,
+    streaming_speed_ratio_gpt_window=window_speed,
 )
 if "scan" in metrics:
     extra["scan_speedup_vs_seed"] = metrics["scan"]["tokens_per_sec"] / metrics["seed"]["tokens_per_sec"]

@@ -23,6 +23,7 @@ import torch
 from physllm.env import device_description, peak_rss_mb, reset_peak_rss, resolve_device
 from physllm.errors import PhysllmError
 from physllm.models import build_model, get_model_classes
+from physllm.nn import KVCache, RollingKVCache
 from physllm.training.flops import training_flops_per_token
 from physllm.validation import (
     DEVICE,
@@ -279,6 +280,8 @@ def _tensor_kb(obj: Any) -> float:
     """Kilobytes held by the tensors in a (nested) cache/state."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size() / 2**10
+    if isinstance(obj, KVCache | RollingKVCache):  # the positions it holds, not its capacity
+        return _tensor_kb(obj.k[:, :, : obj.length]) + _tensor_kb(obj.v[:, :, : obj.length])
     if isinstance(obj, dict):
         return sum(_tensor_kb(v) for v in obj.values())
     if isinstance(obj, list | tuple):

@@ -18,7 +18,15 @@ from torch import nn
 
 from physllm.validation import ConfigError
 
-__all__ = ["MLP", "CausalSelfAttention", "KVCache", "LayerNorm", "init_gpt2_weights"]
+__all__ = [
+    "MLP",
+    "CausalSelfAttention",
+    "KVCache",
+    "LayerNorm",
+    "RollingKVCache",
+    "band_causal_mask",
+    "init_gpt2_weights",
+]
 
 
 class LayerNorm(nn.Module):
@@ -84,11 +92,78 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+class RollingKVCache:
+    """The keys and values of the last ``capacity`` positions, (B, nh, capacity, hs) each: a
+    ring buffer allocated once, so a sliding-window model decodes in the same memory however
+    long the stream. Same interface as :class:`KVCache`; a prefix longer than the ring keeps
+    its last ``capacity`` positions.
+
+    One new position overwrites the oldest in place, and :meth:`extend` returns the ring in
+    storage order, not time order. That is correct: attention is a weighted sum over keys,
+    blind to their order, and each key already carries its position (added to the token
+    embedding before the projection). A chunk of several positions comes back in time order
+    after the held ones, for the band mask its queries need.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        B, nh, _, hs = k.shape
+        self.k = k.new_empty(B, nh, capacity, hs)
+        self.v = v.new_empty(B, nh, capacity, v.size(-1))
+        self._store(k, v)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.size(2)
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep the last ``capacity`` of k, v (in time order) at the start of the ring."""
+        n = min(k.size(2), self.capacity)
+        self.k[:, :, :n], self.v[:, :, :n] = k[:, :, k.size(2) - n :], v[:, :, v.size(2) - n :]
+        self.length, self.next = n, n % self.capacity  # positions held; the slot written next
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add k, v (B, nh, T, hs); the keys and values of the last ``capacity`` positions
+        before them, followed by (T > 1) or overwritten by (T == 1) the new ones."""
+        if k.size(2) == 1:  # a decoding step: in place, the ring in storage order
+            self.k[:, :, self.next : self.next + 1], self.v[:, :, self.next : self.next + 1] = k, v
+            self.next = (self.next + 1) % self.capacity
+            self.length = min(self.length + 1, self.capacity)
+            return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        shift = -self.next if self.length == self.capacity else 0  # oldest held position first
+        past_k = self.k[:, :, : self.length].roll(shift, dims=2)
+        past_v = self.v[:, :, : self.length].roll(shift, dims=2)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        self._store(k, v)
+        return k, v
+
+
+def band_causal_mask(
+    T: int, S: int, window: int = 0, device: torch.device | None = None
+) -> tuple[torch.Tensor | None, bool]:
+    """``(attn_mask, is_causal)`` for ``F.scaled_dot_product_attention`` when the T queries
+    are the last T of S keys: query i, at key position p = S - T + i, may see key j iff
+    p - window < j <= p (``window`` 0: iff j <= p), i.e. itself and the window - 1 before it.
+    """
+    T_past = S - T
+    if T_past == 0 and (window == 0 or window >= T):
+        return None, True  # plain causal: the kernels' fast path
+    if T == 1 and (window == 0 or window >= S):
+        return None, False  # one query that may see every key
+    mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(T_past)
+    if window:
+        mask = mask.triu(T_past - window + 1)
+    return mask, False
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention with an optional key/value cache (GPT's; see
-    :mod:`physllm.gpt.model` for the math), through ``F.scaled_dot_product_attention``."""
+    :mod:`physllm.gpt.model` for the math), through ``F.scaled_dot_product_attention``.
+    ``window`` W > 0 makes it sliding-window: each position sees itself and the W - 1
+    before it (:func:`band_causal_mask`)."""
 
-    def __init__(self, n_embd: int, n_head: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(
+        self, n_embd: int, n_head: int, bias: bool = False, dropout: float = 0.0, window: int = 0
+    ):
         super().__init__()
         if n_embd % n_head:  # configs edited after construction too
             raise ConfigError(f"--n-embd ({n_embd}) must be a multiple of --n-head ({n_head})")
@@ -97,10 +172,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head = n_head
         self.dropout = dropout
+        self.window = window
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, KVCache | tuple[torch.Tensor, torch.Tensor]]:
+        self, x: torch.Tensor, cache: KVCache | RollingKVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache | RollingKVCache | tuple[torch.Tensor, torch.Tensor]]:
         """x (B, T, C); ``cache`` the keys and values of earlier positions (extended in
         place), or None. Returns the output (B, T, C) and the cache, or this call's (k, v)."""
         B, T, C = x.shape
@@ -112,12 +188,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.extend(k, v)  # (B, nh, T_past + T, hs)
         # With a cache the T new queries sit at the end: query i may see keys up
         # to T_past + i, which is the causal mask shifted right by T_past.
-        T_past = k.size(2) - T
-        if T_past == 0:
-            mask, causal = None, True
-        else:
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(T_past)
-            causal = False
+        mask, causal = band_causal_mask(T, k.size(2), self.window, x.device)
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -230,6 +230,10 @@ def test_notebook_runs_with_few_steps(run_notebook):
     assert (
         metrics["streaming"]["gpt@1024"]["state_kb"] > metrics["streaming"]["gpt@256"]["state_kb"]
     )
+    window, full = metrics["streaming"]["gpt_window@1024"], metrics["streaming"]["gpt@1024"]
+    assert (
+        window["state_kb"] < full["state_kb"] / 3 and metrics["streaming_mem_growth_gpt_window"] > 0
+    )
     for name in ("loss_curves", "context_heatmap", "gate_stats", "streaming_bench"):
         assert (out / f"{name}.png").exists()
     assert (out / "hf" / "config.json").exists() and (out / "hf" / "tokenizer.json").exists()

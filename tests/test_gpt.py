@@ -146,9 +146,10 @@ def test_configs_share_the_transformer_shape(cls):
     # the GPT of a model's shape, for baselines and parameter matching
     shaped = cls(n_layer=2, n_head=2, n_embd=64, dropout=0.1, bias=True)
     gpt = GPTConfig(**shaped.shape())
-    shape_keys = [k for k in gpt.to_dict() if k != "mlp_hidden"]  # GPT's own field
+    shape_keys = [k for k in gpt.to_dict() if k not in ("mlp_hidden", "attn_window")]  # GPT's own
     assert {k: gpt.to_dict()[k] for k in shape_keys} == {k: getattr(shaped, k) for k in shape_keys}
     assert gpt.mlp_hidden == 0  # GPT's own 4 * n_embd unless asked
+    assert gpt.attn_window == 0  # full causal attention unless asked
 
 
 def test_gpt_mlp_hidden_sets_the_mlp_width():
@@ -189,7 +190,7 @@ def test_context_vector_has_no_heads_but_keeps_its_shape_rules():
 def test_old_config_json_loads_into_the_shared_shape():
     # a GPT checkpoint's config.json, written before the shape fields moved
     old = dict(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1, bias=True)
-    assert GPTConfig.from_dict(old).to_dict() == {**old, "mlp_hidden": 0}  # GPT's own MLP
+    assert GPTConfig.from_dict(old).to_dict() == {**old, "mlp_hidden": 0, "attn_window": 0}
 
 
 def test_a_gpt_next_to_a_model_without_heads_keeps_its_own_shape():
@@ -231,6 +232,165 @@ def test_kv_cache_refuses_to_overflow():
     assert keys.shape == (1, 2, 4, 4) and keys[0, 0, 3].eq(1).all()
     with pytest.raises(ValueError, match="holds 4 positions"):
         cache.extend(k[:, :, :1], k[:, :, :1])
+
+
+# ----- sliding-window attention (attn_window) and its rolling cache
+
+
+def band_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Logits of the full forward pass, with the band mask built independently of the model's
+    own: query i sees keys i - W < j <= i."""
+    W = model.config.attn_window
+    T = idx.size(1)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    band = (j <= i) & (j > i - W)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def banded(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0):
+        calls.append(1)
+        return sdpa(q, k, v, attn_mask=band)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", banded)
+        logits, _ = model(idx)
+    assert len(calls) == model.config.n_layer
+    return logits
+
+
+def test_attn_window_at_least_the_length_is_full_causal_attention():
+    x = torch.randint(0, 50, (2, 12))
+    full, _ = tiny()(x)
+    for W in (12, 16, 100):
+        windowed, _ = tiny(attn_window=W)(x)  # the same weights (seeded)
+        torch.testing.assert_close(windowed, full, atol=0, rtol=0)
+    narrow, _ = tiny(attn_window=4)(x)
+    assert not torch.allclose(narrow[:, 4:], full[:, 4:], atol=1e-4)  # the window is applied
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_attn_window_forgets_exactly_what_falls_out_of_reach(n_layer):
+    """With W < T, position t depends on tokens t - n_layer (W - 1) .. t only (each layer
+    reaches W - 1 back; one layer: exactly the window t - W + 1 .. t)."""
+    W, t = 4, 13
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(vocab_size=50, block_size=16, n_layer=n_layer, n_head=2, n_embd=32, attn_window=W)
+    ).eval()
+    oldest = t - n_layer * (W - 1)  # the oldest token position t still sees
+    x = torch.randint(0, 50, (1, 16))
+    base, _ = model(x)
+    older = x.clone()
+    older[0, :oldest] = (older[0, :oldest] + 1 + torch.arange(oldest)) % 50
+    changed, _ = model(older)
+    torch.testing.assert_close(changed[0, t], base[0, t], atol=1e-6, rtol=0)
+    assert not torch.allclose(changed[0, oldest - 1], base[0, oldest - 1], atol=1e-4)
+    edge = x.clone()
+    edge[0, oldest] = (edge[0, oldest] + 1) % 50  # the oldest token inside the reach
+    assert not torch.allclose(model(edge)[0][0, t], base[0, t], atol=1e-4)
+
+
+@pytest.mark.parametrize("prefill, chunk", [(2, 1), (7, 1), (3, 3)])
+def test_rolling_cache_decoding_equals_the_band_masked_forward(prefill, chunk):
+    """Token by token (or in chunks) through a ring of W = 4 positions, over 16 tokens,
+    after a prefill shorter or longer than W: the band-masked full forward's logits."""
+    model = tiny(attn_window=4)
+    x = torch.randint(0, 50, (2, 16))
+    full = band_forward(model, x)
+    torch.testing.assert_close(model(x)[0], full, atol=1e-5, rtol=0)
+    logits, state = model.decode_step(x[:, :prefill], None)
+    assert all(type(c).__name__ == "RollingKVCache" for c in state["caches"])
+    steps, ends = [logits], [prefill]
+    for t in range(prefill, 16, chunk):
+        logits, state = model.decode_step(x[:, t : t + chunk], state)
+        steps.append(logits)
+        ends.append(min(t + chunk, 16))
+    torch.testing.assert_close(
+        torch.stack(steps, 1), full[:, [e - 1 for e in ends]], atol=1e-5, rtol=0
+    )
+
+
+def test_rolling_cache_keeps_its_size_and_memory_for_a_long_stream():
+    W = 4
+    model = tiny(attn_window=W)
+    x = torch.randint(0, 50, (1, 16))
+    _, state = model.decode_step(x[:, :2], None)
+    shapes = [(c.k.shape, c.v.shape) for c in state["caches"]]
+    buffers = [(c.k.data_ptr(), c.v.data_ptr()) for c in state["caches"]]
+    assert all(c.k.size(2) == W for c in state["caches"])
+    for t in range(2, 2 + 3 * W):
+        _, state = model.decode_step(x[:, t : t + 1], state)
+    assert [(c.k.shape, c.v.shape) for c in state["caches"]] == shapes
+    assert [(c.k.data_ptr(), c.v.data_ptr()) for c in state["caches"]] == buffers
+    assert all(c.length == W for c in state["caches"])
+    assert state["tokens"].size(1) == model.context_tokens() == 2 * (W - 1) + 1  # not the stream
+
+
+def test_rolling_cache_past_the_block_crops_like_uncached_sampling():
+    """Past block_size the windowed model re-encodes only the tokens that still reach the
+    last position, and matches the forward pass on the last block_size tokens."""
+    model = tiny(attn_window=3)
+    x = torch.randint(0, 50, (1, 40))
+    logits, state = model.decode_step(x[:, :20], None)  # a prefill longer than the block
+    torch.testing.assert_close(logits, model(x[:, 4:20])[0][:, -1], atol=1e-5, rtol=0)
+    for t in range(20, 40):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        expected, _ = model(x[:, t - 15 : t + 1])
+        torch.testing.assert_close(logits, expected[:, -1], atol=1e-5, rtol=0)
+    assert state["tokens"].size(1) == 5 and all(c.k.size(2) == 3 for c in state["caches"])
+
+
+def test_rolling_kv_cache_keeps_the_last_positions():
+    from physllm.nn import RollingKVCache
+
+    steps = torch.arange(6.0).view(1, 1, 6, 1)  # position p's key is p
+    cache = RollingKVCache(steps, steps, capacity=4)
+    assert cache.k.flatten().tolist() == [2.0, 3.0, 4.0, 5.0] and cache.length == 4
+    keys, _ = cache.extend(torch.full((1, 1, 1, 1), 6.0), torch.full((1, 1, 1, 1), 6.0))
+    assert keys.flatten().tolist() == [6.0, 3.0, 4.0, 5.0]  # the oldest overwritten in place
+    chunk = torch.tensor([7.0, 8.0]).view(1, 1, 2, 1)
+    keys, _ = cache.extend(chunk, chunk)
+    assert keys.flatten().tolist() == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # time order for a chunk
+    assert cache.k.flatten().tolist() == [5.0, 6.0, 7.0, 8.0]
+
+
+def test_band_causal_mask():
+    from physllm.nn import band_causal_mask
+
+    assert band_causal_mask(5, 5) == (None, True) and band_causal_mask(5, 5, 8) == (None, True)
+    assert band_causal_mask(1, 6, 6) == (None, False)  # one query seeing every key
+    mask, causal = band_causal_mask(1, 6, 4)  # the newest of 6 keys, window 4
+    assert not causal and mask.int().tolist() == [[0, 0, 1, 1, 1, 1]]
+    mask, _ = band_causal_mask(3, 5, 2)  # 3 new queries after 2 held keys
+    assert mask.int().tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_generation_bench_state_of_a_windowed_gpt_is_constant():
+    """``bench --mode generate`` takes the window as a spec override; its cache (keys, values
+    and the few tokens kept for re-encoding) is the same size at every length."""
+    from physllm.bench import BenchConfig, measure_generation
+
+    cfg = BenchConfig(
+        n_layer=1, n_head=1, n_embd=16, vocab_size=32, block_size=600, timed_tokens=8, threads=1
+    )
+    kb = {}
+    for spec in ("gpt", "gpt:attn_window=16"):
+        for length in (100, 600):
+            kb[spec, length] = measure_generation(
+                spec, dataclasses.replace(cfg, lengths=str(length))
+            )["state_kb"]
+    per_position = 2 * 16 * 4 / 1024  # one layer's key and value, float32, width 16
+    tokens = 8 / 1024  # int64 ids
+    assert kb["gpt:attn_window=16", 100] == kb["gpt:attn_window=16", 600]
+    assert kb["gpt:attn_window=16", 600] == 16 * per_position + 16 * tokens  # ring + reach
+    assert kb["gpt", 600] == 600 * (per_position + tokens)  # the positions held, grown
+
+
+def test_negative_attn_window_is_a_clear_error():
+    with pytest.raises(PhysllmError, match="--attn-window must be >= 0"):
+        GPTConfig(attn_window=-1)
+    with pytest.raises(PhysllmError, match="--attn-window"):
+        build_model("gpt", {"vocab_size": 10, "block_size": 8, "attn_window": -4})
 
 
 def test_baseline_matched_on_training_flops():

@@ -12,6 +12,12 @@ Attention, for one head with queries Q, keys K, values V (T x hs each):
     S_ij = -inf for j > i                the causal mask: no peeking ahead
     A_i  = softmax_j(S_ij)               weights: a probability over the past
     O_i  = sum_j A_ij V_j                a weighted average of past values
+
+With ``attn_window`` W > 0 the mask is a band, S_ij = -inf unless i - W < j <= i:
+each position sees itself and the W - 1 before it (sliding-window attention, as in
+Longformer / Mistral), so decoding keeps only the last W keys and values per layer
+(:class:`~physllm.nn.RollingKVCache`) and its memory stays constant however long the
+stream. Stacked, the n_layer windows still reach n_layer (W - 1) tokens back.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
-from physllm.nn import MLP, CausalSelfAttention, KVCache, LayerNorm, init_gpt2_weights
+from physllm.nn import (
+    MLP,
+    CausalSelfAttention,
+    KVCache,
+    LayerNorm,
+    RollingKVCache,
+    init_gpt2_weights,
+)
 from physllm.validation import NON_NEGATIVE
 
 
@@ -33,23 +46,26 @@ class GPTConfig(TransformerShape):
     width of its MLP, so that it can match another model's parameter count exactly."""
 
     mlp_hidden: int = 0  # the MLP's hidden width; 0: GPT's 4 * n_embd
+    attn_window: int = 0  # 0: full causal attention; W > 0: itself and the W - 1 before it
 
-    field_rules = {"mlp_hidden": NON_NEGATIVE}
+    field_rules = {"mlp_hidden": NON_NEGATIVE, "attn_window": NON_NEGATIVE}
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias)
-        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
+        self.attn = CausalSelfAttention(
+            config.n_embd, config.n_head, config.bias, config.dropout, window=config.attn_window
+        )
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(
             config.n_embd, config.mlp_hidden or None, bias=config.bias, dropout=config.dropout
         )
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, KVCache | tuple]:
+        self, x: torch.Tensor, cache: KVCache | RollingKVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache | RollingKVCache | tuple]:
         a, cache = self.attn(self.ln_1(x), cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -90,19 +106,36 @@ class GPT(LanguageModel):
             new_caches.append(cache)
         return self.lm_head(self.ln_f(x)), new_caches
 
+    def context_tokens(self) -> int:
+        """How many of the latest tokens decide the next logits: the block, or with a window
+        W each of the n_layer attentions reaching W - 1 positions further back."""
+        W, block = self.config.attn_window, self.config.block_size
+        return block if W == 0 else min(block, self.config.n_layer * (W - 1) + 1)
+
     @torch.no_grad()
     def decode_step(
         self, idx: torch.Tensor, state: dict | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """KV-cached step. The state keeps each layer's :class:`~physllm.nn.KVCache`
-        (preallocated to ``block_size``, filled in place) and the token window."""
+        """KV-cached step. The state keeps each layer's cache (a :class:`~physllm.nn.KVCache`
+        preallocated to ``block_size`` and filled in place; with ``attn_window`` W a
+        :class:`~physllm.nn.RollingKVCache` of the last W positions), the next position,
+        and the last :meth:`context_tokens` tokens."""
+        block, window = self.config.block_size, self.config.attn_window
         history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
-        if state is None or history.size(1) > self.config.block_size:
-            # Learned absolute positions: past the block, re-encode the last
-            # block_size tokens from position 0 (what uncached sampling does).
-            history = history[:, -self.config.block_size :]
-            logits, prefix = self._run(history, caches=None, start=0)
-            caches = [KVCache(k, v, self.config.block_size) for k, v in prefix]
+        total = idx.size(1) + (0 if state is None else state["pos"])
+        if state is None or total > block:
+            # Learned absolute positions: past the block, re-encode the last block_size
+            # tokens from position 0 (what uncached sampling does). Only the last
+            # context_tokens of them reach the last position: encode those, at the block's end.
+            if total > block:
+                history = history[:, -self.context_tokens() :]
+            start = block - history.size(1) if total > block else 0
+            logits, prefix = self._run(history, caches=None, start=start)
+            if window:  # a ring of the last W positions: the same memory at any length
+                caches = [RollingKVCache(k, v, min(window, block)) for k, v in prefix]
+            else:
+                caches = [KVCache(k, v, block) for k, v in prefix]
         else:
-            logits, caches = self._run(idx, caches=state["caches"], start=state["tokens"].size(1))
-        return logits[:, -1, :], {"tokens": history, "caches": caches}
+            logits, caches = self._run(idx, caches=state["caches"], start=state["pos"])
+        tokens = history[:, -self.context_tokens() :]
+        return logits[:, -1, :], {"tokens": tokens, "pos": min(total, block), "caches": caches}
