@@ -45,7 +45,10 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/physllm/physllm"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/physllm/physllm"],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 steps = None  # None: the preset's number of optimizer steps (caps the ablation and fine-tune too)
@@ -59,7 +62,9 @@ phase = "rotation"  # gain (the seed's PhaseRotator) | rotation | none
 phase_per_position = True  # rotation: one phase per (position, channel pair)
 global_tokens = "recurrent"  # seed (constant prefix) | recurrent (memory across segments) | off
 coherence = 0.1  # lambda, weight of the coherence loss
-finetune_corpus = "pydocs"  # LoRA fine-tune: from `corpus` to this one (Python source if `corpus` is this one)
+finetune_corpus = (
+    "pydocs"  # LoRA fine-tune: from `corpus` to this one (Python source if `corpus` is this one)
+)
 finetune_steps = 100
 lora_rank = 32
 lora_alpha = 64.0
@@ -117,7 +122,9 @@ from physllm.training import (
 notebook_start = time.perf_counter()
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
 out_dir = resolve_out_dir(out_dir)
-print(f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+print(
+    f"preset={preset} device={device} torch={torch.__version__} threads={torch.get_num_threads()}"
+)
 print(corpus_notice(corpus))
 
 # %% [markdown]
@@ -207,7 +214,10 @@ x = torch.randn(1000, 64)
 print("gain is identity at p=0:", torch.equal(PhaseGain(64)(x), x))
 phi = math.pi * torch.tanh(gain.p.detach())
 print("gain == x (cos phi - sin phi):", torch.allclose(gain(x), x * (phi.cos() - phi.sin())))
-print("gain == sqrt2 cos(phi + pi/4) x:", torch.allclose(gain(x), math.sqrt(2) * torch.cos(phi + math.pi / 4) * x, atol=1e-6))
+print(
+    "gain == sqrt2 cos(phi + pi/4) x:",
+    torch.allclose(gain(x), math.sqrt(2) * torch.cos(phi + math.pi / 4) * x, atol=1e-6),
+)
 print("rotation preserves |x|:", torch.allclose(rot(x).norm(dim=-1), x.norm(dim=-1), atol=1e-5))
 print("gain preserves |x|:", torch.allclose(gain(x).norm(dim=-1), x.norm(dim=-1), atol=1e-5))
 
@@ -221,7 +231,11 @@ fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].plot(p_grid, phi_grid.cos() - phi_grid.sin())
 axes[0].axhline(math.sqrt(2), ls=":", c="gray")
 axes[0].axhline(-math.sqrt(2), ls=":", c="gray")
-axes[0].set(xlabel="p", ylabel="gain cos(phi) - sin(phi)", title="the seed's 'rotator' is a gain in [-sqrt2, sqrt2]")
+axes[0].set(
+    xlabel="p",
+    ylabel="gain cos(phi) - sin(phi)",
+    title="the seed's 'rotator' is a gain in [-sqrt2, sqrt2]",
+)
 ratio_gain = (gain(x).norm(dim=-1) / x.norm(dim=-1)).detach()
 ratio_rot = (rot(x).norm(dim=-1) / x.norm(dim=-1)).detach()
 axes[1].hist(ratio_gain, bins=40, alpha=0.7, label="gain (seed)")
@@ -238,10 +252,13 @@ save_figure(fig, out_dir, "phase_forms")
 # whose $W_Q, W_K, W_V$ absorbed the rotations. A per-position rotation has
 # no such equivalent.
 
+
 # %%
 def small(**kw):
     torch.manual_seed(seed)
-    values = dict(block_size=32, n_layer=2, n_head=2, n_embd=32, n_global=4, segment_len=16, globals="seed")
+    values = dict(
+        block_size=32, n_layer=2, n_head=2, n_embd=32, n_global=4, segment_len=16, globals="seed"
+    )
     model = QLLM(QLLMConfig(**{**values, **kw})).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -266,8 +283,13 @@ with torch.no_grad():
     for b_rot, b_plain in zip(rotated.blocks, plain.blocks):
         R = b_rot.phase(torch.eye(32)[None])[0].T  # columns: R e_i
         for name in ("q", "k", "v"):
-            getattr(b_plain.attn, name).weight.copy_(getattr(b_plain.attn, name).weight @ R)  # W' = W R
-    print("constant rotation absorbed into W_Q, W_K, W_V:", torch.allclose(rotated(idx)[0], plain(idx)[0], atol=1e-5))
+            getattr(b_plain.attn, name).weight.copy_(
+                getattr(b_plain.attn, name).weight @ R
+            )  # W' = W R
+    print(
+        "constant rotation absorbed into W_Q, W_K, W_V:",
+        torch.allclose(rotated(idx)[0], plain(idx)[0], atol=1e-5),
+    )
 
 # %% [markdown]
 # ## 2. Implementation walk-through
@@ -305,6 +327,7 @@ show_source(QLLM.forward)
 # segment 0 reaches the first byte of segment 1, which can see segment 0 only
 # through the memory.
 
+
 # %%
 def causal(model, idx):
     logits = model(idx)[0]
@@ -318,15 +341,26 @@ def causal(model, idx):
 
 with torch.no_grad():
     for mode in ("seed", "recurrent", "off"):
-        print(f"globals={mode}: no byte sees a later byte:", causal(small(globals=mode, phase_per_position=mode == "recurrent", phase="rotation"), idx))
+        print(
+            f"globals={mode}: no byte sees a later byte:",
+            causal(
+                small(globals=mode, phase_per_position=mode == "recurrent", phase="rotation"), idx
+            ),
+        )
     rec = small(globals="recurrent")
     S = rec.config.segment_len
     base_logits = rec(idx)[0]
     later, earlier = idx.clone(), idx.clone()
     later[:, S + 2] = (later[:, S + 2] + 9) % 256
     earlier[:, 3] = (earlier[:, 3] + 9) % 256
-    print("change in segment 1 leaves segment 0 unchanged:", torch.allclose(rec(later)[0][:, :S], base_logits[:, :S], atol=1e-6))
-    print("change in segment 0 reaches segment 1 through the memory:", not torch.allclose(rec(earlier)[0][:, S], base_logits[:, S], atol=1e-4))
+    print(
+        "change in segment 1 leaves segment 0 unchanged:",
+        torch.allclose(rec(later)[0][:, :S], base_logits[:, :S], atol=1e-6),
+    )
+    print(
+        "change in segment 0 reaches segment 1 through the memory:",
+        not torch.allclose(rec(earlier)[0][:, S], base_logits[:, S], atol=1e-4),
+    )
 
 # %% [markdown]
 # ## 3. QLLM against a byte-level GPT at matched parameters and steps
@@ -334,6 +368,7 @@ with torch.no_grad():
 # Both models train through the same `physllm.training.train` on bytes, with the
 # preset's shape, batch, schedule and steps; QLLM's extra parameters (the
 # globals, the phases, the memory norm) are about 1% of the total.
+
 
 # %%
 def capped(n):
@@ -356,7 +391,16 @@ qcfg = make_config(
 gcfg = matched_baseline(qcfg, out_dir=str(out_dir / "gpt"))  # QLLM's shape, data and schedule
 print(qcfg.model_config)
 print(gcfg.model_config)
-print("steps", qcfg.steps, "batch", qcfg.batch_size, "block", qcfg.model_config.block_size, "corpus", qcfg.corpus)
+print(
+    "steps",
+    qcfg.steps,
+    "batch",
+    qcfg.batch_size,
+    "block",
+    qcfg.model_config.block_size,
+    "corpus",
+    qcfg.corpus,
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -364,16 +408,23 @@ q_run = train(qcfg)
 g_run = train(gcfg)
 runs = {"qllm": q_run.metrics, "gpt": g_run.metrics}
 for name, m in runs.items():
-    print(f"{name:5} {m['params']:>9,} params  val {m['val_loss']:.4f} nats = {m['val_bpc']:.3f} bits/byte  {m['ms_per_step']:.0f} ms/step")
+    print(
+        f"{name:5} {m['params']:>9,} params  val {m['val_loss']:.4f} nats = {m['val_bpc']:.3f} bits/byte  {m['ms_per_step']:.0f} ms/step"
+    )
 
 # %%
-print("parameter ratio qllm/gpt within 3%:", abs(q_run.metrics["params"] / g_run.metrics["params"] - 1) < 0.03)
+print(
+    "parameter ratio qllm/gpt within 3%:",
+    abs(q_run.metrics["params"] / g_run.metrics["params"] - 1) < 0.03,
+)
 assert abs(q_run.metrics["params"] / g_run.metrics["params"] - 1) < 0.03
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-fig = plot_loss_curves({"qllm": q_run.history, "gpt": g_run.history},
-                       title=f"QLLM vs GPT on {q_run.metrics['corpus']} bytes ({q_run.metrics['steps']} steps, {q_run.metrics['device']})")
+fig = plot_loss_curves(
+    {"qllm": q_run.history, "gpt": g_run.history},
+    title=f"QLLM vs GPT on {q_run.metrics['corpus']} bytes ({q_run.metrics['steps']} steps, {q_run.metrics['device']})",
+)
 save_figure(fig, out_dir, "loss_curves")
 
 # %% [markdown]
@@ -417,16 +468,27 @@ if gap_seeds and global_tokens == "recurrent":
             qcfg, model_config=dataclasses.replace(qcfg.model_config, segment_memory="reset")
         ),
         segments=dataclasses.replace(
-            qcfg, model_config=dataclasses.replace(
-                qcfg.model_config, segment_memory="none", phase="none", phase_per_position=False)
+            qcfg,
+            model_config=dataclasses.replace(
+                qcfg.model_config, segment_memory="none", phase="none", phase_per_position=False
+            ),
         ),
-        gpt_flops=matched_baseline(qcfg, match="mlp_hidden", by="flops", out_dir=str(out_dir / "gpt_flops")),
+        gpt_flops=matched_baseline(
+            qcfg, match="mlp_hidden", by="flops", out_dir=str(out_dir / "gpt_flops")
+        ),
     )
 headline = headline_gaps(gap_configs, gap_seeds, gap_lrs, out_dir, threads)
-control_pairs = [("qllm", "qllm_reset"), ("qllm_reset", "segments"), ("segments", "gpt"), ("qllm", "gpt_flops")]
-controls = paired_gaps(headline, [p for p in control_pairs if set(p) <= set(gap_configs)]) if headline else {}
+control_pairs = [
+    ("qllm", "qllm_reset"),
+    ("qllm_reset", "segments"),
+    ("segments", "gpt"),
+    ("qllm", "gpt_flops"),
+]
+controls = paired_gaps(headline, control_pairs)
 if controls:
-    print(pd.DataFrame(controls).T[["mean", "ci95_low", "ci95_high", "n_seeds", "verdict"]].round(4))
+    print(
+        pd.DataFrame(controls).T[["mean", "ci95_low", "ci95_high", "n_seeds", "verdict"]].round(4)
+    )
 
 # %% [markdown]
 # Both models must have learned to use context: a unigram model of bytes
@@ -440,9 +502,11 @@ assert learned or qcfg.steps < 300
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-print(f"unigram {unigram_loss / math.log(2):.3f} bits/byte; qllm {q_run.metrics['val_bpc']:.3f}, gpt {g_run.metrics['val_bpc']:.3f}; "
-      f"qllm - gpt = {q_run.metrics['val_bpc'] - g_run.metrics['val_bpc']:+.3f} bits/byte; "
-      f"speed ratio qllm/gpt {q_run.metrics['tokens_per_sec'] / g_run.metrics['tokens_per_sec']:.2f}")
+print(
+    f"unigram {unigram_loss / math.log(2):.3f} bits/byte; qllm {q_run.metrics['val_bpc']:.3f}, gpt {g_run.metrics['val_bpc']:.3f}; "
+    f"qllm - gpt = {q_run.metrics['val_bpc'] - g_run.metrics['val_bpc']:+.3f} bits/byte; "
+    f"speed ratio qllm/gpt {q_run.metrics['tokens_per_sec'] / g_run.metrics['tokens_per_sec']:.2f}"
+)
 
 # %% [markdown]
 # What the phases learned, per layer (for a per-position rotation: position
@@ -470,9 +534,21 @@ if phases:
 # NBVAL_IGNORE_OUTPUT
 tok = q_run.tokenizer
 gen = torch.Generator().manual_seed(seed)
-prompt = torch.tensor([tok.encode("ROMEO:" if q_run.metrics["corpus"] == "shakespeare" else "The ")], device=q_run.model.wte.weight.device)
-out = generate(q_run.model, prompt, sample_tokens, temperature=0.8, top_k=50, top_p=0.95, min_p=0.02,
-               repetition_penalty=1.1, generator=gen if prompt.device.type == "cpu" else None)
+prompt = torch.tensor(
+    [tok.encode("ROMEO:" if q_run.metrics["corpus"] == "shakespeare" else "The ")],
+    device=q_run.model.wte.weight.device,
+)
+out = generate(
+    q_run.model,
+    prompt,
+    sample_tokens,
+    temperature=0.8,
+    top_k=50,
+    top_p=0.95,
+    min_p=0.02,
+    repetition_penalty=1.1,
+    generator=gen if prompt.device.type == "cpu" else None,
+)
 print(tok.decode(out[0].tolist()))
 
 # %% [markdown]
@@ -507,15 +583,29 @@ if ft_corpus == q_run.metrics["corpus"]:
     ft_corpus = inspect.getsourcefile(inspect)  # about 120 KB of Python, always on disk
 ft_name = Path(ft_corpus).name if Path(ft_corpus).is_file() else ft_corpus
 ft_cfg = copy.deepcopy(qcfg)
-ft_cfg.corpus, ft_cfg.out_dir, ft_cfg.init_from = ft_corpus, str(out_dir / "qllm_lora"), str(q_run.out_dir / "best")
-ft_cfg.steps, ft_cfg.warmup_steps, ft_cfg.eval_interval = capped(finetune_steps), 10, max(1, capped(finetune_steps) // 2)
+ft_cfg.corpus, ft_cfg.out_dir, ft_cfg.init_from = (
+    ft_corpus,
+    str(out_dir / "qllm_lora"),
+    str(q_run.out_dir / "best"),
+)
+ft_cfg.steps, ft_cfg.warmup_steps, ft_cfg.eval_interval = (
+    capped(finetune_steps),
+    10,
+    max(1, capped(finetune_steps) // 2),
+)
 ft_cfg.lr, ft_cfg.min_lr, ft_cfg.weight_decay = 2e-3, 2e-4, 0.0
 ft_cfg.model_config.lora_rank, ft_cfg.model_config.lora_alpha = lora_rank, lora_alpha
 adapted = build_model("qllm", ft_cfg.model_config)
 counts = lora_parameter_counts(adapted)
-print(f"LoRA fine-tune: {counts['lora']:,} adapter parameters "
-      f"({counts['lora'] / counts['total']:.1%} of {counts['total']:,}); trainable {counts['trainable']:,}")
-assert counts["trainable"] == counts["lora"] == q_run.model.config.n_layer * 4 * lora_rank * 2 * q_run.model.config.n_embd
+print(
+    f"LoRA fine-tune: {counts['lora']:,} adapter parameters "
+    f"({counts['lora'] / counts['total']:.1%} of {counts['total']:,}); trainable {counts['trainable']:,}"
+)
+assert (
+    counts["trainable"]
+    == counts["lora"]
+    == q_run.model.config.n_layer * 4 * lora_rank * 2 * q_run.model.config.n_embd
+)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -523,12 +613,19 @@ print(f"fine-tune {q_run.metrics['corpus']} -> {ft_name}")
 ft_data = TokenData.load(ft_corpus, tokenizer)
 dev = resolve_device(device)
 ctx, _ = autocast_context(dev, ft_cfg.dtype)
-eval_seed, eval_iters = ft_cfg.seed + 20_000, max(ft_cfg.eval_iters, 20)  # the trainer's final-eval batches
-loss_before, _ = evaluate_loss(q_run.model, ft_data, eval_iters, "val", ft_cfg.batch_size, eval_seed, dev, ctx)
+eval_seed, eval_iters = (
+    ft_cfg.seed + 20_000,
+    max(ft_cfg.eval_iters, 20),
+)  # the trainer's final-eval batches
+loss_before, _ = evaluate_loss(
+    q_run.model, ft_data, eval_iters, "val", ft_cfg.batch_size, eval_seed, dev, ctx
+)
 ft_run = train(ft_cfg)
 loss_after = ft_run.metrics["val_loss"]
-print(f"{ft_name} val loss: base {loss_before:.4f} -> LoRA {loss_after:.4f} nats "
-      f"({loss_before / math.log(2):.3f} -> {ft_run.metrics['val_bpc']:.3f} bits/byte) after {ft_cfg.steps} steps")
+print(
+    f"{ft_name} val loss: base {loss_before:.4f} -> LoRA {loss_after:.4f} nats "
+    f"({loss_before / math.log(2):.3f} -> {ft_run.metrics['val_bpc']:.3f} bits/byte) after {ft_cfg.steps} steps"
+)
 
 # %%
 print("fine-tuning lowered the new corpus's loss:", loss_after < loss_before)
@@ -548,7 +645,10 @@ with torch.no_grad():
     merged_model = merge_lora(copy.deepcopy(ft_run.model))
     merged = merged_model(probe)[0]
 print("merged == unmerged (1e-5):", torch.allclose(merged, unmerged, atol=1e-5))
-print("no adapters left after merging:", not any(isinstance(m, LoRALinear) for m in merged_model.modules()))
+print(
+    "no adapters left after merging:",
+    not any(isinstance(m, LoRALinear) for m in merged_model.modules()),
+)
 assert torch.allclose(merged, unmerged, atol=1e-5)
 
 # %% [markdown]
@@ -566,11 +666,24 @@ assert torch.allclose(merged, unmerged, atol=1e-5)
 # %%
 if preset == "cpu":
     # lr 2e-3 and batch 16: a tiny model tolerates both, and leaves the unigram plateau sooner
-    tiny_shape = dict(n_layer=2, n_head=4, n_embd=64, batch_size=16, lr=2e-3, min_lr=2e-4,
-                      eval_interval=10_000, eval_iters=10, warmup_steps=25)
+    tiny_shape = dict(
+        n_layer=2,
+        n_head=4,
+        n_embd=64,
+        batch_size=16,
+        lr=2e-3,
+        min_lr=2e-4,
+        eval_interval=10_000,
+        eval_iters=10,
+        warmup_steps=25,
+    )
 else:  # a GPU box: a medium shape, 2000 steps per cell
-    tiny_shape = dict(n_layer=6, n_head=6, n_embd=384, grad_accum=1, lr=6e-4, min_lr=6e-5, warmup_steps=100)
-main = dict(phase=phase, phase_per_position=phase_per_position, globals=global_tokens, coherence=coherence)
+    tiny_shape = dict(
+        n_layer=6, n_head=6, n_embd=384, grad_accum=1, lr=6e-4, min_lr=6e-5, warmup_steps=100
+    )
+main = dict(
+    phase=phase, phase_per_position=phase_per_position, globals=global_tokens, coherence=coherence
+)
 variants = {
     "main": {},
     "main, seed 2": {"seed": seed + 1},
@@ -580,7 +693,9 @@ variants = {
     "globals seed": dict(globals="seed"),
     "globals recurrent": dict(globals="recurrent"),
     "coherence off": dict(coherence=0.0),
-    "seed's QLLM (gain, seed globals)": dict(phase="gain", phase_per_position=False, globals="seed"),
+    "seed's QLLM (gain, seed globals)": dict(
+        phase="gain", phase_per_position=False, globals="seed"
+    ),
 }
 ablation_n = capped(ablation_steps if preset == "cpu" else 2000)
 ablation_cfgs = {}
@@ -593,7 +708,15 @@ for label, change in variants.items():
         "qllm",
         **{**values, **common, **tiny_shape, **knobs, "seed": run_seed, "steps": ablation_n},
         tensorboard=False,
-        out_dir=str(out_dir / "ablation" / label.replace(" ", "_").replace(",", "").replace("'", "").replace("(", "").replace(")", "")),
+        out_dir=str(
+            out_dir
+            / "ablation"
+            / label.replace(" ", "_")
+            .replace(",", "")
+            .replace("'", "")
+            .replace("(", "")
+            .replace(")", "")
+        ),
     )
 print(len(ablation_cfgs), "ablation runs:", ", ".join(ablation_cfgs))
 
@@ -632,7 +755,11 @@ ablation_table
 # NBVAL_IGNORE_OUTPUT
 fig, ax = plt.subplots(figsize=(8, 4))
 labels = list(ablation)
-ax.barh(labels, [ablation[k]["val_bpc"] for k in labels], color=["C1" if k.startswith("main") else "C0" for k in labels])
+ax.barh(
+    labels,
+    [ablation[k]["val_bpc"] for k in labels],
+    color=["C1" if k.startswith("main") else "C0" for k in labels],
+)
 lo = min(ablation[k]["val_bpc"] for k in labels)
 ax.set_xlim(lo - 0.1, max(ablation[k]["val_bpc"] for k in labels) + 0.05)
 ax.invert_yaxis()
@@ -646,7 +773,9 @@ save_figure(fig, out_dir, "ablation")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-main_table = loss_table({"qllm": q_run.metrics, "gpt": g_run.metrics, f"qllm + LoRA on {ft_name}": ft_run.metrics})
+main_table = loss_table(
+    {"qllm": q_run.metrics, "gpt": g_run.metrics, f"qllm + LoRA on {ft_name}": ft_run.metrics}
+)
 main_table["val bits/byte"] = main_table["val_bpc"]
 main_table
 
@@ -659,18 +788,37 @@ extra = dict(
     bpc_delta_vs_gpt=q_run.metrics["val_bpc"] - g_run.metrics["val_bpc"],
     speed_ratio_vs_gpt=q_run.metrics["tokens_per_sec"] / g_run.metrics["tokens_per_sec"],
     unigram_bpc=unigram_loss / math.log(2),
-    lora={"corpus": ft_corpus, "adapter_params": counts["lora"], "loss_before": loss_before, "loss_after": loss_after},
-    ablation={k: {"val_bpc": m["val_bpc"], "params": m["params"], "ms_per_step": m["ms_per_step"]} for k, m in ablation.items()},
+    lora={
+        "corpus": ft_corpus,
+        "adapter_params": counts["lora"],
+        "loss_before": loss_before,
+        "loss_after": loss_after,
+    },
+    ablation={
+        k: {"val_bpc": m["val_bpc"], "params": m["params"], "ms_per_step": m["ms_per_step"]}
+        for k, m in ablation.items()
+    },
     ablation_seed_noise_bpc=noise,
     seed_claim_bpc=math.log2(3.425),
     notebook_wall_s=time.perf_counter() - notebook_start,
     **headline_metrics(headline),
     controls=controls,
 )
-print(f"QLLM ({phase}{' per position' if phase_per_position else ''}, globals {global_tokens}, lambda {coherence}) "
-      f"vs byte GPT at {q_run.metrics['params']:,} / {g_run.metrics['params']:,} parameters and {q_run.metrics['steps']} steps: "
-      f"{q_run.metrics['val_bpc']:.3f} vs {g_run.metrics['val_bpc']:.3f} bits/byte ({extra['bpc_delta_vs_gpt']:+.3f}), "
-      f"{extra['speed_ratio_vs_gpt']:.2f}x GPT's tokens/s. Seed's claim at its GPU scale: {extra['seed_claim_bpc']:.2f} bits/byte.")
-path = write_metrics(out_dir, metrics, runs={"qllm": q_run.metrics, "gpt": g_run.metrics, "qllm_lora": ft_run.metrics,
-                                             **{f"ablation/{k}": m for k, m in ablation.items()}}, **extra)
+print(
+    f"QLLM ({phase}{' per position' if phase_per_position else ''}, globals {global_tokens}, lambda {coherence}) "
+    f"vs byte GPT at {q_run.metrics['params']:,} / {g_run.metrics['params']:,} parameters and {q_run.metrics['steps']} steps: "
+    f"{q_run.metrics['val_bpc']:.3f} vs {g_run.metrics['val_bpc']:.3f} bits/byte ({extra['bpc_delta_vs_gpt']:+.3f}), "
+    f"{extra['speed_ratio_vs_gpt']:.2f}x GPT's tokens/s. Seed's claim at its GPU scale: {extra['seed_claim_bpc']:.2f} bits/byte."
+)
+path = write_metrics(
+    out_dir,
+    metrics,
+    runs={
+        "qllm": q_run.metrics,
+        "gpt": g_run.metrics,
+        "qllm_lora": ft_run.metrics,
+        **{f"ablation/{k}": m for k, m in ablation.items()},
+    },
+    **extra,
+)
 print(f"wrote {path}; notebook wall time {extra['notebook_wall_s']:.0f} s")

@@ -65,6 +65,11 @@ def test_seed_gaps_picks_rates_pairs_seeds_and_skips_on_a_second_call(corpus, tm
     other = gaps.paired_gaps(result, [("gpt", "symplectic")])["gpt - symplectic"]
     assert other["mean"] == pytest.approx(-mean) and other["n_seeds"] == 2
     assert other["ci95_low"] == pytest.approx(-gap["ci95_high"])
+    # a pair naming a config the grid never ran is left out; no grid, no gaps
+    assert list(gaps.paired_gaps(result, [("gpt", "symplectic"), ("gpt", "absent")])) == [
+        "gpt - symplectic"
+    ]
+    assert gaps.paired_gaps(None, [("gpt", "symplectic")]) == {}
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
     capsys.readouterr()
@@ -81,6 +86,13 @@ def test_seed_gaps_picks_rates_pairs_seeds_and_skips_on_a_second_call(corpus, tm
 def test_bad_rates_are_one_clear_error(text, message):
     with pytest.raises(PhysllmError, match=message):
         gaps.parse_rates(text)
+
+
+def test_rates_come_as_text_one_number_or_a_list():
+    """papermill's `-p gap_lrs 1e-3` hands the notebook a float, `-p gap_lrs 1e-3,1e-2` a str."""
+    assert gaps.parse_rates("3e-4, 1e-3") == (3e-4, 1e-3)
+    assert gaps.parse_rates(1e-3) == (1e-3,)
+    assert gaps.parse_rates([1e-3, 1e-2]) == (1e-3, 1e-2)
 
 
 def test_bad_grids_fail_before_anything_runs(corpus, tmp_path):

@@ -108,9 +108,16 @@ def test_matched_perplexity_interpolates_the_baseline():
     ]
     rows = {r["strength"]: r for r in at_matched_perplexity(steered, biased)}
     assert set(rows) == {1.0, -1.0}
-    assert rows[1.0]["bias_token_rate"] == pytest.approx(0.5)  # 0.4 + 0.4 * (13 - 12) / 4
+    assert rows[1.0]["bias_rate"] == pytest.approx(0.5)  # 0.4 + 0.4 * (13 - 12) / 4
     assert rows[1.0]["steer_minus_bias"] == pytest.approx(0.0)
-    assert rows[-1.0]["bias_token_rate"] is None  # the bias grid never cost ppl 30
+    assert rows[-1.0]["bias_rate"] is None  # the bias grid never cost ppl 30
+    # any rate of the rows: here whole words, where the bias is ahead at ppl 13
+    for r in steered + biased:
+        r["whole_word_rate"] = r["token_rate"] / 2
+    steered[1]["whole_word_rate"] = 0.1
+    words = {r["strength"]: r for r in at_matched_perplexity(steered, biased, "whole_word_rate")}
+    assert words[1.0]["bias_rate"] == pytest.approx(0.25)
+    assert words[1.0]["steer_minus_bias"] == pytest.approx(-0.15)
 
 
 @pytest.mark.parametrize("word", ["the", "def", "x"])
@@ -160,10 +167,9 @@ def test_measurements_match_their_definitions(loaded):
     manual = torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont, reduction="none")
     assert torch.allclose(continuation_nll(model, prompt, cont), manual.mean(-1), atol=1e-5)
     assert repetition_rate(torch.tensor([[1, 2, 1, 2, 1, 2]]), n=2) == pytest.approx(3 / 5)
-    word_rate, token_rate = target_rates(
-        ["a The b", "xyz"], torch.tensor([[1, 2], [3, 3]]), "the", [3]
-    )
-    assert word_rate == 0.5 and token_rate == 0.5
+    rates = target_rates(["a The b", "xyz there"], torch.tensor([[1, 2], [3, 3]]), "the", [3])
+    # "there" contains "the" but is not the word: 1 of the 5 words is
+    assert rates == dict(word_rate=1.0, whole_word_rate=0.2, token_rate=0.5)
 
 
 def test_steer_command(ham_run):
@@ -215,3 +221,17 @@ def test_steer_bad_input_is_one_line_and_exit_2(ham_run, tiny_run):
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_target_ids_take_the_word_as_it_appears_inside_a_sentence():
+    """A byte-level BPE has the in-sentence word (after a space) as one token; characters
+    keep the word's own letters (the space, a token of its own, is not part of it)."""
+    from physllm.hamiltonian.steering import target_ids
+    from physllm.tokenization import BPETokenizer, CharTokenizer
+
+    text = "the king and the queen love the land. " * 200
+    bpe = BPETokenizer.fit(text, vocab_size=300)
+    assert target_ids(bpe, "love") == bpe.encode(" love") and len(bpe.encode(" love")) == 1
+    assert bpe.encode("love") != bpe.encode(" love")
+    chars = CharTokenizer.fit(text)
+    assert target_ids(chars, "love") == chars.encode("love")

@@ -50,8 +50,11 @@ DEFAULT_SEEDS = (1, 2, 3)
 STAGES = ("lr", "seeds")
 
 
-def parse_rates(text: str | Sequence[float]) -> tuple[float, ...]:
-    """``"3e-4,1e-3,3e-3,1e-2"`` (a papermill parameter) or a sequence: positive finite rates."""
+def parse_rates(text: str | float | Sequence[float]) -> tuple[float, ...]:
+    """``"3e-4,1e-3,3e-3,1e-2"`` (a papermill parameter), one number (``-p gap_lrs 1e-3``
+    arrives as a float) or a sequence: positive finite rates."""
+    if isinstance(text, (int, float)):
+        text = [text]
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
         rates = tuple(float(x) for x in items if str(x).strip())
@@ -178,13 +181,17 @@ def gap_at_best(
 
 
 def paired_gaps(
-    result: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
+    result: Mapping[str, Any] | None, pairs: Sequence[tuple[str, str]]
 ) -> dict[str, dict[str, Any]]:
     """Gaps between configs of one :func:`seed_gaps` result other than its baseline (a
     candidate against a control): ``{"a - b": gap_at_best(...)}``, paired by seed, each
-    config at the rate it picked."""
+    config at the rate it picked. Pairs naming a config the grid did not run are left out;
+    no result (a notebook's ``gap_seeds = 0``): ``{}``."""
+    if result is None:
+        return {}
     rows = [r for r in read_results(result["results"]) if r["status"] == "ok"]
-    return {f"{a} - {b}": gap_at_best(rows, a, b, result["best_lr"]) for a, b in pairs}
+    ran = result["best_lr"]
+    return {f"{a} - {b}": gap_at_best(rows, a, b, ran) for a, b in pairs if a in ran and b in ran}
 
 
 def gap_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -192,13 +193,33 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Ten
 
 
 def target_ids(tokenizer, word: str) -> list[int]:
-    """Every token of the target word (errors are PhysllmError with a clear message)."""
+    """The target word's tokens as it appears inside a sentence (after a space): for a
+    byte-level BPE that is one ``Ġword``-style token, not the sentence-initial pieces of
+    ``word``; for characters, the word's characters (a space of its own is dropped).
+    Errors are PhysllmError with a clear message."""
     if not word:
         raise PhysllmError("the target word is empty")
-    ids = tokenizer.encode(word)
+    ids, space = tokenizer.encode(" " + word), tokenizer.encode(" ")
+    if space and ids[: len(space)] == space:
+        ids = ids[len(space) :]
     if not ids:
         raise PhysllmError(f"the target word {word!r} encodes to no tokens")
     return ids
+
+
+WORD = re.compile(r"[a-z']+")
+
+
+def target_rates(texts: Sequence[str], cont: torch.Tensor, word: str, ids: Sequence[int]) -> dict:
+    """word_rate: share of continuations containing the word anywhere (case-insensitive);
+    whole_word_rate: share of the generated words (runs of letters) that are the word;
+    token_rate: share of generated tokens that are one of the word's tokens."""
+    words = [w for t in texts for w in WORD.findall(t.lower())]
+    return dict(
+        word_rate=sum(word.lower() in t.lower() for t in texts) / max(1, len(texts)),
+        whole_word_rate=sum(w == word.lower() for w in words) / max(1, len(words)),
+        token_rate=float(torch.isin(cont, torch.tensor(list(ids))).float().mean()),
+    )
 
 
 @torch.no_grad()
@@ -210,14 +231,6 @@ def continuation_nll(model, prompt: torch.Tensor, cont: torch.Tensor) -> torch.T
     logits = model.run(full[:, :-1])["logits"].float()  # (B, T + n - 1, V)
     logp = logits[:, -n:].log_softmax(-1)
     return -logp.gather(-1, full[:, -n:, None]).squeeze(-1).mean(-1)
-
-
-def target_rates(texts: Sequence[str], cont: torch.Tensor, word: str, ids: Sequence[int]):
-    """word_rate: share of continuations containing the word (case-insensitive);
-    token_rate: share of generated tokens that are one of the word's tokens."""
-    word_rate = sum(word.lower() in t.lower() for t in texts) / max(1, len(texts))
-    token_rate = float(torch.isin(cont, torch.tensor(list(ids))).float().mean())
-    return word_rate, token_rate
 
 
 def steering_curve(
@@ -266,7 +279,6 @@ def steering_curve(
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 texts = [tokenizer.decode(row.tolist()) for row in cont]
-                word_rate, token_rate = target_rates(texts, cont, word, ids)
                 nll = continuation_nll(model, prompt_ids, cont)
                 rows.append(
                     dict(
@@ -274,8 +286,7 @@ def steering_curve(
                         method=method,
                         strength=float(s),
                         n=n_samples,
-                        word_rate=word_rate,
-                        token_rate=token_rate,
+                        **target_rates(texts, cont, word, ids),
                         ppl=float(torch.exp(nll.mean())),
                         tokens_per_sec=n_samples * max_new_tokens / seconds,
                         example=texts[0],
@@ -286,37 +297,40 @@ def steering_curve(
     return rows
 
 
-def at_matched_perplexity(steered: Sequence[dict], biased: Sequence[dict]) -> list[dict]:
+def at_matched_perplexity(
+    steered: Sequence[dict], biased: Sequence[dict], rate: str = "token_rate"
+) -> list[dict]:
     """Steering against the logit-bias baseline at the same fluency cost.
 
-    For each steered row (strength != 0), the baseline's token rate at the steered
-    row's perplexity: linear interpolation between the two bias strengths (same target,
-    same sign) whose perplexities bracket it; None where no pair brackets it (the bias
-    grid did not reach that cost). ``steer_minus_bias``: positive where steering moves
-    the target's rate further than the bias does at equal perplexity."""
+    For each steered row (strength != 0), the baseline's ``rate`` (a key of the rows:
+    ``token_rate``, ``whole_word_rate``...) at the steered row's perplexity: linear
+    interpolation between the two bias strengths (same target, same sign) whose
+    perplexities bracket it; None where no pair brackets it (the bias grid did not reach
+    that cost). ``steer_minus_bias``: positive where steering moves the target's rate
+    further than the bias does at equal perplexity."""
     rows = []
     for r in steered:
         if r["strength"] == 0:
             continue
         sign = 1 if r["strength"] > 0 else -1
         line = sorted(
-            ((b["ppl"], b["token_rate"]) for b in biased
+            ((b["ppl"], b[rate]) for b in biased
              if b["target"] == r["target"] and (b["strength"] == 0 or (b["strength"] > 0) == (sign > 0))),
         )  # fmt: skip
-        rate = None
+        at_ppl = None
         for (p0, t0), (p1, t1) in zip(line, line[1:]):
             if p0 <= r["ppl"] <= p1:
-                rate = t0 if p1 == p0 else t0 + (t1 - t0) * (r["ppl"] - p0) / (p1 - p0)
+                at_ppl = t0 if p1 == p0 else t0 + (t1 - t0) * (r["ppl"] - p0) / (p1 - p0)
                 break
-        diff = None if rate is None else sign * (r["token_rate"] - rate)
         rows.append(
             dict(
                 target=r["target"],
                 strength=r["strength"],
                 ppl=r["ppl"],
-                steer_token_rate=r["token_rate"],
-                bias_token_rate=rate,
-                steer_minus_bias=diff,
+                rate=rate,
+                steer_rate=r[rate],
+                bias_rate=at_ppl,
+                steer_minus_bias=None if at_ppl is None else sign * (r[rate] - at_ppl),
             )
         )
     return rows
