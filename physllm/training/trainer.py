@@ -190,8 +190,13 @@ def _preflight(cfg: TrainConfig) -> None:
             raise PhysllmError(f"--init-from: {err}") from None
 
 
-def train(cfg: TrainConfig) -> RunResult:
+def train(cfg: TrainConfig, data: TokenData | None = None) -> RunResult:
     """Train ``cfg.model`` on ``cfg.corpus``; return the model, the data and the metrics.
+
+    ``data``: batches from this instead of ``cfg.corpus``, any object with
+    :class:`~physllm.data.TokenData`'s interface (``get_batch``, ``splits``, ``tokenizer``...):
+    a synthetic task whose targets are -1 (ignored) except where an answer is scored
+    (:class:`physllm.probes.ProbeData`).
 
     Bad input is a :class:`PhysllmError` raised before anything is written: the
     config and the paths it names first (:func:`_preflight`), then what needs the
@@ -200,7 +205,7 @@ def train(cfg: TrainConfig) -> RunResult:
     _preflight(cfg)
     dist = Distributed()
     try:
-        return Trainer(cfg, dist).run()
+        return Trainer(cfg, dist, data).run()
     finally:
         dist.close()
 
@@ -212,14 +217,16 @@ class Trainer:
     :meth:`finish` at the end. Nothing here asks what kind of model it trains: the batch
     source (windows or streams) and the model hide that."""
 
-    def __init__(self, cfg: TrainConfig, dist: Distributed):
+    def __init__(self, cfg: TrainConfig, dist: Distributed, data: TokenData | None = None):
         self.cfg, self.dist = cfg, dist
         set_threads(cfg.threads)
         self.device = device = dist.device(cfg.device)
         self.ctx, use_scaler = autocast_context(device, cfg.dtype)
         self.out_dir = Path(cfg.out_dir)
         self.last_dir, self.best_dir = self.out_dir / "last", self.out_dir / "best"
-        self.data = data = TokenData.load(cfg.corpus, cfg.tokenizer, cfg.max_chars)
+        if data is None:
+            data = TokenData.load(cfg.corpus, cfg.tokenizer, cfg.max_chars)
+        self.data = data
         self.mcfg = mcfg = _prepare_model_config(cfg, data.tokenizer)
         data.check_block(mcfg.block_size)
         resume_dir = self._resume_dir()
