@@ -24,15 +24,23 @@
 # hidden states into a slot bank; a later call, whose context holds none of
 # the earlier text, *reads* them by Hopfield retrieval. Here we derive the
 # memory (classical and modern Hopfield energies, why one update step is
-# attention, how many patterns it can hold), walk through the code, train the
-# memory on synthetic facts with a frozen backbone, and measure:
+# attention, what the theory says about capacity), walk through the code, train
+# the memory on synthetic facts with a frozen backbone, and measure, over
+# `recall_seeds` seeds with Student-t 95% intervals:
 #
 # * recall across calls on **held-out** facts ("the code of NAME is CODE",
-#   names and codes never seen in training), with and without the memory;
+#   names and codes never seen in training), with and without the memory, and
+#   against two memories that learn nothing: an exact **n-gram cache** of call 1
+#   and a **kNN-LM** over the frozen backbone's hidden states;
+# * the same with **held-out wordings**: facts written and questions asked with
+#   templates that training never used;
 # * the energy of the retrieval over update steps (it must descend);
-# * a capacity curve: recall against the number of facts stored.
+# * capacity: recall against the number of facts stored, with a bank large
+#   enough to hold them all and with the default FIFO bank;
+# * what the memory costs ordinary text: the validation loss with the bank empty
+#   and holding 100 facts.
 #
-# Headless: `papermill notebooks/05_hopfield.ipynb out.ipynb -p steps 600`.
+# Headless: `papermill notebooks/05_hopfield.ipynb out.ipynb -p steps 600 -p capacity_max 2048`.
 
 # %%
 # Setup: on Colab, install the repository; anywhere else it is already installed.
@@ -52,12 +60,17 @@ device = "auto"
 seed = 1337
 threads = 1  # CPU threads: the memory's many small ops gain nothing from more (and lose a lot on a busy machine)
 out_dir = "runs/05_hopfield"
-memory_steps = None  # stage-2 steps (None: the preset's memory_steps, or `steps` when that is set)
+memory_steps = None  # stage 2a steps (None: the preset's memory_steps, or `steps` when that is set)
+paraphrase_steps = None  # stage 2b steps on the training templates (None: memory_steps)
 n_updates = 1  # Hopfield updates per read (1: exactly attention)
 combine = "gated"  # add | gated | concat
 key_window = 12  # hidden states each key and query sees
-eval_facts = 16  # facts written in call 1 of the recall table
-capacity_sizes = [1, 4, 16, 64, 128, 256]
+eval_facts = 16  # facts written in call 1 of the recall tables
+recall_seeds = 3  # seeds of the memory stage and of the facts drawn (each one retrains stage 2)
+recall_trials = 4  # call-1/call-2 trials per seed and task (eval_facts questions each)
+ngram_n = 12  # the n-gram cache's longest context
+capacity_max = 256  # the capacity curves double from 16 facts to this (the reference report: 2048)
+lm_facts = 100  # facts in the bank while the validation loss is measured
 
 # %%
 import math
@@ -66,18 +79,28 @@ import random
 import torch
 
 from physllm.analysis import plot_loss_curves, save_figure
+from physllm.experiments.stats import interval
 from physllm.hopfield import functional as hopfield_fn
 from physllm.hopfield.analysis import (
     energy_descent,
     plot_capacity_curve,
     plot_energy_descent,
-    recall_table,
     retrieval_vs_beta,
+    seed_summary,
+    summary_table,
 )
+from physllm.hopfield.baselines import KNNLM, NGramCache
 from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
-from physllm.hopfield.tasks import FactsTask, capacity_curve, recall
+from physllm.hopfield.tasks import (
+    SETTINGS,
+    FactsTask,
+    TemplateSplit,
+    capacity_curve,
+    compare_readers,
+    fresh_memory,
+)
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
-from physllm.training import make_config, train, train_memory
+from physllm.training import evaluate_split, make_config, train, train_memory
 
 # NBVAL_IGNORE_OUTPUT
 preset, device = setup(seed=seed, preset=preset, device=device, threads=threads)
@@ -129,17 +152,34 @@ print(corpus_notice(corpus))
 # stored patterns are the context's keys. The CHopT memory keeps the
 # patterns of *earlier calls* as well, in a bank that outlives the context.
 #
-# ### Storage capacity and $\beta$
+# ### Storage capacity and $\beta$: what the theorems say
 #
-# For patterns on a sphere of radius $M$ and separation
-# $\Delta_i = x_i^\top x_i - \max_{j\ne i} x_i^\top x_j$, a probe near $x_i$ is
-# retrieved after one update with an error that falls like
-# $2(N-1)\,e^{-\beta(\Delta_i - 2 \beta N M^2)}\,M$ (Ramsauer et al.,
-# Theorem 4): large $\beta$ and well separated patterns give one-step
-# retrieval, and the number of random patterns that can be stored this way
-# grows exponentially with $d$. Small $\beta$ instead gives a *metastable*
-# state: the average of many patterns. Below: the energy descent and the
-# effect of $\beta$ on random patterns, with the functions the model uses.
+# Ramsauer et al. (2020) state their results for $N$ patterns with
+# $M = \max_i \|x_i\|$ and the separation of pattern $i$ from the others,
+# $\Delta_i = x_i^\top x_i - \max_{j\ne i} x_i^\top x_j$.
+#
+# * **One-step retrieval (Theorems 4 and 5).** If $x_i$ is *well separated*,
+#   $\Delta_i \ge \frac{2}{\beta N} + \frac1\beta \ln\!\big(2(N-1)N\beta M^2\big)$,
+#   and the probe $\xi$ lies in the sphere of radius $\frac{1}{\beta N M}$ around
+#   $x_i$, the update converges to a fixed point $x_i^*$ in that sphere, and after
+#   **one** update the retrieval error is bounded by
+#   $$ \|f(\xi) - x_i\| \le 2(N-1)\, \exp\!\big(-\beta(\Delta_i - 2\max\{\|\xi - x_i\|, \|x_i^* - x_i\|\}\, M)\big)\, M ,$$
+#   which for $\|\xi - x_i\|, \|x_i^* - x_i\| \le \frac{1}{2\beta M}$ becomes
+#   $2e(N-1)M\,e^{-\beta\Delta_i}$: exponentially small in $\beta\Delta_i$.
+# * **Capacity (Theorem 3).** For $N$ patterns drawn *at random* on the sphere
+#   of radius $M = K\sqrt{d-1}$, with probability $1-p$ all of them are
+#   well separated (so retrievable in one update) as long as
+#   $N \le \sqrt{p}\, c^{(d-1)/4}$, for a constant $c > 1$ that depends on
+#   $\beta$, $K$, $d$ and $p$ (for example $c \ge 3.15$ at $\beta = 1$, $K = 3$,
+#   $d = 20$, $p = 0.001$): exponential in the dimension $d$.
+#
+# Both are statements about well-separated (or random) stored patterns. They
+# do not say how many *learned* keys a CHopT bank separates: the keys of
+# "the code of bolek is" and "the code of bolet is" differ in one character
+# and are not random. That is measured in section 7. Small $\beta$ gives a
+# *metastable* state instead: the average of many patterns. Below: the energy
+# descent and the effect of $\beta$ on random patterns, with the functions the
+# model uses.
 
 # %%
 gen = torch.Generator().manual_seed(seed)
@@ -210,6 +250,25 @@ show_source(MemoryBank.write)
 show_source(HopfieldLM.call)
 
 # %% [markdown]
+# **Baselines that learn nothing** (`physllm/hopfield/baselines.py`), scored by the
+# same `recall` on the same facts and questions. The **n-gram cache** stores every
+# context of 1..`ngram_n` tokens of call 1 with the token that followed and answers
+# by greedy continuation from the longest suffix of the question it has seen:
+
+# %%
+show_source(NGramCache.continuation)
+
+# %% [markdown]
+# The **kNN-LM** (Khandelwal et al. 2020) stores (hidden state at $t$, token
+# $t+1$) for every position of call 1 and mixes the $k$ nearest neighbours'
+# tokens, weighted by $\operatorname{softmax}(-d/T)$ of their squared distance,
+# into the backbone's distribution with weight $\lambda$ ($k = 16$, $T = 1$,
+# $\lambda = 0.5$, chosen on training names, not held-out ones):
+
+# %%
+show_source(KNNLM.log_probs)
+
+# %% [markdown]
 # ## 3. Stage 1: the backbone
 #
 # The backbone is the repository's char GPT (nanoGPT's Shakespeare shape),
@@ -255,56 +314,105 @@ print(f"{metrics['params']:,} parameters, val loss {metrics['val_loss']:.4f} "
 # $\beta$. Names (consonant-vowel patterns) and codes (four letters) come
 # from a seeded RNG; a fixed fifth of all names and of all codes (by CRC32)
 # is held out and used only for evaluation.
+#
+# Asked in the wording it was written in, a fact can be answered by copying
+# what followed the same context in call 1: an exact n-gram cache does that
+# without any parameters. So the memory trains in two parts. **2a**
+# (`memory_steps`): the same wording in both calls. **2b**
+# (`paraphrase_steps`): facts written and questions asked with *training
+# templates* drawn independently per fact and per question, so the question's
+# wording is mostly not the fact's. Two fact templates and two question
+# templates are **held out**: no training episode uses them.
 
 # %%
 task = FactsTask(tok.encode)
+split = TemplateSplit()
+para_task = split.task(tok.encode, "train")
 example = task.episode(1, 2, random.Random(seed))
 print(repr(tok.decode(example.write_ids[0].tolist())))
 for row, target in zip(example.read_ids, example.read_targets):
     print(repr(tok.decode(row.tolist())), "-> scored:", repr(tok.decode(target[target >= 0].tolist())))
+for kind in ("fact", "question"):
+    print(f"{kind} templates, training:", split.templates(kind, False))
+    print(f"{kind} templates, held out:", split.templates(kind, True))
 print("memory parameters:", sum(p.numel() for p in model.memory_layer.parameters()))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-memory_history = train_memory(model, task, memory_steps, batch_size=mcfg.memory_batch,
-                              max_facts=mcfg.memory_facts, lr=mcfg.memory_lr, seed=seed)
-print(f"memory loss {memory_history[0]['train_loss']:.3f} -> {memory_history[-1]['train_loss']:.3f} "
-      f"in {memory_history[-1]['time_s']:.1f} s")
+if paraphrase_steps is None:
+    paraphrase_steps = memory_steps
+stage = dict(batch_size=mcfg.memory_batch, max_facts=mcfg.memory_facts, lr=mcfg.memory_lr, seed=seed)
+memory_history = train_memory(model, task, memory_steps, **stage)
+para_history = train_memory(model, para_task, paraphrase_steps, **stage)
+print(f"2a, same wording: loss {memory_history[0]['train_loss']:.3f} -> {memory_history[-1]['train_loss']:.3f} "
+      f"in {memory_history[-1]['time_s']:.1f} s; 2b, training templates: {para_history[0]['train_loss']:.3f} -> "
+      f"{para_history[-1]['train_loss']:.3f} in {para_history[-1]['time_s']:.1f} s")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 fig = plot_loss_curves({"backbone (stage 1)": result.history}, title="stage 1: backbone language modelling")
 save_figure(fig, out_dir, "backbone_loss")
-fig = plot_loss_curves({"memory (stage 2)": memory_history}, title="stage 2: memory, cross-entropy on the codes")
+fig = plot_loss_curves({"2a: same wording": memory_history, "2b: training templates": para_history},
+                       title="stage 2: memory, cross-entropy on the codes")
 save_figure(fig, out_dir, "memory_loss")
 
 # %% [markdown]
-# ## 5. Recall across calls
+# ## 5. Recall across calls, against baselines, over seeds
 #
 # Call 1 writes `eval_facts` held-out facts; call 2 gets only the questions
 # (its tokens hold nothing of call 1: the test suite checks the token ids)
-# and answers greedily. Without memory is the same model with the bank reset
-# between the calls: then the code is a guess, chance being $26^{-4}$ for an
-# exact match and about $1/26$ per character.
+# and answers greedily. Every reader gets the same facts and questions:
+#
+# * **memory**: the trained CHopT model;
+# * **no_memory**: the same model with the bank reset between the calls (chance:
+#   $26^{-4}$ exact, about $1/26$ per character);
+# * **ngram_cache**: the exact `ngram_n`-gram cache of call 1, no parameters;
+# * **knn_lm**: the kNN-LM over the frozen backbone's hidden states.
+#
+# The tasks: **same_template** (written and asked as in 2a: the exact-context
+# lookup); **train** (training templates, drawn per fact and per question);
+# **heldout_ask** (written with training templates, asked with held-out ones);
+# **heldout_write** (the reverse); **heldout_both**. Each further seed
+# retrains stage 2 (2a and 2b) from a fresh memory layer on the same backbone and
+# draws other facts. Cells: mean exact match over seeds [Student-t 95% interval].
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-with_memory = recall(model, task, eval_facts, trials=8, seed=seed)
-without_memory = recall(model, task, eval_facts, trials=8, seed=seed, use_memory=False)
-table = recall_table({"with memory": with_memory, "without memory (reset)": without_memory})
-table
+seeds = [seed + i for i in range(recall_seeds)]
+tasks = {"same_template": task, **{s: split.task(tok.encode, s) for s in SETTINGS}}
+per_seed = [compare_readers(model, tasks, eval_facts, recall_trials, seeds[0], ngram_n)]
+for s in seeds[1:]:
+    other = fresh_memory(model, s)
+    train_memory(other, task, memory_steps, **{**stage, "seed": s}, progress=False)
+    train_memory(other, para_task, paraphrase_steps, **{**stage, "seed": s}, progress=False)
+    per_seed.append(compare_readers(other, tasks, eval_facts, recall_trials, s, ngram_n))
+summary = seed_summary(per_seed, interval)
+summary_table(summary)
+
+# %% [markdown]
+# The loss on the answer tokens (teacher-forced nats per code character; the
+# n-gram cache's probabilities are its continuation counts mixed with 1% uniform):
 
 # %%
-# What must hold: without memory the codes cannot be known; with it they are.
-# Asserted at the default 150 memory steps and above; smoke tests (`-p steps 20`,
-# fewer than 100 memory steps) check the plumbing only, like the capacity curve below.
-smoke = memory_steps < 100
-print("no-memory recall at chance (< 5%):", without_memory["exact_match"] < 0.05)
-assert without_memory["exact_match"] < 0.05
-print("memory beats no memory:", with_memory["char_accuracy"] > without_memory["char_accuracy"] or smoke)
-assert with_memory["char_accuracy"] > without_memory["char_accuracy"] or smoke
-print(">= 90% exact-match recall with memory:", with_memory["exact_match"] >= 0.9 or smoke)
-assert with_memory["exact_match"] >= 0.9 or smoke
+# NBVAL_IGNORE_OUTPUT
+summary_table(summary, "answer_loss")
+
+# %%
+# What must hold at the defaults (smoke runs, `-p steps 20`, check the plumbing only).
+smoke = memory_steps < 50
+same = summary["same_template"]
+print("no-memory recall at chance (< 5%) on every task:", all(summary[t]["no_memory"]["exact_match"] < 0.05 for t in summary))
+assert all(summary[t]["no_memory"]["exact_match"] < 0.05 for t in summary)
+print("n-gram cache: every same-wording fact, every seed:", same["ngram_cache"]["per_seed"] == [1.0] * recall_seeds)
+assert same["ngram_cache"]["per_seed"] == [1.0] * recall_seeds
+print("n-gram cache <= 5% when the question's wording is held out:",
+      max(summary[t]["ngram_cache"]["exact_match"] for t in ("heldout_ask", "heldout_both")) <= 0.05)
+assert max(summary[t]["ngram_cache"]["exact_match"] for t in ("heldout_ask", "heldout_both")) <= 0.05
+print(">= 90% exact match with memory, same wording:", same["memory"]["exact_match"] >= 0.9 or smoke)
+assert same["memory"]["exact_match"] >= 0.9 or smoke
+print("memory beats the n-gram cache on held-out questions (interval above its mean):",
+      summary["heldout_ask"]["memory"]["ci95_low"] > summary["heldout_ask"]["ngram_cache"]["exact_match"] or smoke)
+assert summary["heldout_ask"]["memory"]["ci95_low"] > summary["heldout_ask"]["ngram_cache"]["exact_match"] or smoke
 
 # %% [markdown]
 # A call's memory can be saved and loaded: here call 1 happens, the bank is
@@ -346,49 +454,53 @@ save_figure(fig, out_dir, "energy_descent")
 # %% [markdown]
 # ## 7. Capacity
 #
-# Recall against the number of facts in memory. Each fact writes one slot
-# per character; the bank holds `n_slots`, beyond which FIFO replacement
-# forgets the oldest facts, so recall can be at most (facts that fit) / n:
-# the dotted bound. Training saw at most `memory_facts` facts per episode.
+# Recall (same wording, 64 questions per point) against the number of facts
+# in memory, two ways. **No eviction**: a bank of (facts x slots per fact)
+# slots, so everything written stays: this measures the memory. **FIFO**:
+# the model's own bank of `n_slots`; each fact writes one slot per
+# character, and past `n_slots` / (slots per fact) facts FIFO has forgotten
+# the oldest, so recall can be at most (facts that fit) / n: the dotted
+# bound. That curve measures the bank's size, not the memory. Training saw
+# at most `memory_facts` facts per episode.
 
 # %%
-slots_per_fact = len(tok.encode(task.write_text(task.facts(1, random.Random(0)))))
+slots_per_fact = task.fact_tokens()
 facts_fit = mcfg.n_slots / slots_per_fact
-print(f"{slots_per_fact} slots per fact; the bank of {mcfg.n_slots} slots holds {facts_fit:.0f} facts")
+capacity_sizes = [16 * 2**i for i in range(int(math.log2(capacity_max / 16)) + 1)] if capacity_max >= 16 else [capacity_max]
+if smoke:  # smoke runs (-p steps 20) check the plumbing: a shorter curve
+    capacity_sizes = capacity_sizes[:2]
+print(f"{slots_per_fact} slots per fact; the FIFO bank of {mcfg.n_slots} slots holds {facts_fit:.0f} facts")
+print("facts stored:", capacity_sizes)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-if memory_steps < 100:  # smoke runs (-p steps 20) check the plumbing: a shorter curve
-    capacity_sizes = capacity_sizes[:3]
-curve = capacity_curve(model, task, capacity_sizes, questions=32, seed=seed)
-curve_without = [recall(model, task, n, trials=1, seed=seed + n, use_memory=False) for n in capacity_sizes[:3]]
-fig = plot_capacity_curve(curve, curve_without, chance=1 / 26, facts_fit=facts_fit)
+curve = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed, evict=False)
+curve_fifo = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed)
+fig = plot_capacity_curve({"no eviction": curve, "FIFO": curve_fifo}, chance=1 / 26, facts_fit=facts_fit)
 save_figure(fig, out_dir, "capacity_curve")
-capacity = pd.DataFrame(curve).set_index("n_facts")
-capacity["bank_bound"] = [min(1.0, facts_fit / n) for n in capacity.index]
+cols = ["n_slots", "slots_per_fact", "questions", "exact_match", "char_accuracy"]
+capacity = pd.concat({"no eviction": pd.DataFrame(curve).set_index("n_facts")[cols],
+                      "FIFO": pd.DataFrame(curve_fifo).set_index("n_facts")[cols]}, axis=1)
+capacity[("FIFO", "bank_bound")] = [min(1.0, facts_fit / n) for n in capacity.index]
 capacity
 
 # %% [markdown]
-# ## 8. A limit: paraphrased questions
+# ## 8. What the memory costs ordinary text
 #
-# Each slot is keyed by the *context* in which a token was written, so the
-# memory answers a question that reproduces the fact's wording
-# ("the code of NAME is"). Here the same training runs with call 2 asking
-# `what is the code of NAME? ` instead, on a fresh memory layer. The query
-# must now learn to match a context that never occurred in call 1.
+# The backbone's validation loss by the repository's evaluator (the whole
+# validation split in fixed blocks, each from an empty context), with the bank
+# empty and holding `lm_facts` held-out facts. An empty bank leaves the model
+# exactly its backbone; a filled one is read at every position of every block.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-import copy
-
-para_model = copy.deepcopy(model)
-para_model.memory_layer = HopfieldMemory(mcfg, para_model.backbone.n_embd)  # untrained memory
-para_task = FactsTask(tok.encode, question="what is the code of {name}? ")
-para_history = train_memory(para_model, para_task, memory_steps, batch_size=mcfg.memory_batch,
-                            max_facts=mcfg.memory_facts, lr=mcfg.memory_lr, seed=seed, progress=False)
-paraphrased = recall(para_model, para_task, eval_facts, trials=4, seed=seed)
-recall_table({"question = the fact's wording": with_memory, "paraphrased question": paraphrased,
-              "no memory": without_memory})
+model.memory.reset()
+lm_empty = evaluate_split(model, result.data, mcfg.block_size, "val")
+model.call(torch.tensor([tok.encode(task.write_text(task.facts(lm_facts, random.Random(seed), "heldout")))]))
+lm_facts_loaded = evaluate_split(model, result.data, mcfg.block_size, "val")
+model.memory.reset()
+print(f"validation loss, bank empty: {lm_empty['val_loss']:.4f}; holding {lm_facts} facts: "
+      f"{lm_facts_loaded['val_loss']:.4f} ({lm_empty['val_blocks']} blocks of {mcfg.block_size})")
 
 # %% [markdown]
 # ## 9. GPU preset: NarrativeQA with the summary in memory only
@@ -421,31 +533,85 @@ else:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-summary = {
-    "backbone val loss": metrics["val_loss"],
-    "memory loss (last)": memory_history[-1]["train_loss"],
-    f"recall, {eval_facts} facts, with memory": with_memory["exact_match"],
-    f"recall, {eval_facts} facts, without memory": without_memory["exact_match"],
-    "largest n with >= 90% recall": max([r["n_facts"] for r in curve if r["exact_match"] >= 0.9], default=0),
+readers_shown = ["memory", "ngram_cache", "knn_lm", "no_memory"]
+headline = {
+    "backbone val loss (bank empty)": lm_empty["val_loss"],
+    f"backbone val loss ({lm_facts} facts in the bank)": lm_facts_loaded["val_loss"],
+    "memory loss, 2a / 2b (last step)": f"{memory_history[-1]['train_loss']:.3f} / {para_history[-1]['train_loss']:.3f}",
+    **{f"exact match, {t}, {r}": summary_table(summary).loc[t, r] for t in ("same_template", "heldout_ask", "heldout_both")
+       for r in readers_shown},
+    "largest n with >= 90% recall, no eviction": max([r["n_facts"] for r in curve if r["exact_match"] >= 0.9], default=0),
+    "largest n with >= 90% recall, FIFO": max([r["n_facts"] for r in curve_fifo if r["exact_match"] >= 0.9], default=0),
 }
-pd.Series(summary)
+pd.Series(headline, dtype=object)
 
 # %%
+baselines = {t: {r: summary[t][r] for r in ("ngram_cache", "knn_lm", "no_memory")} for t in summary}
 path = write_metrics(
     out_dir,
     metrics,
     runs={"backbone": metrics},
     notebook="05_hopfield",
     memory_steps=memory_steps,
+    paraphrase_steps=paraphrase_steps,
+    recall_seeds=seeds,
     memory_train_loss=memory_history[-1]["train_loss"],
-    memory_train_s=memory_history[-1]["time_s"],
-    recall_with_memory=with_memory,
-    recall_without_memory=without_memory,
-    recall_exact_match=with_memory["exact_match"],
-    recall_exact_match_no_memory=without_memory["exact_match"],
-    capacity_curve=curve,
-    recall_paraphrased=paraphrased,
+    paraphrase_train_loss=para_history[-1]["train_loss"],
+    memory_train_s=memory_history[-1]["time_s"] + para_history[-1]["time_s"],
+    recall_with_memory=summary["same_template"]["memory"],
+    recall_without_memory=summary["same_template"]["no_memory"],
+    recall_exact_match=summary["same_template"]["memory"]["exact_match"],
+    recall_exact_match_no_memory=summary["same_template"]["no_memory"]["exact_match"],
+    recall_with_memory_by_task={t: summary[t]["memory"] for t in summary},
+    baselines=baselines,
+    paraphrase_heldout={t: summary[t] for t in ("heldout_ask", "heldout_write", "heldout_both")},
+    capacity_no_eviction=curve,
+    capacity_fifo=curve_fifo,
+    lm_loss_bank_empty=lm_empty["val_loss"],
+    lm_loss_bank_100_facts=lm_facts_loaded["val_loss"],
+    lm_loss_bank_facts=lm_facts,
     learned_beta=model.memory_layer.beta.tolist(),
     narrativeqa=narrativeqa,
 )
 print("wrote", path.name)
+
+# %% [markdown]
+# ## 11. What the numbers show
+#
+# Numbers quoted from the committed run at the defaults (3 seeds; 16 held-out
+# facts per call; 64 questions per seed and task; intervals are Student-t 95%
+# over seeds and may cross 0 or 1). Re-running on other hardware may move
+# them a little.
+#
+# * **Same wording, the reviewer's task.** The memory recalls 99% [95, 103]
+#   of the codes; the 12-gram cache, which has no parameters, recalls 100% on
+#   every seed. On this task the memory shows nothing that an exact lookup of
+#   call 1 does not: the earlier "100% recall" was not evidence of a learned
+#   memory. Without memory: 0%.
+# * **kNN-LM: 4%.** The backbone's hidden state at "...bolek is " depends on
+#   the position in the call (learned absolute positions) and on the facts
+#   before it, so the nearest stored state is rarely the fact asked about. It
+#   is a weak baseline here, not a strong one.
+# * **Held-out question wording** (facts written with training templates,
+#   asked as "which code has NAME? " or "code of NAME; "): after stage 2b the
+#   memory answers 65% [50, 79], the n-gram cache 0%, no memory 0%. This is
+#   the one result where the memory does what the cache cannot: it matches a
+#   question to a fact worded differently, through the name inside its key
+#   window.
+# * **Held-out fact wording: it fails.** 15% [7, 23] when facts are written
+#   in a held-out template and 7% [1, 13] when both sides are held out. The
+#   keys are functions of the written context and training saw three ways of
+#   writing a fact; it does not generalise to a fourth. The goal of the issue,
+#   >= 80% exact match on held-out templates while the n-gram cache stays <= 5%,
+#   is **not reached**: 65% for held-out questions, 7% for held-out both.
+# * **Capacity.** With a bank that holds everything written, recall falls
+#   from 95% at 16-32 facts to 80% at 128 and 59% at 256: interference between
+#   learned keys, not eviction (training saw at most 16 facts per episode).
+#   FIFO adds eviction past 152 facts: 50% at 256, under the bank bound of 59%.
+#   The defaults stop at `capacity_max` = 256; the reference report runs to 2048.
+# * **Side effect on ordinary text.** With 100 facts in the bank the
+#   validation loss rises from 2.309 to 3.435 nats per character: the gate
+#   lets reads from unrelated facts into ordinary text. A memory meant to sit
+#   inside a general language model would have to be trained on ordinary text
+#   with a filled bank too (or its gate made to close), which this notebook
+#   does not do.

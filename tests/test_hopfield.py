@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
 
 from physllm.errors import PhysllmError
 from physllm.hopfield import functional as hopfield_fn
+from physllm.hopfield.analysis import seed_summary
+from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
 from physllm.hopfield.model import HopfieldConfig, HopfieldLM
 from physllm.hopfield.tasks import (
     FactsTask,
     NarrativeQATask,
+    TemplateSplit,
+    bank_of,
+    capacity_curve,
     is_heldout,
     load_narrativeqa_records,
     narrativeqa_eval,
@@ -241,6 +247,166 @@ def test_memory_training_learns_recall_and_reset_drops_it():
     assert len(model.memory) == 0  # recall resets after itself
 
 
+# --------------------------------------------------------------------------- baselines
+
+
+def test_ngram_cache_answers_the_written_wording_and_not_a_paraphrase():
+    """By hand: the 12-gram before each code ("of bolek is ") occurs once in call 1,
+    so the cache copies the code; "bolek? " never occurs, so it backs off to " "."""
+    cache = NGramCache(12, len(CHARS))
+    cache.write(torch.tensor([encode("the code of bolek is xqzt.\nthe code of fimar is ohjd.\n")]))
+    asked = torch.tensor([encode("the code of bolek is ")])
+    assert cache.answer(asked, 4).tolist() == [encode("xqzt")]
+    paraphrase = torch.tensor([encode("what is the code of bolek? ")])
+    # after " " came c, o, b, i, x, c, o, f, i, o: "o" (3 times) wins; " o" -> "f" (2 of 3),
+    # " of" -> " ", " of " -> b or f once each: the first stored, "b". "of b", not the code
+    assert cache.answer(paraphrase, 4).tolist() == [encode("of b")]
+    # through recall, on the same questions as the model: 100% same wording, 0% paraphrased
+    task = FactsTask(encode)
+    same = recall(None, task, 16, trials=4, reader=cache)
+    para = recall(
+        None, FactsTask(encode, question="what is the code of {name}? "), 16, 4, reader=cache
+    )
+    assert same["exact_match"] == 1.0 and same["answer_loss"] < 0.05
+    assert para["exact_match"] == 0.0
+
+
+def test_knn_lm_returns_the_stored_next_token_for_an_identical_context():
+    model = tiny_model()
+    knn = KNNLM(model, k=4, temperature=1e-3, lam=1.0)  # lambda 1: the neighbours alone
+    text = encode("the code of bolek is xqzt.\n")
+    knn.write(torch.tensor([text]))
+    assert knn.keys.shape == (len(text) - 1, 32) and knn.values.tolist() == text[1:]
+    prompt = torch.tensor(
+        [encode("the code of bolek is ")]
+    )  # the same tokens at the same positions
+    assert knn.answer(prompt, 4).tolist() == [encode("xqzt")]
+    nll = knn.answer_nll(prompt, torch.tensor([encode("xqzt")]))
+    assert nll.item() < 1.0  # distance 0 to the stored state: its token dominates
+    backbone = KNNLM(model, k=4, lam=0.0)  # lambda 0: the untrained backbone, no recall
+    backbone.write(torch.tensor([text]))
+    assert backbone.answer(prompt, 4).tolist() != [encode("xqzt")]
+
+
+def test_memory_reader_writes_the_bank_and_no_memory_does_not():
+    model = tiny_model()
+    text = torch.tensor([encode("the code of bolek is xqzt.\n")])
+    prompt, code = torch.tensor([encode("the code of bolek is ")]), torch.tensor([encode("xqzt")])
+    reader, blank = MemoryReader(model, True), MemoryReader(model, False)
+    blank.write(text)
+    assert len(model.memory) == 0
+    without = blank.answer_nll(prompt, code)
+    reader.write(text)  # disabled writing would leave the bank empty and the loss unchanged
+    assert len(model.memory) == text.size(1) - 1
+    assert not torch.allclose(reader.answer_nll(prompt, code), without)
+
+
+WIDE = sorted(set(CHARS) | set(",;!"))  # the paraphrase templates' punctuation too
+
+
+def wide_encode(text: str) -> list[int]:
+    return [WIDE.index(c) for c in text]
+
+
+def wide_decode(ids: list[int]) -> str:
+    return "".join(WIDE[i] for i in ids)
+
+
+class SpyReader:
+    """Records what recall writes and asks (as text) and answers nothing useful."""
+
+    def __init__(self):
+        self.written, self.asked = [], []
+
+    def reset(self):
+        pass
+
+    def write(self, ids):
+        self.written.append(wide_decode(ids[0].tolist()))
+
+    def answer(self, prompts, n):
+        self.asked += [wide_decode(row) for row in prompts.tolist()]
+        return torch.zeros(prompts.size(0), n, dtype=torch.long)
+
+    def answer_nll(self, prompts, answers):
+        return torch.zeros(prompts.size(0))
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    body = re.escape(template).replace(r"\{name\}", "[a-z]{5}").replace(r"\{code\}", "[a-z]{4}")
+    return re.compile(body)
+
+
+def _templates_used(texts: list[str], templates: tuple[str, ...]) -> set[str]:
+    """Which of ``templates`` the lines/questions match exactly (each must match one)."""
+    used = set()
+    for text in texts:
+        found = {t for t in templates if _template_pattern(t).fullmatch(text)}
+        assert len(found) == 1, (text, found)
+        used |= found
+    return used
+
+
+def test_template_split_keeps_heldout_templates_out_of_training_and_in_evaluation():
+    split = TemplateSplit()
+    every_fact, every_question = split.facts, split.questions
+    train_f, held_f = split.templates("fact", False), split.templates("fact", True)
+    train_q, held_q = split.templates("question", False), split.templates("question", True)
+    assert not set(train_f) & set(held_f) and not set(train_q) & set(held_q)
+    # training episodes: every line written and every question asked uses a training template
+    ep = split.task(wide_encode, "train").episode(8, 6, random.Random(0))
+    decode = wide_decode
+    lines = []
+    for b in range(8):
+        n = int(ep.write_valid[b].sum()) if ep.write_valid is not None else ep.write_ids.size(1)
+        lines += decode(ep.write_ids[b, :n].tolist()).splitlines(keepends=True)
+    questions = []
+    for row, target in zip(ep.read_ids.tolist(), ep.read_targets):
+        questions.append(decode(row[: int((target >= 0).nonzero()[0]) + 1]))  # j predicts j + 1
+    assert _templates_used(lines, every_fact) == set(train_f)
+    assert _templates_used(questions, every_question) == set(train_q)
+    # evaluation (through recall itself): the held-out side never uses a training template
+    for setting, facts_from, questions_from in [
+        ("heldout_ask", train_f, held_q),
+        ("heldout_write", held_f, train_q),
+        ("heldout_both", held_f, held_q),
+    ]:
+        spy = SpyReader()
+        recall(None, split.task(wide_encode, setting), 8, trials=4, reader=spy)
+        lines = [line for text in spy.written for line in text.splitlines(keepends=True)]
+        assert _templates_used(lines, every_fact) == set(facts_from), setting
+        assert _templates_used(spy.asked, every_question) == set(questions_from), setting
+
+
+def test_capacity_without_eviction_sizes_the_bank_to_hold_every_fact():
+    model = tiny_model(n_slots=64)  # the model's own bank: about two facts
+    task = FactsTask(encode)
+    with bank_of(model, 10 * 27) as m:
+        m.memorize(torch.tensor([encode(task.write_text(task.facts(10, random.Random(0))))]))
+        assert len(m.memory) == 10 * 27 - 1 == m.memory.n_slots - 1  # nothing evicted
+    assert model.memory.n_slots == 64 and len(model.memory) == 0  # its own bank is back
+    rows = capacity_curve(model, task, [4, 8], questions=4, evict=False)
+    assert [(r["n_slots"], r["slots_per_fact"], r["questions"]) for r in rows] == [
+        (4 * 27, 27, 4),
+        (8 * 27, 27, 4),
+    ]
+    fifo = capacity_curve(model, task, [4], questions=4)
+    assert fifo[0]["n_slots"] == 64 and fifo[0]["evict"]
+
+
+def test_seed_summary_uses_the_student_t_interval():
+    from physllm.experiments.stats import interval
+
+    runs = [{"t": {"m": {"exact_match": x, "char_accuracy": x, "answer_loss": 1 - x, "questions": 8, "n_facts": 4}}}
+            for x in (0.5, 0.75, 1.0)]  # fmt: skip
+    row = seed_summary(runs, interval)["t"]["m"]
+    half = 4.3027 * 0.25 / 3**0.5  # t_{0.975, 2} * sd / sqrt(3)
+    assert row["exact_match"] == pytest.approx(0.75) and row["n_seeds"] == 3
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((0.75 - half, 0.75 + half))
+    assert row["answer_loss_ci95_low"] == pytest.approx(0.25 - half)
+    assert row["questions"] == 24 and row["per_seed"] == [0.5, 0.75, 1.0]
+
+
 # --------------------------------------------------------------------------- HF backbone
 
 
@@ -416,23 +582,44 @@ def test_registry_presets_and_checkpoint(tmp_path):
 def test_notebook_runs(run_notebook):
     from safetensors import safe_open
 
-    _, out_dir = run_notebook("05_hopfield", steps=20)
+    _, out_dir = run_notebook("05_hopfield", steps=20, recall_trials=2, lm_facts=10)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["model"] == "hopfield" and metrics["steps"] == 20
-    assert metrics["memory_steps"] == 20  # `steps` sets stage 2 too
+    assert metrics["memory_steps"] == metrics["paraphrase_steps"] == 20  # `steps` sets stage 2 too
     # Twenty steps learn too little for recall to be asserted here (the recall test
     # above does that on a tiny model); what must hold is that each number is the
-    # measurement it is named after. Recall: 16 facts x 8 trials at the defaults.
+    # measurement it is named after: 3 seeds x 2 trials x 16 facts per reader and task.
+    seeds = metrics["recall_seeds"]
+    assert seeds == [1337, 1338, 1339]
     with_memory, without = metrics["recall_with_memory"], metrics["recall_without_memory"]
     for r in (with_memory, without):
-        assert (r["n_facts"], r["questions"]) == (16, 16 * 8)
+        assert (r["n_facts"], r["n_seeds"], r["questions"]) == (16, 3, 3 * 2 * 16)
+        assert r["ci95_low"] <= r["exact_match"] <= r["ci95_high"]
         assert 0 <= r["exact_match"] <= r["char_accuracy"] <= 1  # a whole match is 4 chars
     assert without["exact_match"] < 0.05  # no memory: a guess, chance 26^-4
     assert metrics["recall_exact_match"] == with_memory["exact_match"]
-    assert metrics["recall_exact_match_no_memory"] == without["exact_match"]
-    # a smoke run's capacity curve: the first three sizes, about 32 questions each
-    curve = metrics["capacity_curve"]
-    assert [(r["n_facts"], r["questions"]) for r in curve] == [(1, 32), (4, 32), (16, 32)]
+    tasks = {"same_template", "train", "heldout_ask", "heldout_write", "heldout_both"}
+    assert set(metrics["baselines"]) == tasks == set(metrics["recall_with_memory_by_task"])
+    for rows in metrics["baselines"].values():
+        assert set(rows) == {"ngram_cache", "knn_lm", "no_memory"}
+        assert all(r["n_seeds"] == 3 and "answer_loss" in r for r in rows.values())
+    # the n-gram cache needs no training: every same-wording fact, 0% on held-out questions
+    ngram = metrics["baselines"]["same_template"]["ngram_cache"]
+    assert ngram["per_seed"] == [1.0, 1.0, 1.0]
+    assert metrics["baselines"]["heldout_ask"]["ngram_cache"]["exact_match"] <= 0.05
+    assert set(metrics["paraphrase_heldout"]) == {"heldout_ask", "heldout_write", "heldout_both"}
+    # a smoke run's capacity curves: the first two sizes, 64 questions each
+    for key, evict in (("capacity_no_eviction", False), ("capacity_fifo", True)):
+        rows = metrics[key]
+        assert [(r["n_facts"], r["questions"], r["evict"]) for r in rows] == [
+            (16, 64, evict),
+            (32, 64, evict),
+        ]
+        assert all(r["slots_per_fact"] == 27 for r in rows)
+    assert [r["n_slots"] for r in metrics["capacity_no_eviction"]] == [16 * 27, 32 * 27]
+    assert {r["n_slots"] for r in metrics["capacity_fifo"]} == {4096}
+    assert metrics["lm_loss_bank_empty"] > 0 and metrics["lm_loss_bank_100_facts"] > 0
+    assert metrics["lm_loss_bank_facts"] == 10
     # stage 2 trained the memory: every head's beta moved from its initial value
     beta = metrics["learned_beta"]
     assert len(beta) == metrics["model_config"]["mem_heads"]

@@ -1,8 +1,10 @@
-"""Hopfield memory analysis: energy descent, retrieval against beta, capacity curves."""
+"""Hopfield memory analysis: energy descent, retrieval against beta, capacity curves,
+recall over seeds with Student-t intervals."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 
@@ -81,49 +83,32 @@ def retrieval_vs_beta(
 
 
 def plot_capacity_curve(
-    with_memory: list[dict],
-    without_memory: list[dict] | None = None,
+    curves: dict[str, list[dict]],
     chance: float | None = None,
     facts_fit: float | None = None,
 ):
     """Exact-match recall (and per-character accuracy) against the number of facts stored.
 
-    ``facts_fit``: how many facts the bank holds; past it FIFO has forgotten
-    the oldest, so recall is at most facts_fit / n (drawn as a dotted bound).
+    ``curves``: a label -> rows of :func:`~physllm.hopfield.tasks.capacity_curve` (each
+    row's ``n_slots`` and ``slots_per_fact`` go into the legend). ``facts_fit``: how many
+    facts the FIFO bank holds; past it the oldest are gone, so recall is at most
+    facts_fit / n (drawn as a dotted bound).
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n = [r["n_facts"] for r in with_memory]
-    ax.plot(n, [r["exact_match"] for r in with_memory], "o-", label="with memory: exact match")
-    ax.plot(
-        n,
-        [r["char_accuracy"] for r in with_memory],
-        "s--",
-        alpha=0.6,
-        label="with memory: per character",
-    )
-    if without_memory:
-        m = [r["n_facts"] for r in without_memory]
-        ax.plot(
-            m,
-            [r["exact_match"] for r in without_memory],
-            "x-",
-            color="C3",
-            label="no memory: exact match",
-        )
-        ax.plot(
-            m,
-            [r["char_accuracy"] for r in without_memory],
-            "x--",
-            color="C3",
-            alpha=0.5,
-            label="no memory: per character",
-        )
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (label, rows) in enumerate(curves.items()):
+        n = [r["n_facts"] for r in rows]
+        slots = sorted({r["n_slots"] for r in rows})
+        bank = f"{slots[0]} slots" if len(slots) == 1 else f"{slots[0]}..{slots[-1]} slots"
+        per = rows[0].get("slots_per_fact")
+        ax.plot(n, [r["exact_match"] for r in rows], "o-", color=f"C{i}",
+                label=f"{label} ({bank}, {per} per fact): exact")  # fmt: skip
+        ax.plot(n, [r["char_accuracy"] for r in rows], "s--", color=f"C{i}", alpha=0.5,
+                label=f"{label}: per character")  # fmt: skip
     if facts_fit is not None:
-        ax.plot(
-            n, [min(1.0, facts_fit / k) for k in n], ":", color="k", label="bank-size bound (FIFO)"
-        )
+        n = sorted({r["n_facts"] for rows in curves.values() for r in rows})
+        ax.plot(n, [min(1.0, facts_fit / k) for k in n], ":", color="k", label="FIFO bank bound")
     if chance is not None:
         ax.axhline(chance, color="gray", lw=0.8, ls=":", label="chance per character")
     ax.set_xscale("log", base=2)
@@ -132,7 +117,7 @@ def plot_capacity_curve(
     ax.set_ylabel("recall in call 2")
     ax.set_title("capacity: recall against facts in memory")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -141,14 +126,62 @@ def recall_table(rows: dict[str, dict]):
     """A pandas table: one row per setting (with / without memory...), recall columns."""
     import pandas as pd
 
-    cols = ["n_facts", "questions", "exact_match", "char_accuracy"]
+    cols = ["n_facts", "questions", "exact_match", "char_accuracy", "answer_loss"]
     return pd.DataFrame({k: {c: v.get(c) for c in cols} for k, v in rows.items()}).T
 
 
+SEED_METRICS = ("exact_match", "char_accuracy", "answer_loss")
+
+
+def seed_summary(
+    per_seed: list[dict[str, dict[str, dict]]],
+    interval: Callable[[list[float]], tuple[float, float, float]],
+) -> dict[str, dict[str, dict]]:
+    """``{task: {reader: recall}}`` of several seeds -> the same nesting of
+    ``{metric: mean, metric_ci95_low, metric_ci95_high, n_seeds, questions, per_seed}``.
+
+    ``exact_match`` keeps the plain names ``ci95_low``/``ci95_high``; other metrics
+    (``char_accuracy``, ``answer_loss``) are prefixed. ``interval`` is the repository's
+    Student-t helper, :func:`physllm.experiments.stats.interval` (passed in: the
+    experiments layer sits above the architectures).
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for task in per_seed[0]:
+        out[task] = {}
+        for reader in per_seed[0][task]:
+            runs = [seed[task][reader] for seed in per_seed]
+            row: dict = {"n_facts": runs[0]["n_facts"], "n_seeds": len(runs)}
+            row["questions"] = sum(r["questions"] for r in runs)
+            for metric in SEED_METRICS:
+                mean, low, high = interval([r[metric] for r in runs])
+                prefix = "" if metric == "exact_match" else f"{metric}_"
+                row.update({metric: mean, f"{prefix}ci95_low": low, f"{prefix}ci95_high": high})
+            row["per_seed"] = [r["exact_match"] for r in runs]
+            out[task][reader] = row
+    return out
+
+
+def summary_table(summary: dict[str, dict[str, dict]], metric: str = "exact_match"):
+    """A pandas table of :func:`seed_summary`: a row per task, a column per reader, each
+    cell ``mean [ci95_low, ci95_high]`` of ``metric``."""
+    import pandas as pd
+
+    prefix = "" if metric == "exact_match" else f"{metric}_"
+
+    def cell(r: dict) -> str:
+        low, high = r[f"{prefix}ci95_low"], r[f"{prefix}ci95_high"]
+        return f"{r[metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+    return pd.DataFrame({t: {k: cell(r) for k, r in rows.items()} for t, rows in summary.items()}).T
+
+
 __all__ = [
+    "SEED_METRICS",
     "energy_descent",
     "plot_capacity_curve",
     "plot_energy_descent",
     "recall_table",
     "retrieval_vs_beta",
+    "seed_summary",
+    "summary_table",
 ]

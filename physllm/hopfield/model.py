@@ -80,7 +80,7 @@ class HopfieldConfig(TransformerShape):
     n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
     # stage-2 training of the memory (physllm.training.train_memory)
-    memory_steps: int = 150  # the facts task converges in about 60 steps (CPU preset)
+    memory_steps: int = 100  # same-wording facts: ~100% recall after 100 steps (CPU preset)
     memory_lr: float = 1e-2  # a small layer on frozen features: a large step is safe
     memory_batch: int = 8  # episodes per step
     memory_facts: int = 16  # facts per episode at most (the number is drawn per step)
@@ -119,11 +119,13 @@ class HopfieldConfig(TransformerShape):
 
 
 class MemoryState(NamedTuple):
-    """Stored patterns as the read sees them: keys (B, H, S, dk), values (B, H, S, dv), valid (B, S)."""
+    """Stored patterns as the read sees them: keys (B, H, S, dk), values (B, H, S, dv), valid (B, S);
+    ``slots`` (S,): the bank's slot of each (a bank's state), None for per-episode memories."""
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: torch.Tensor
+    slots: torch.Tensor | None = None
 
 
 # --------------------------------------------------------------------------- backbones
@@ -325,13 +327,15 @@ class MemoryBank(nn.Module):
         self.clock = 0
 
     def state(self) -> MemoryState | None:
-        """The stored patterns in the read's layout, or None when empty."""
-        if not bool(self.valid.any()):
+        """The stored patterns in the read's layout (the filled slots only), or None when empty."""
+        slots = self.valid.nonzero().squeeze(1)  # (S',): a part-filled bank reads S' slots, not S
+        if slots.numel() == 0:
             return None
         return MemoryState(
-            self.keys.transpose(0, 1).unsqueeze(0),  # (1, H, S, dk)
-            self.values.transpose(0, 1).unsqueeze(0),  # (1, H, S, dv)
-            self.valid.unsqueeze(0),  # (1, S)
+            self.keys[slots].transpose(0, 1).unsqueeze(0),  # (1, H, S', dk)
+            self.values[slots].transpose(0, 1).unsqueeze(0),  # (1, H, S', dv)
+            torch.ones(1, slots.numel(), dtype=torch.bool, device=slots.device),  # (1, S')
+            slots,
         )
 
     @torch.no_grad()
@@ -361,9 +365,14 @@ class MemoryBank(nn.Module):
         self.clock += n
 
     @torch.no_grad()
-    def touch(self, association: torch.Tensor) -> None:
-        """Accumulate the attention each slot received (least_used replacement reads it)."""
-        self.usage += association.float().sum(dim=(0, 1, 2))
+    def touch(self, association: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """Accumulate the attention each slot received (least_used replacement reads it);
+        association (B, H, Q, S'), ``slots`` (S') the slots read (None: all, in order)."""
+        used = association.float().sum(dim=(0, 1, 2))
+        if slots is None:
+            self.usage += used
+        else:
+            self.usage.index_add_(0, slots, used)
 
     def save(self, path: str | Path) -> Path:
         """Write the bank to a safetensors file."""
@@ -458,7 +467,7 @@ class HopfieldLM(LanguageModel):
             energies = info["energies"].detach().float().mean(dim=(1, 2, 3))  # per step
             self.last_aux = {"energy_probe": energies[0].item(), "energy_read": energies[-1].item()}
             if from_bank and not self.training:
-                self.memory.touch(info["association"])
+                self.memory.touch(info["association"], memory.slots)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)

@@ -12,7 +12,7 @@ from physllm.arch import Preset
 from physllm.gpt.presets import NANOGPT_CHAR_CPU
 
 HOPFIELD_CPU = NANOGPT_CHAR_CPU.with_(
-    model=dict(memory_steps=150),
+    model=dict(memory_steps=100),  # per stage (2a same wording, 2b paraphrases) and seed
     train=dict(steps=500, warmup_steps=50, eval_interval=250, eval_iters=10),
 )
 HOPFIELD_GPU = Preset(

@@ -10,28 +10,39 @@ the answer is (``read_targets``, -1 elsewhere). Nothing of call 1 is in call
   letters) come from a seeded RNG; a fixed fifth of each (by CRC32) is held
   out, so evaluation uses names and codes training never saw. Chance exact
   match is 26^-4.
+
+  :class:`TemplateSplit` writes and asks the same facts in several wordings
+  (:data:`FACT_TEMPLATES`, :data:`QUESTION_TEMPLATES`), some for training and the
+  rest held out, so evaluation can use wordings training never saw.
 * :class:`NarrativeQATask`: the story summary is call 1, "Question: ...
   Answer:" call 2 (the GPU preset; records from :func:`load_narrativeqa_records`).
 
 :func:`memory_parameters`, :func:`draw_episode` and :func:`episode_loss` are the
 pieces the memory stage trains with (the loop is ``physllm.training.train_memory``,
-on the trainer's schedule, step and progress bar); :func:`recall` and
-:func:`capacity_curve` measure exact-match recall with and without memory.
+on the trainer's schedule, step and progress bar); :func:`recall` scores any
+reader of :mod:`physllm.hopfield.baselines` (the memory, no memory, an n-gram
+cache, a kNN-LM) on the same facts and questions (:func:`compare_readers`), and
+:func:`capacity_curve` measures recall against the facts stored, with the FIFO
+bank or a bank that holds everything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import random
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from physllm.data import HUB_CORPORA, iter_hub_rows
 from physllm.errors import PhysllmError
-from physllm.hopfield.model import HopfieldLM
+from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache, Reader
+from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -54,14 +65,51 @@ def is_heldout(text: str, every: int = 5) -> bool:
     return zlib.crc32(text.encode()) % every == 0
 
 
+# Paraphrase templates: every fact and question puts the name right before a short
+# connector and the code, so the name is inside the memory's 12-token key window. No
+# question's connector ("? ", "! ", "; ", " is " only after "the code of") ends the
+# same way as a fact other than fact 0, so an exact-context lookup cannot bridge them.
+FACT_TEMPLATES: tuple[str, ...] = (
+    "the code of {name} is {code}.\n",  # 0: the original wording
+    "code for {name}: {code}.\n",  # 1
+    "{name} has code {code}.\n",  # 2
+    "{name}, code {code}.\n",  # 3: held out
+    "and {name} gets {code}.\n",  # 4: held out
+)
+QUESTION_TEMPLATES: tuple[str, ...] = (
+    "the code of {name} is ",  # 0: fact 0's wording
+    "what is the code of {name}? ",  # 1
+    "tell me the code of {name}! ",  # 2
+    "which code has {name}? ",  # 3: held out
+    "code of {name}; ",  # 4: held out
+)
+SETTINGS = ("train", "heldout_ask", "heldout_write", "heldout_both")
+
+Templates = str | tuple[str, ...]
+
+
+def _pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids, right-padded: (ids (B, T), valid (B, T))."""
+    T = max(map(len, rows))
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], valid[i, : len(r)] = torch.tensor(r, dtype=torch.long), True
+    return ids, valid
+
+
 @dataclass
 class FactsTask:
-    """Synthetic facts "the code of NAME is CODE." with held-out names and codes."""
+    """Synthetic facts "the code of NAME is CODE." with held-out names and codes.
+
+    ``fact`` and ``question`` are one template or several (each fact and each question
+    then gets one drawn from the RNG, so a question's wording need not be its fact's).
+    """
 
     encode: Callable[[str], list[int]]
     code_len: int = 4
-    fact: str = "the code of {name} is {code}.\n"
-    question: str = "the code of {name} is "
+    fact: Templates = FACT_TEMPLATES[0]
+    question: Templates = QUESTION_TEMPLATES[0]
     heldout_every: int = 5
 
     def _draw(self, rng: random.Random, make: Callable[[], str], split: str) -> str:
@@ -89,26 +137,100 @@ class FactsTask:
             names.setdefault(self.name(rng, split), self.code(rng, split))
         return list(names.items())
 
-    def write_text(self, facts: list[tuple[str, str]]) -> str:
-        return "".join(self.fact.format(name=n, code=c) for n, c in facts)
+    @staticmethod
+    def _choose(templates: Templates, rng: random.Random | None, i: int) -> str:
+        """One template: the only one, else drawn from ``rng`` (None: the i-th in turn)."""
+        if isinstance(templates, str):
+            return templates
+        if len(templates) == 1 or rng is None:
+            return templates[i % len(templates)]
+        return rng.choice(templates)
 
-    def prompts(self, facts: list[tuple[str, str]]) -> torch.Tensor:
-        """Call 2 prompts, one row per fact (all the same length): (n, Tq)."""
-        return torch.tensor([self.encode(self.question.format(name=n)) for n, _ in facts])
+    def write_text(self, facts: list[tuple[str, str]], rng: random.Random | None = None) -> str:
+        """Call 1: the facts, one line each (a single template never draws from ``rng``)."""
+        return "".join(
+            self._choose(self.fact, rng, i).format(name=n, code=c) for i, (n, c) in enumerate(facts)
+        )
+
+    def questions(
+        self, facts: list[tuple[str, str]], rng: random.Random | None = None
+    ) -> list[str]:
+        """Call 2's question texts, one per fact, each ending where the code starts."""
+        return [
+            self._choose(self.question, rng, i).format(name=n) for i, (n, _) in enumerate(facts)
+        ]
+
+    def prompts(
+        self, facts: list[tuple[str, str]], rng: random.Random | None = None
+    ) -> torch.Tensor:
+        """Call 2 prompts, one row per fact (they must be of one length): (n, Tq)."""
+        return torch.tensor([self.encode(q) for q in self.questions(facts, rng)])
+
+    def fact_tokens(self) -> int:
+        """Tokens (= memory slots) the longest fact template writes."""
+        templates = (self.fact,) if isinstance(self.fact, str) else self.fact
+        name, code = CONSONANTS[0] * 5, CODE_LETTERS[0] * self.code_len
+        return max(len(self.encode(t.format(name=name, code=code))) for t in templates)
 
     def episode(self, batch_size: int, n_facts: int, rng: random.Random, split: str = "train"):
-        """``batch_size`` episodes of ``n_facts`` facts; call 2 asks each one (shuffled)."""
+        """``batch_size`` episodes of ``n_facts`` facts; call 2 asks each one (shuffled).
+        Rows of different lengths are right-padded (``write_valid``; targets -1)."""
         write, read, items = [], [], []
         for _ in range(batch_size):
             facts = self.facts(n_facts, rng, split)
-            write.append(self.encode(self.write_text(facts)))
+            write.append(self.encode(self.write_text(facts, rng)))
             asked = rng.sample(facts, len(facts))
-            read += [self.encode(self.question.format(name=n) + c) for n, c in asked]
+            questions = self.questions(asked, rng)
+            read += [self.encode(q + c) for q, (_, c) in zip(questions, asked)]
             items.append(facts)
-        read_t = torch.tensor(read)  # (B * n, Tq + code_len)
-        targets = read_t[:, 1:].clone()
-        targets[:, : -self.code_len] = -1  # score the code only
-        return Episode(torch.tensor(write), read_t[:, :-1], targets, None, items)
+        write_ids, write_valid = _pad(write)
+        read_ids, _ = _pad(read)
+        targets = torch.full_like(read_ids, -1)  # (B * n, Tq + code_len)
+        for i, r in enumerate(read):  # score the code only: position j predicts token j + 1
+            targets[i, len(r) - 1 - self.code_len : len(r) - 1] = read_ids[
+                i, len(r) - self.code_len : len(r)
+            ]
+        valid = None if bool(write_valid.all()) else write_valid
+        return Episode(write_ids, read_ids[:, :-1], targets[:, :-1], valid, items)
+
+
+@dataclass(frozen=True)
+class TemplateSplit:
+    """Which fact and question templates train and which are held out for evaluation.
+
+    ``task(encode, setting)``: ``train`` writes and asks with the training templates
+    only; ``heldout_ask`` writes with training templates and asks with held-out ones;
+    ``heldout_write`` the reverse; ``heldout_both`` uses held-out templates for both.
+    """
+
+    facts: tuple[str, ...] = FACT_TEMPLATES
+    questions: tuple[str, ...] = QUESTION_TEMPLATES
+    train_facts: tuple[int, ...] = (0, 1, 2)
+    train_questions: tuple[int, ...] = (0, 1, 2)
+
+    def templates(self, kind: str, heldout: bool) -> tuple[str, ...]:
+        """The fact (``kind="fact"``) or question templates of one side of the split."""
+        every, train = (
+            (self.facts, self.train_facts)
+            if kind == "fact"
+            else (self.questions, self.train_questions)
+        )
+        chosen = tuple(t for i, t in enumerate(every) if (i in train) != heldout)
+        if not chosen:
+            raise PhysllmError(
+                f"the template split leaves no {'held-out' if heldout else 'training'} {kind} template"
+            )
+        return chosen
+
+    def task(self, encode: Callable[[str], list[int]], setting: str = "train", **kw) -> FactsTask:
+        if setting not in SETTINGS:
+            raise PhysllmError(
+                f"template setting must be one of {', '.join(SETTINGS)}, got {setting!r}"
+            )
+        write_out = setting in ("heldout_write", "heldout_both")
+        ask_out = setting in ("heldout_ask", "heldout_both")
+        fact, question = self.templates("fact", write_out), self.templates("question", ask_out)
+        return FactsTask(encode, fact=fact, question=question, **kw)
 
 
 # --------------------------------------------------------------------------- NarrativeQA
@@ -201,6 +323,14 @@ def draw_episode(task, batch_size: int, max_facts: int, rng: random.Random) -> E
 # --------------------------------------------------------------------------- recall
 
 
+def _groups(texts: list[str], chunk: int) -> list[list[int]]:
+    """Indices of ``texts`` grouped by length (one tensor each), at most ``chunk`` per group."""
+    by_len: dict[int, list[int]] = {}
+    for i, t in enumerate(texts):
+        by_len.setdefault(len(t), []).append(i)
+    return [ids[j : j + chunk] for ids in by_len.values() for j in range(0, len(ids), chunk)]
+
+
 @torch.no_grad()
 def recall(
     model,
@@ -210,37 +340,88 @@ def recall(
     seed: int = 0,
     use_memory: bool = True,
     split: str = "heldout",
+    reader: Reader | None = None,
+    max_questions: int | None = None,
+    chunk: int = 64,
 ) -> dict:
     """Exact-match recall across calls: call 1 writes ``n_facts`` facts, call 2 asks each.
 
     Call 2 gets only the questions (its prompt holds no token of call 1); with
     ``use_memory=False`` the bank is reset between the calls. Greedy decoding.
-    Returns exact-match and per-character accuracy over ``trials * n_facts`` questions.
+    ``reader`` (default: :class:`MemoryReader` on ``model``) answers instead, e.g. a
+    baseline of :mod:`physllm.hopfield.baselines`, on the same facts and questions.
+    ``max_questions``: ask a random subset of that many per trial (None: all).
+    Returns exact match, per-character accuracy and ``answer_loss`` (teacher-forced
+    nats per answer token) over the questions asked.
     """
     rng = random.Random(seed)
-    device = next(model.parameters()).device
+    reader = reader if reader is not None else MemoryReader(model, use_memory)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
     exact = chars = total = 0
+    nll = 0.0
     for _ in range(trials):
-        model.memory.reset()
+        reader.reset()
         facts = task.facts(n_facts, rng, split)
-        model.call(torch.tensor([task.encode(task.write_text(facts))], device=device))  # call 1
-        if not use_memory:
-            model.memory.reset()
-        prompts = task.prompts(facts).to(device)
-        out = model.call(prompts, max_new_tokens=task.code_len, write=False, temperature=0)
-        answers = out[:, prompts.size(1) :].tolist()
-        for (_, code), got in zip(facts, answers):
-            want = task.encode(code)
-            exact += got == want
-            chars += sum(a == b for a, b in zip(got, want))
-            total += 1
-    model.memory.reset()
+        reader.write(torch.tensor([task.encode(task.write_text(facts, rng))], device=device))
+        if max_questions is not None and max_questions < len(facts):
+            facts = rng.sample(facts, max_questions)
+        questions = task.questions(facts, rng)
+        for rows in _groups(questions, chunk):
+            prompts = torch.tensor([task.encode(questions[i]) for i in rows], device=device)
+            want = torch.tensor([task.encode(facts[i][1]) for i in rows], device=device)
+            got = reader.answer(prompts, task.code_len).to(device)
+            nll += float(reader.answer_nll(prompts, want).sum())
+            exact += int((got == want).all(1).sum())
+            chars += int((got == want).sum())
+            total += len(rows)
+    reader.reset()
     return {
         "n_facts": n_facts,
         "questions": total,
         "exact_match": exact / total,
         "char_accuracy": chars / (total * task.code_len),
+        "answer_loss": nll / (total * task.code_len),
     }
+
+
+def readers(model, ngram_n: int = 12, knn: dict | None = None) -> dict[str, Reader]:
+    """The memory and its baselines, by the names the notebook's tables use."""
+    return {
+        "memory": MemoryReader(model, True),
+        "no_memory": MemoryReader(model, False),
+        "ngram_cache": NGramCache(ngram_n, model.config.vocab_size),
+        "knn_lm": KNNLM(model, **(knn or {})),
+    }
+
+
+def compare_readers(
+    model,
+    tasks: dict[str, FactsTask],
+    n_facts: int,
+    trials: int = 8,
+    seed: int = 0,
+    ngram_n: int = 12,
+    knn: dict | None = None,
+) -> dict[str, dict[str, dict]]:
+    """``{task: {reader: recall}}``: every reader of :func:`readers` on the same facts and
+    questions of every task (one ``seed``: the same draws for each reader)."""
+    found = readers(model, ngram_n, knn)
+    return {
+        name: {r: recall(model, task, n_facts, trials, seed, reader=rd) for r, rd in found.items()}
+        for name, task in tasks.items()
+    }
+
+
+def fresh_memory(model: HopfieldLM, seed: int) -> HopfieldLM:
+    """A copy of ``model`` (same backbone) with a new memory layer initialised from ``seed``
+    and an empty bank: what a further seed of the memory stage starts from."""
+    other = copy.deepcopy(model)
+    other.memory.reset()
+    torch.manual_seed(seed)
+    other.memory_layer = HopfieldMemory(model.config, model.backbone.n_embd).to(
+        next(model.parameters()).device
+    )
+    return other
 
 
 def token_f1(prediction: str, answers: list[str]) -> float:
@@ -302,19 +483,53 @@ def load_hf_hopfield(model_config, device: str = "cpu"):
     return model, tokenizer
 
 
+@contextmanager
+def bank_of(model: HopfieldLM, n_slots: int):
+    """Within the block, ``model`` has an empty bank of ``n_slots`` slots (then its own back)."""
+    old, cfg = model.memory, model.config
+    model.memory = MemoryBank(
+        n_slots, cfg.mem_heads, cfg.mem_head_dim, old.values.size(-1), cfg.replacement
+    ).to(old.keys.device)
+    try:
+        yield model
+    finally:
+        model.memory = old
+
+
 def capacity_curve(
-    model, task: FactsTask, sizes: list[int], questions: int = 64, seed: int = 0
+    model,
+    task: FactsTask,
+    sizes: list[int],
+    questions: int = 64,
+    seed: int = 0,
+    evict: bool = True,
 ) -> list[dict]:
-    """Recall against the number of facts stored (about ``questions`` questions per point)."""
-    return [
-        recall(model, task, n, trials=max(1, math.ceil(questions / n)), seed=seed + n)
-        for n in sizes
-    ]
+    """Recall against the number of facts stored, ``questions`` questions per point.
+
+    ``evict=True``: the model's own bank (FIFO past ``n_slots``); ``evict=False``: a
+    bank of n * (slots per fact) slots, so nothing written is ever evicted.
+    """
+    per_fact, rows = task.fact_tokens(), []
+    for n in sizes:
+        trials = max(1, math.ceil(questions / n))
+        n_slots = model.memory.n_slots if evict else n * per_fact
+        with contextlib.nullcontext(model) if evict else bank_of(model, n_slots):
+            row = recall(model, task, n, trials, seed + n, max_questions=questions)
+        rows.append({**row, "n_slots": n_slots, "slots_per_fact": per_fact, "evict": evict})
+    return rows
 
 
 __all__ = [
+    "FACT_TEMPLATES",
+    "QUESTION_TEMPLATES",
+    "SETTINGS",
     "Episode",
     "FactsTask",
+    "TemplateSplit",
+    "bank_of",
+    "compare_readers",
+    "fresh_memory",
+    "readers",
     "NarrativeQATask",
     "capacity_curve",
     "is_heldout",
