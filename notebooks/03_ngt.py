@@ -62,6 +62,9 @@ repulsion = 0.0  # weight of the repulsion regulariser on the coordinates attent
 threads = 0  # torch CPU threads of this kernel and of the gap grid's runs (0: torch's default)
 gap_seeds = 0  # > 0: the gap over this many new seeds at tuned rates (the committed report: 5)
 gap_lrs = "3e-4,1e-3,3e-3,1e-2"  # the learning rates both models of the gap grid are tried at
+variant_seeds = (
+    3  # seeds of the seed-kernel and mass-on-values rows (with gap_seeds > 0; 0: skip them)
+)
 bench_repeats = 2  # interleaved benchmark rounds at block 256 (0: skip the benchmark)
 sample_text = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
@@ -503,7 +506,9 @@ print("soft radius 1/sqrt(gamma) per layer:", (1 / trace["gamma"].mean(1).sqrt()
 # $m_i m_j(-\gamma/(d^2+\epsilon)+b)$ with its hard mask or its multiplicative
 # soft cutoff) and `ngt_mass_values` (our gaussian kernel with the masses on
 # the values, $v_j m_j$, the seed's other option). `ngt_seed_hard - ngt` is
-# what the repulsive kernel costs against the attractive one.
+# what the repulsive kernel costs against the attractive one. These rows run
+# `variant_seeds` seeds (the first of the headline's), their gaps to GPT are
+# in `variant_grid`, their gaps to NGT in `variant_gaps`.
 
 
 # %%
@@ -515,15 +520,21 @@ def ngt_variant(**overrides) -> TrainConfig:
 
 
 gap_configs = {"ngt": ngt_cfg, "gpt": gpt_cfg}
-if gap_seeds and kernel == "gaussian":
+headline = headline_gaps(gap_configs, gap_seeds, gap_lrs, out_dir, threads)
+if gap_seeds and variant_seeds and kernel == "gaussian":
     gap_configs.update(
         ngt_seed_hard=ngt_variant(kernel="seed", cutoff="hard"),
         ngt_seed_soft=ngt_variant(kernel="seed", cutoff="soft"),
         ngt_mass_values=ngt_variant(mass_in="values"),
     )
-headline = headline_gaps(gap_configs, gap_seeds, gap_lrs, out_dir, threads)
+    # The same grid and folder: NGT's and GPT's runs at these seeds are reused.
+    variant_grid = headline_gaps(
+        gap_configs, min(variant_seeds, gap_seeds), gap_lrs, out_dir, threads
+    )
+else:
+    variant_grid = None
 variant_pairs = [("ngt_seed_hard", "ngt"), ("ngt_seed_soft", "ngt"), ("ngt_mass_values", "ngt")]
-variants = paired_gaps(headline, variant_pairs)
+variants = paired_gaps(variant_grid, variant_pairs)
 if variants:
     print(
         pd.DataFrame(variants).T[["mean", "ci95_low", "ci95_high", "n_seeds", "verdict"]].round(4)
@@ -565,6 +576,7 @@ extra = dict(
     gamma_final=trace["gamma"].tolist(),
     radius_final=trace["radius"].tolist(),
     variant_gaps=variants,
+    variant_gaps_to_gpt=variant_grid["gaps"] if variant_grid else {},
     **headline_metrics(headline),
 )
 path = write_metrics(
