@@ -38,9 +38,13 @@
 # * capacity: recall against the number of facts stored, with a bank large
 #   enough to hold them all and with the default FIFO bank;
 # * what the memory costs ordinary text: the validation loss with the bank empty
-#   and holding 100 facts.
+#   and holding 100 facts;
+# * **stories**: several people with objects, places and colours, asked about in a
+#   later call in held-out wordings, after unrelated text, and with near-duplicate
+#   names and updates where the latest fact must win, against the same baselines.
 #
-# Headless: `papermill notebooks/05_hopfield.ipynb out.ipynb -p steps 600 -p capacity_max 2048`.
+# Headless, with the reference report's parameters (the parameters cell lists them):
+# `papermill notebooks/05_hopfield.ipynb out.ipynb -p recall_trials 4 -p capacity_max 2048 -p lm_blocks 0 -p story_steps 300 -p story_episodes 8`.
 
 # %%
 # Setup: on Colab, install the repository; anywhere else it is already installed.
@@ -67,12 +71,24 @@ combine = "gated"  # add | gated | concat
 key_window = 12  # hidden states each key and query sees
 eval_facts = 16  # facts written in call 1 of the recall tables
 recall_seeds = 3  # seeds of the memory stage and of the facts drawn (each one retrains stage 2)
-recall_trials = 4  # call-1/call-2 trials per seed and task (eval_facts questions each)
+recall_trials = 2  # call-1/call-2 trials per seed and task (eval_facts questions each)
 ngram_n = 12  # the n-gram cache's longest context
-capacity_max = 256  # the capacity curves double from 16 facts to this (the reference report: 2048)
+capacity_max = 256  # the capacity curves double from 16 facts to this
 lm_facts = 100  # facts in the bank while the validation loss is measured
+lm_blocks = 128  # validation blocks scored with the bank empty and full (0: the whole split)
+story_steps = None  # stage 2c (stories) steps per seed (None: 60, or memory_steps when smaller)
+story_batch = 4  # stories per stage-2c step
+story_entities = 3  # people per story (training draws 1..this; evaluation uses this)
+story_episodes = 4  # stories per seed and variant in the evaluation
+story_distractors = 4  # unrelated sentences after the story in the "distractors" variant
+story_variants_run = "train,heldout_ask,heldout_both,distractors,interference"  # comma-separated
+# The reference report (reports/05_hopfield) is to be run with recall_trials=4,
+# capacity_max=2048, lm_blocks=0, story_steps=300 and story_episodes=8 (the report
+# committed today predates these parameters: it ran the defaults of its day). The values
+# above are the default (nbval) run's, kept small for time.
 
 # %%
+import copy
 import math
 import random
 
@@ -87,10 +103,12 @@ from physllm.hopfield.analysis import (
     plot_energy_descent,
     retrieval_vs_beta,
     seed_summary,
+    story_conclusion,
     summary_table,
 )
 from physllm.hopfield.baselines import KNNLM, NGramCache
 from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
+from physllm.hopfield.stories import StoryEpisodes, StoryTask, compare_story_readers, story_variants
 from physllm.hopfield.tasks import (
     SETTINGS,
     FactsTask,
@@ -98,6 +116,7 @@ from physllm.hopfield.tasks import (
     capacity_curve,
     compare_readers,
     fresh_memory,
+    readers,
 )
 from physllm.notebook import corpus_notice, resolve_out_dir, setup, show_source, write_metrics
 from physllm.training import evaluate_split, make_config, train, train_memory
@@ -279,7 +298,7 @@ show_source(KNNLM.log_probs)
 
 # %%
 # The facts experiment uses the char backbone at every preset (it is small); the gpu
-# preset adds the NarrativeQA experiment with Llama-3.2-3B in section 9.
+# preset adds the NarrativeQA experiment with Llama-3.2-3B in section 10.
 overrides = {"steps": steps} if steps is not None else {}
 cfg = make_config("hopfield", "cpu", corpus=corpus, tokenizer=tokenizer, device=device, seed=seed, threads=threads,
                   out_dir=str(out_dir / "backbone"), n_updates=n_updates, combine=combine,
@@ -380,12 +399,13 @@ save_figure(fig, out_dir, "memory_loss")
 # NBVAL_IGNORE_OUTPUT
 seeds = [seed + i for i in range(recall_seeds)]
 tasks = {"same_template": task, **{s: split.task(tok.encode, s) for s in SETTINGS}}
-per_seed = [compare_readers(model, tasks, eval_facts, recall_trials, seeds[0], ngram_n)]
+seed_models = [model]  # each seed's memory after 2b (section 9 trains stories on copies)
 for s in seeds[1:]:
     other = fresh_memory(model, s)
     train_memory(other, task, memory_steps, **{**stage, "seed": s}, progress=False)
     train_memory(other, para_task, paraphrase_steps, **{**stage, "seed": s}, progress=False)
-    per_seed.append(compare_readers(other, tasks, eval_facts, recall_trials, s, ngram_n))
+    seed_models.append(other)
+per_seed = [compare_readers(m, tasks, eval_facts, recall_trials, s, ngram_n) for m, s in zip(seed_models, seeds)]
 summary = seed_summary(per_seed, interval)
 summary_table(summary)
 
@@ -461,7 +481,10 @@ save_figure(fig, out_dir, "energy_descent")
 # character, and past `n_slots` / (slots per fact) facts FIFO has forgotten
 # the oldest, so recall can be at most (facts that fit) / n: the dotted
 # bound. That curve measures the bank's size, not the memory. Training saw
-# at most `memory_facts` facts per episode.
+# at most `memory_facts` facts per episode. Up to the facts that fit, FIFO has
+# evicted nothing and a read scans the filled slots only, so the two curves are one
+# measurement there: the FIFO curve reuses those points (`from_no_eviction`) and
+# runs only the sizes past the bank.
 
 # %%
 slots_per_fact = task.fact_tokens()
@@ -475,10 +498,10 @@ print("facts stored:", capacity_sizes)
 # %%
 # NBVAL_IGNORE_OUTPUT
 curve = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed, evict=False)
-curve_fifo = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed)
+curve_fifo = capacity_curve(model, task, capacity_sizes, questions=64, seed=seed, no_eviction=curve)
 fig = plot_capacity_curve({"no eviction": curve, "FIFO": curve_fifo}, chance=1 / 26, facts_fit=facts_fit)
 save_figure(fig, out_dir, "capacity_curve")
-cols = ["n_slots", "slots_per_fact", "questions", "exact_match", "char_accuracy"]
+cols = ["n_slots", "slots_per_fact", "questions", "exact_match", "char_accuracy", "from_no_eviction"]
 capacity = pd.concat({"no eviction": pd.DataFrame(curve).set_index("n_facts")[cols],
                       "FIFO": pd.DataFrame(curve_fifo).set_index("n_facts")[cols]}, axis=1)
 capacity[("FIFO", "bank_bound")] = [min(1.0, facts_fit / n) for n in capacity.index]
@@ -487,23 +510,99 @@ capacity
 # %% [markdown]
 # ## 8. What the memory costs ordinary text
 #
-# The backbone's validation loss by the repository's evaluator (the whole
-# validation split in fixed blocks, each from an empty context), with the bank
-# empty and holding `lm_facts` held-out facts. An empty bank leaves the model
-# exactly its backbone; a filled one is read at every position of every block.
+# The backbone's validation loss by the repository's evaluator (the first
+# `lm_blocks` fixed blocks of the validation split, 0: all of them, each from an
+# empty context), with the bank empty and holding `lm_facts` held-out facts. An
+# empty bank leaves the model exactly its backbone; a filled one is read at every
+# position of every block.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 model.memory.reset()
-lm_empty = evaluate_split(model, result.data, mcfg.block_size, "val")
+lm_empty = evaluate_split(model, result.data, mcfg.block_size, "val", max_blocks=lm_blocks)
 model.call(torch.tensor([tok.encode(task.write_text(task.facts(lm_facts, random.Random(seed), "heldout")))]))
-lm_facts_loaded = evaluate_split(model, result.data, mcfg.block_size, "val")
+lm_facts_loaded = evaluate_split(model, result.data, mcfg.block_size, "val", max_blocks=lm_blocks)
 model.memory.reset()
 print(f"validation loss, bank empty: {lm_empty['val_loss']:.4f}; holding {lm_facts} facts: "
       f"{lm_facts_loaded['val_loss']:.4f} ({lm_empty['val_blocks']} blocks of {mcfg.block_size})")
 
 # %% [markdown]
-# ## 9. GPU preset: NarrativeQA with the summary in memory only
+# ## 9. Stories: several people, held-out wordings, distractors, updates
+#
+# A fact per line in one wording is what an exact lookup of call 1 solves. A
+# **story** (`physllm/hopfield/stories.py`) has several people, each with an
+# object (`has`), a place (`in`) and a colour, in shuffled sentences written in
+# one of several templates per attribute; call 2 asks one question per
+# (person, attribute) from an empty context, and the answer (a word and its
+# full stop) must be exact. Each attribute's write, update and question templates
+# are split into training and held-out ones.
+#
+# **Stage 2c** continues each seed's memory after 2b (a copy: sections 6-8 used the
+# facts memory) for `story_steps` steps on stories in the *training* templates with
+# near-duplicate names, two updates and two distractor sentences each (1 to
+# `story_entities` people). Evaluation, `story_episodes` stories of `story_entities`
+# people per seed and variant:
+#
+# * **train**: story and questions in training templates (new names and stories);
+# * **heldout_ask**: the story in training templates, the questions in held-out
+#   ones: the words before the answer never preceded it in call 1;
+# * **heldout_both**: story, questions and names all held out;
+# * **distractors**: heldout_ask with `story_distractors` unrelated sentences of the
+#   Python docs written after the story (training saw a small fixed pool);
+# * **interference**: heldout_ask with near-duplicate names (mara and maro) and two
+#   updates ("mara moved to the mill."), where the latest value is the answer.
+#
+# Readers, on the same stories and questions: the memory, no memory, the token
+# n-gram cache and the kNN-LM of section 5, plus two that read the text itself:
+# **ngram_words**, a word-level cache (the word after the latest occurrence of the
+# longest suffix of the question, up to 8 words), and the **solver**, a parser of the
+# templates (right by construction: it says the questions are answerable). Model
+# readers are scored teacher-forced in one pass per story: greedy decoding returns
+# the answer exactly when the argmax is right at each answer token given the right
+# prefix, so this is the same exact match as generating (the test suite checks it).
+
+# %%
+story_tasks = story_variants(story_variants_run.split(","), story_entities, story_distractors)
+story_train = StoryTask(templates="train", interference=True, distractors=2)
+if story_steps is None:
+    story_steps = min(60, memory_steps)
+print("stage 2c, a training story:")
+example_story = story_train.story(random.Random(seed))
+print(example_story.write_text + "".join(f"  call 2: {p!r} -> {a!r}\n" for p, a in example_story.questions[:3]))
+for name, story_task in story_tasks.items():
+    shown = story_task.story(random.Random(seed))
+    print(f"{name}: {shown.questions[0][0]!r} -> {shown.questions[0][1]!r}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+story_stage = {**stage, "batch_size": story_batch, "max_facts": story_entities}
+story_per_seed, story_histories = [], []
+for m, s in zip(seed_models, seeds):
+    story_model = copy.deepcopy(m)
+    story_histories.append(train_memory(story_model, StoryEpisodes(story_train, tok), story_steps,
+                                        **{**story_stage, "seed": s}, progress=False))
+    story_per_seed.append(compare_story_readers(readers(story_model, ngram_n), story_tasks, tok, story_episodes, s))
+story_summary = seed_summary(story_per_seed, interval)
+print(f"stage 2c: {story_steps} steps per seed, loss {story_histories[0][0]['train_loss']:.3f} -> "
+      + ", ".join(f"{h[-1]['train_loss']:.3f}" for h in story_histories) + " (seeds)")
+summary_table(story_summary)
+
+# %%
+# What must hold at any setting: the questions are answerable from call 1, and every
+# reader was asked the same questions.
+print("solver right on every question of every variant and seed:",
+      all(r[v]["solver"]["exact_match"] == 1.0 for r in story_per_seed for v in r))
+assert all(r[v]["solver"]["exact_match"] == 1.0 for r in story_per_seed for v in r)
+print("every reader asked the same questions:",
+      all(len({x["questions"] for x in row.values()}) == 1 for row in story_summary.values()))
+assert all(len({x["questions"] for x in row.values()}) == 1 for row in story_summary.values())
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(story_conclusion(story_summary, headline="heldout_ask"))
+
+# %% [markdown]
+# ## 10. GPU preset: NarrativeQA with the summary in memory only
 #
 # With `preset="gpu"` the memory sits on a pretrained Llama-3.2-3B (LoRA r 16
 # on its attention) and is trained on NarrativeQA: call 1 writes the story
@@ -529,7 +628,7 @@ else:
     print("NarrativeQA runs with preset='gpu' only")
 
 # %% [markdown]
-# ## 10. Results
+# ## 11. Results
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -542,11 +641,14 @@ headline = {
        for r in readers_shown},
     "largest n with >= 90% recall, no eviction": max([r["n_facts"] for r in curve if r["exact_match"] >= 0.9], default=0),
     "largest n with >= 90% recall, FIFO": max([r["n_facts"] for r in curve_fifo if r["exact_match"] >= 0.9], default=0),
+    **{f"stories, {v}, {r}": summary_table(story_summary).loc[v, r] for v in story_summary
+       for r in ["memory", "ngram_cache", "ngram_words", "knn_lm", "no_memory"]},
 }
 pd.Series(headline, dtype=object)
 
 # %%
 baselines = {t: {r: summary[t][r] for r in ("ngram_cache", "knn_lm", "no_memory")} for t in summary}
+stories = {v: {r: {"mean": row["exact_match"], **row} for r, row in rows.items()} for v, rows in story_summary.items()}
 path = write_metrics(
     out_dir,
     metrics,
@@ -571,15 +673,28 @@ path = write_metrics(
     lm_loss_bank_100_facts=lm_facts_loaded["val_loss"],
     lm_loss_bank_facts=lm_facts,
     learned_beta=model.memory_layer.beta.tolist(),
+    stories=stories,
+    stories_setup={
+        "variants": {v: {k: getattr(t, k) for k in ("n_entities", "templates", "ask_templates", "distractors",
+                                                    "distractor_source", "interference", "updates")}
+                     for v, t in story_tasks.items()},
+        "episodes_per_seed": story_episodes,
+        "train_task": {"templates": "train", "interference": True, "distractors": 2, "max_entities": story_entities},
+        "steps": story_steps,
+        "batch_size": story_batch,
+        "train_loss": [h[-1]["train_loss"] for h in story_histories],
+        "knn_lm": "included: the same kNN-LM reader as section 5, on each story's call 1",
+    },
+    stories_conclusion=story_conclusion(story_summary, headline="heldout_ask"),
     narrativeqa=narrativeqa,
 )
 print("wrote", path.name)
 
 # %% [markdown]
-# ## 11. What the numbers show
+# ## 12. What the numbers show
 #
 # Numbers quoted from the committed run at the defaults (3 seeds; 16 held-out
-# facts per call; 64 questions per seed and task; intervals are Student-t 95%
+# facts per call; 32 questions per seed and task; intervals are Student-t 95%
 # over seeds and may cross 0 or 1). Re-running on other hardware may move
 # them a little.
 #
@@ -588,29 +703,40 @@ print("wrote", path.name)
 #   every seed. On this task the memory shows nothing that an exact lookup of
 #   call 1 does not: the earlier "100% recall" was not evidence of a learned
 #   memory. Without memory: 0%.
-# * **kNN-LM: 4%.** The backbone's hidden state at "...bolek is " depends on
+# * **kNN-LM: 7%.** The backbone's hidden state at "...bolek is " depends on
 #   the position in the call (learned absolute positions) and on the facts
 #   before it, so the nearest stored state is rarely the fact asked about. It
 #   is a weak baseline here, not a strong one.
 # * **Held-out question wording** (facts written with training templates,
 #   asked as "which code has NAME? " or "code of NAME; "): after stage 2b the
-#   memory answers 65% [50, 79], the n-gram cache 0%, no memory 0%. This is
+#   memory answers 67% [62, 71], the n-gram cache 0%, no memory 0%. This is
 #   the one result where the memory does what the cache cannot: it matches a
 #   question to a fact worded differently, through the name inside its key
 #   window.
-# * **Held-out fact wording: it fails.** 15% [7, 23] when facts are written
-#   in a held-out template and 7% [1, 13] when both sides are held out. The
+# * **Held-out fact wording: it fails.** 19% [-2, 39] when facts are written
+#   in a held-out template and 10% [6, 15] when both sides are held out. The
 #   keys are functions of the written context and training saw three ways of
 #   writing a fact; it does not generalise to a fourth. The goal of the issue,
 #   >= 80% exact match on held-out templates while the n-gram cache stays <= 5%,
-#   is **not reached**: 65% for held-out questions, 7% for held-out both.
-# * **Capacity.** With a bank that holds everything written, recall falls
-#   from 95% at 16-32 facts to 80% at 128 and 59% at 256: interference between
+#   is **not reached**: 67% for held-out questions, 10% for held-out both.
+# * **Capacity.** With a bank that holds everything written, recall stays at
+#   92-98% up to 128 facts and falls to 75% at 256: interference between
 #   learned keys, not eviction (training saw at most 16 facts per episode).
-#   FIFO adds eviction past 152 facts: 50% at 256, under the bank bound of 59%.
+#   FIFO adds eviction past 152 facts: 58% at 256, at the bank bound of 59%.
 #   The defaults stop at `capacity_max` = 256; the reference report runs to 2048.
+# * **Stories.** The verdict is the one printed at the end of section 9, generated
+#   from the numbers: "above every baseline by more than the interval" only where
+#   the memory's interval lies above each baseline's. Where it falls short, the
+#   mechanism says why: at the defaults stage 2c is short (`story_steps` per seed on
+#   top of the facts memory; the reference report runs 300); a key is a window of
+#   `key_window` hidden states, so under a held-out question template retrieval
+#   rests on the name and on what the backbone's states carry of the attribute,
+#   and with three attributes per name that is a three-way confusion the facts
+#   never posed; and a read weighs every stored pattern by similarity alone, so an
+#   update and the stale fact it replaces are both retrieved and nothing in the
+#   layer makes the latest one win.
 # * **Side effect on ordinary text.** With 100 facts in the bank the
-#   validation loss rises from 2.309 to 3.435 nats per character: the gate
+#   validation loss (first 128 blocks) rises from 2.405 to 3.440 nats per character: the gate
 #   lets reads from unrelated facts into ordinary text. A memory meant to sit
 #   inside a general language model would have to be trained on ordinary text
 #   with a filled bank too (or its gate made to close), which this notebook

@@ -394,6 +394,19 @@ def test_capacity_without_eviction_sizes_the_bank_to_hold_every_fact():
     assert fifo[0]["n_slots"] == 64 and fifo[0]["evict"]
 
 
+def test_fifo_curve_reuses_no_eviction_points_only_where_every_fact_fits():
+    model = tiny_model(n_slots=8 * 27)  # the model's own bank: 8 facts
+    task = FactsTask(encode)
+    no_eviction = capacity_curve(model, task, [4, 16], questions=4, evict=False)
+    fresh = capacity_curve(model, task, [4, 16], questions=4)
+    shared = capacity_curve(model, task, [4, 16], questions=4, no_eviction=no_eviction)
+    assert [r["from_no_eviction"] for r in shared] == [True, False]
+    for a, b in zip(shared, fresh):  # the reused point is the measurement FIFO makes
+        assert (a["n_slots"], a["evict"], a["questions"]) == (b["n_slots"], True, b["questions"])
+        for key in ("exact_match", "char_accuracy", "answer_loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
 def test_seed_summary_uses_the_student_t_interval():
     from physllm.experiments.stats import interval
 
@@ -618,6 +631,25 @@ def test_notebook_runs(run_notebook):
         assert all(r["slots_per_fact"] == 27 for r in rows)
     assert [r["n_slots"] for r in metrics["capacity_no_eviction"]] == [16 * 27, 32 * 27]
     assert {r["n_slots"] for r in metrics["capacity_fifo"]} == {4096}
+    assert all(r["from_no_eviction"] for r in metrics["capacity_fifo"])  # both fit in 4096 slots
+    # stories: every variant, every reader over the 3 seeds, the solver always right
+    stories = metrics["stories"]
+    assert set(stories) == {"train", "heldout_ask", "heldout_both", "distractors", "interference"}
+    for rows in stories.values():
+        assert set(rows) == {
+            "memory",
+            "no_memory",
+            "ngram_cache",
+            "knn_lm",
+            "ngram_words",
+            "solver",
+        }
+        assert {r["n_seeds"] for r in rows.values()} == {3}
+        assert len({r["questions"] for r in rows.values()}) == 1
+        assert all(r["ci95_low"] <= r["mean"] <= r["ci95_high"] for r in rows.values())
+        assert rows["solver"]["mean"] == 1.0
+    assert metrics["stories_setup"]["steps"] == 20  # min(60, memory_steps)
+    assert "heldout_ask" in metrics["stories_conclusion"]
     assert metrics["lm_loss_bank_empty"] > 0 and metrics["lm_loss_bank_100_facts"] > 0
     assert metrics["lm_loss_bank_facts"] == 10
     # stage 2 trained the memory: every head's beta moved from its initial value

@@ -10,24 +10,33 @@ import pytest
 import torch
 
 from physllm.errors import PhysllmError
+from physllm.experiments.stats import interval
+from physllm.hopfield.analysis import seed_summary, story_conclusion
+from physllm.hopfield.baselines import KNNLM, MemoryReader
 from physllm.hopfield.stories import (
     DISTRACTOR_POOL,
+    STORY_VARIANTS,
     TEMPLATES,
     VALUES,
     StoryEpisodes,
     StoryTask,
+    _score,
+    compare_story_readers,
+    draw_stories,
     lookup_baselines,
     ngram_cache_answer,
+    parse_story,
     pydoc_sentences,
     solve,
     story_episode,
     story_recall,
+    story_variants,
     template_ids,
     templates,
     uses_heldout_template,
     uses_train_template,
 )
-from physllm.hopfield.tasks import episode_loss, is_heldout
+from physllm.hopfield.tasks import episode_loss, is_heldout, readers
 from physllm.models import build_model
 from physllm.training import train_memory
 
@@ -188,3 +197,88 @@ def test_story_episode_rows_score_the_answer_and_train_the_memory():
     result = story_recall(model.eval(), task, encode, episodes=1)
     assert result["questions"] == 4 and 0 <= result["exact_match"] <= 1
     assert len(model.memory) == 0
+
+
+# --------------------------------------------------------------------------- notebook 05's readers
+
+
+class SpyReader:
+    """Records the text written and the questions asked; answers nothing useful."""
+
+    def __init__(self):
+        self.written, self.asked = [], []
+
+    def reset(self):
+        pass
+
+    def write(self, ids):
+        self.written.append("".join(CHARS[i] for i in ids[0].tolist()))
+
+    def answer(self, prompts, n):
+        self.asked += ["".join(CHARS[i] for i in row) for row in prompts.tolist()]
+        return torch.zeros(prompts.size(0), n, dtype=torch.long)
+
+    def answer_nll(self, prompts, answers):
+        return torch.zeros(prompts.size(0))
+
+
+def test_story_readers_answer_the_same_questions_with_every_field():
+    model = tiny_model()
+    tasks = story_variants(n_entities=2, distractors=2)
+    assert set(tasks) == set(STORY_VARIANTS)
+    per_seed = [compare_story_readers(readers(model, 12), tasks, encode, 2, s) for s in (0, 1)]
+    every = {"memory", "no_memory", "ngram_cache", "knn_lm", "ngram_words", "solver"}
+    for out, seed in zip(per_seed, (0, 1)):
+        assert set(out) == set(tasks)
+        for name, rows in out.items():
+            assert set(rows) == every
+            asked = sum(len(q) for _, q in draw_stories(tasks[name], 2, seed))
+            assert {r["questions"] for r in rows.values()} == {asked}
+            assert all(r["n_facts"] == 2 and r["episodes"] == 2 for r in rows.values())
+            for reader in ("memory", "no_memory", "ngram_cache", "knn_lm"):
+                r = rows[reader]
+                assert 0 <= r["exact_match"] <= r["char_accuracy"] <= 1 and r["answer_loss"] > 0
+            # the text lookups are lookup_baselines on the same stories
+            looked = lookup_baselines(tasks[name], 2, seed)
+            assert rows["solver"]["exact_match"] == looked["solver"] == 1.0
+            assert rows["ngram_words"]["exact_match"] == looked["ngram_cache"]
+            # the memory's teacher-forced exact match is greedy generation's (story_recall)
+            greedy = story_recall(model, tasks[name], encode, 2, seed)["exact_match"]
+            assert rows["memory"]["exact_match"] == greedy
+    assert len(model.memory) == 0
+    summary = seed_summary(per_seed, interval)
+    row = summary["heldout_ask"]["memory"]
+    assert row["n_seeds"] == 2 and row["ci95_low"] <= row["exact_match"] <= row["ci95_high"]
+    assert "answer_loss" not in summary["heldout_ask"]["solver"]  # a lookup: exact match only
+    assert "heldout_ask" in story_conclusion(summary)
+
+
+def test_teacher_forced_exact_match_is_greedy_generation():
+    model = tiny_model()
+    story = "mara has a key.\nmara is in the barn.\n"
+    prompts = [encode("what does mara have? a "), encode("where is mara? in the ")]
+    for reader in (MemoryReader(model), KNNLM(model, k=4)):
+        reader.write(torch.tensor([encode(story)]))
+        greedy = [reader.answer(torch.tensor([p]), 5)[0].tolist() for p in prompts]
+        exact, right, nats = _score(reader, prompts, greedy, torch.device("cpu"))
+        assert exact == [True, True] and right == 10 and nats > 0
+        wrong = [g[:-1] + [(g[-1] + 1) % len(CHARS)] for g in greedy]
+        exact, right, _ = _score(reader, prompts, [greedy[0], wrong[1]], torch.device("cpu"))
+        assert exact == [True, False] and right == 9
+        reader.reset()
+
+
+def test_heldout_story_variants_never_use_a_training_template():
+    tasks = story_variants(n_entities=3, distractors=2)
+    for name, task in tasks.items():
+        spy = SpyReader()
+        compare_story_readers({"spy": spy}, {name: task}, encode, episodes=6, seed=3)
+        assert len(spy.written) == 6 and spy.asked
+        held_story = name == "heldout_both"
+        for text in spy.written:  # distractor lines match no template at all
+            assert uses_heldout_template(text) == held_story != uses_train_template(text)
+        for prompt in spy.asked:  # every variant but "train" asks in held-out templates only
+            assert uses_heldout_template(prompt) == (name != "train") != uses_train_template(prompt)
+        if held_story:
+            names = {f[0] for text in spy.written for f in parse_story(text)}
+            assert names and all(is_heldout(n) for n in names)

@@ -3,7 +3,10 @@
 Recall (:func:`physllm.hopfield.tasks.recall`) scores every reader with one rule:
 call 1 is written (``write``), call 2's questions are answered greedily
 (``answer``) and the answer tokens are scored by teacher forcing (``answer_nll``).
-A reader is anything with those three methods and ``reset``:
+A reader is anything with those three methods and ``reset``; the model-based
+ones also have ``log_probs(idx)`` (B, T, V), which scores rows of different
+lengths in one teacher-forced pass (story recall,
+:func:`physllm.hopfield.stories.compare_story_readers`):
 
 * :class:`MemoryReader`: the CHopT model, its bank written by call 1
   (``use_memory=False``: the bank is reset between the calls: the backbone alone);
@@ -72,9 +75,15 @@ class MemoryReader:
         return out[:, prompts.size(1) :]
 
     @torch.no_grad()
+    def log_probs(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> log p (B, T, V), reading the bank (empty: the backbone alone)."""
+        logits, _ = self.model(idx)
+        return F.log_softmax(logits.float(), -1)
+
+    @torch.no_grad()
     def answer_nll(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model(torch.cat([prompts, answers[:, :-1]], dim=1))
-        return _nll_at_answers(F.log_softmax(logits.float(), -1), prompts, answers)
+        logp = self.log_probs(torch.cat([prompts, answers[:, :-1]], dim=1))
+        return _nll_at_answers(logp, prompts, answers)
 
 
 class NGramCache:

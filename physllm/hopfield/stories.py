@@ -31,6 +31,9 @@ backbone's 64-token block, which call 2 must (call 1 is written in windows).
 :func:`story_episode` builds the repo's :class:`~physllm.hopfield.tasks.Episode`
 (so ``episode_loss`` takes it), :class:`StoryEpisodes` plugs a StoryTask into
 ``train_memory``, and :func:`story_recall` measures a model across two calls.
+:func:`compare_story_readers` scores notebook 05's readers (the memory, no memory,
+the n-gram cache, the kNN-LM) and the word-level lookups on the same stories of
+each of :data:`STORY_VARIANTS`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 import torch
 
 from physllm.errors import PhysllmError
+from physllm.hopfield.baselines import Reader
 from physllm.hopfield.tasks import CONSONANTS, VOWELS, Episode, is_heldout
 
 ATTRIBUTES = ("has", "in", "colour")
@@ -476,18 +480,157 @@ class StoryEpisodes:
         return story_episode(task, self.tokenizer, batch_size, rng, self.pad_id)
 
 
-def lookup_baselines(task: StoryTask, episodes: int = 8, seed: int = 0) -> dict:
-    """Exact-match accuracy of :func:`solve` and :func:`ngram_cache_answer` on the
-    questions :func:`story_recall` asks with the same arguments (no model needed)."""
+Drawn = list[tuple[str, list[tuple[str, str]]]]  # (write_text, [(prompt, answer), ...]) per story
+
+
+def draw_stories(task: StoryTask, episodes: int, seed: int = 0) -> Drawn:
+    """The ``episodes`` stories that :func:`story_recall`, :func:`lookup_baselines` and
+    :func:`compare_story_readers` ask with the same ``seed`` (in that order)."""
     rng = random.Random(seed)
+    return [task.episode(rng) for _ in range(episodes)]
+
+
+def _lookup_hits(drawn: Drawn) -> tuple[int, int, int]:
+    """(questions, solved by :func:`solve`, answered by :func:`ngram_cache_answer`)."""
     solved = cached = total = 0
-    for _ in range(episodes):
-        write_text, questions = task.episode(rng)
+    for write_text, questions in drawn:
         for prompt, answer in questions:
             solved += solve(write_text, prompt) == answer
             cached += ngram_cache_answer(write_text, prompt) == answer
             total += 1
+    return total, solved, cached
+
+
+def lookup_baselines(task: StoryTask, episodes: int = 8, seed: int = 0) -> dict:
+    """Exact-match accuracy of :func:`solve` and :func:`ngram_cache_answer` on the
+    questions :func:`story_recall` asks with the same arguments (no model needed)."""
+    total, solved, cached = _lookup_hits(draw_stories(task, episodes, seed))
     return {"questions": total, "solver": solved / total, "ngram_cache": cached / total}
+
+
+# --------------------------------------------------------------------------- notebook 05's readers
+
+# The variants notebook 05 asks (all with ``n_entities`` people, three attributes):
+# training templates; questions in held-out templates; story, questions and names
+# held out; held-out questions after unrelated pydoc sentences; held-out questions
+# with near-duplicate names and two updates (the latest value is the answer).
+STORY_VARIANTS: dict[str, dict[str, Any]] = {
+    "train": dict(templates="train"),
+    "heldout_ask": dict(templates="train", ask_templates="heldout"),
+    "heldout_both": dict(templates="heldout"),
+    "distractors": dict(templates="train", ask_templates="heldout", distractor_source="pydoc"),
+    "interference": dict(templates="train", ask_templates="heldout", interference=True),
+}
+
+
+def story_variants(
+    names: tuple[str, ...] | list[str] = tuple(STORY_VARIANTS),
+    n_entities: int = 3,
+    distractors: int = 4,
+) -> dict[str, StoryTask]:
+    """``{variant: StoryTask}`` of :data:`STORY_VARIANTS` (``distractors``: sentences
+    after the story in the ``distractors`` variant)."""
+    unknown = [n for n in names if n not in STORY_VARIANTS]
+    if unknown or not names:
+        raise PhysllmError(
+            f"story variants must be among {', '.join(STORY_VARIANTS)}, got {unknown}"
+        )
+    tasks = {}
+    for name in names:
+        extra = {"distractors": distractors} if name == "distractors" else {}
+        tasks[name] = StoryTask(n_entities=n_entities, **STORY_VARIANTS[name], **extra)
+    return tasks
+
+
+def _device(reader: Reader) -> torch.device:
+    model = getattr(reader, "model", None)
+    return next(model.parameters()).device if model is not None else torch.device("cpu")
+
+
+def _score(reader: Reader, prompts: list[list[int]], answers: list[list[int]], device):
+    """Per question: whether the greedy answer is exact; summed right answer tokens and nats.
+
+    A reader with ``log_probs`` scores every row in one teacher-forced pass (rows
+    right-padded; causal, so padding changes nothing before it): greedy decoding
+    returns the answer exactly when the argmax is the answer token at each of its
+    positions given the right prefix, so exact match is the same as generating.
+    Others (the n-gram cache) answer greedily row by row.
+    """
+    if not hasattr(reader, "log_probs"):
+        exact, right, nats = [], 0, 0.0
+        for p, a in zip(prompts, answers):
+            prompt, want = torch.tensor([p], device=device), torch.tensor([a], device=device)
+            hit = reader.answer(prompt, len(a)).to(device) == want
+            exact.append(bool(hit.all()))
+            right, nats = (
+                right + int(hit.sum()),
+                nats + float(reader.answer_nll(prompt, want).sum()),
+            )
+        return exact, right, nats
+    rows = [p + a[:-1] for p, a in zip(prompts, answers)]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    logp = reader.log_probs(ids.to(device)).float().cpu()
+    exact, right, nats = [], 0, 0.0
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        at, want = logp[i, len(p) - 1 : len(p) - 1 + len(a)], torch.tensor(a)
+        hit = at.argmax(-1) == want
+        exact.append(bool(hit.all()))
+        right, nats = right + int(hit.sum()), nats - float(at.gather(-1, want[:, None]).sum())
+    return exact, right, nats
+
+
+def _reader_recall(reader: Reader, drawn: Drawn, encode: Callable[[str], list[int]]) -> dict:
+    """One reader on drawn stories: call 1 written, then every question from an empty context."""
+    device, exact, right, tokens, nats = _device(reader), 0, 0, 0, 0.0
+    for write_text, questions in drawn:
+        reader.reset()
+        reader.write(torch.tensor([encode(write_text)], device=device))
+        prompts = [encode(p) for p, _ in questions]
+        answers = [encode(a + ".") for _, a in questions]  # the full stop is scored too
+        hits, r, n = _score(reader, prompts, answers, device)
+        exact, right, nats = exact + sum(hits), right + r, nats + n
+        tokens += sum(map(len, answers))
+    reader.reset()
+    total = sum(len(q) for _, q in drawn)
+    return {
+        "questions": total,
+        "exact_match": exact / total,
+        "char_accuracy": right / tokens,
+        "answer_loss": nats / tokens,
+    }
+
+
+@torch.no_grad()
+def compare_story_readers(
+    found: dict[str, Reader],
+    tasks: dict[str, StoryTask],
+    tokenizer: Any,
+    episodes: int = 4,
+    seed: int = 0,
+) -> dict[str, dict[str, dict]]:
+    """``{variant: {reader: recall}}``: every reader of ``found`` (e.g.
+    :func:`physllm.hopfield.tasks.readers`: memory, no memory, n-gram cache, kNN-LM) on
+    the same ``episodes`` stories of each task (:func:`draw_stories` with ``seed``), plus
+    ``ngram_words`` (:func:`ngram_cache_answer`) and ``solver`` (:func:`solve`), which
+    read the text and have exact match only.
+
+    A reader's answer is the greedy continuation of the question; it must be the
+    answer word and its full stop exactly (``char_accuracy``: per answer token;
+    ``answer_loss``: teacher-forced nats per answer token). ``n_facts``: the stories'
+    entities. The same keys as :func:`~physllm.hopfield.tasks.compare_readers`, so
+    :func:`~physllm.hopfield.analysis.seed_summary` summarises seeds of either.
+    """
+    encode, out = _encoder(tokenizer), {}
+    for name, task in tasks.items():
+        drawn = draw_stories(task, episodes, seed)
+        base = {"n_facts": task.n_entities, "episodes": episodes}
+        out[name] = {r: {**base, **_reader_recall(rd, drawn, encode)} for r, rd in found.items()}
+        total, solved, cached = _lookup_hits(drawn)
+        out[name]["ngram_words"] = {**base, "questions": total, "exact_match": cached / total}
+        out[name]["solver"] = {**base, "questions": total, "exact_match": solved / total}
+    return out
 
 
 @torch.no_grad()
@@ -525,11 +668,14 @@ __all__ = [
     "ATTRIBUTES",
     "DISTRACTOR_POOL",
     "TEMPLATES",
+    "STORY_VARIANTS",
     "VALUES",
     "Story",
     "StoryEpisodes",
     "StoryTask",
     "Template",
+    "compare_story_readers",
+    "draw_stories",
     "lookup_baselines",
     "ngram_cache_answer",
     "parse_story",
@@ -537,6 +683,7 @@ __all__ = [
     "solve",
     "story_episode",
     "story_recall",
+    "story_variants",
     "template_ids",
     "templates",
     "uses_heldout_template",

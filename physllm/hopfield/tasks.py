@@ -503,19 +503,29 @@ def capacity_curve(
     questions: int = 64,
     seed: int = 0,
     evict: bool = True,
+    no_eviction: list[dict] | None = None,
 ) -> list[dict]:
     """Recall against the number of facts stored, ``questions`` questions per point.
 
     ``evict=True``: the model's own bank (FIFO past ``n_slots``); ``evict=False``: a
     bank of n * (slots per fact) slots, so nothing written is ever evicted.
+    ``no_eviction`` (with ``evict=True``): that curve's rows for the same ``task``,
+    ``questions`` and ``seed``. Where n facts fit in the model's bank, FIFO has evicted
+    nothing and a read scans the filled slots only, so the measurement is the same:
+    its row is reused (``from_no_eviction``) instead of run again.
     """
     per_fact, rows = task.fact_tokens(), []
+    shared = {r["n_facts"]: r for r in no_eviction or []} if evict else {}
     for n in sizes:
         trials = max(1, math.ceil(questions / n))
         n_slots = model.memory.n_slots if evict else n * per_fact
+        if n in shared and n * per_fact <= n_slots:
+            rows.append({**shared[n], "n_slots": n_slots, "evict": True, "from_no_eviction": True})
+            continue
         with contextlib.nullcontext(model) if evict else bank_of(model, n_slots):
             row = recall(model, task, n, trials, seed + n, max_questions=questions)
-        rows.append({**row, "n_slots": n_slots, "slots_per_fact": per_fact, "evict": evict})
+        extra = {"n_slots": n_slots, "slots_per_fact": per_fact, "evict": evict}
+        rows.append({**row, **extra, "from_no_eviction": False})
     return rows
 
 
