@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -125,3 +126,25 @@ def tiny_run(tmp_path_factory, small_text_file) -> Path:
         )
     )
     return out
+
+
+class SpyReader:
+    """A notebook-05 reader that records what recall writes and asks (as text, through
+    ``decode``) and answers nothing useful: which templates a task really used."""
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.written, self.asked = [], []
+
+    def reset(self):
+        pass
+
+    def write(self, ids):
+        self.written.append(self.decode(ids[0].tolist()))
+
+    def answer(self, prompts, n):
+        self.asked += [self.decode(row) for row in prompts.tolist()]
+        return torch.zeros(prompts.size(0), n, dtype=torch.long)
+
+    def answer_nll(self, prompts, answers):
+        return torch.zeros(prompts.size(0))

@@ -30,6 +30,8 @@ from physllm.models import build_model
 from physllm.sampling import generate
 from physllm.training import train_memory
 
+from .conftest import SpyReader
+
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\nQA:?"))
 STOI = {c: i for i, c in enumerate(CHARS)}
 
@@ -312,26 +314,6 @@ def wide_decode(ids: list[int]) -> str:
     return "".join(WIDE[i] for i in ids)
 
 
-class SpyReader:
-    """Records what recall writes and asks (as text) and answers nothing useful."""
-
-    def __init__(self):
-        self.written, self.asked = [], []
-
-    def reset(self):
-        pass
-
-    def write(self, ids):
-        self.written.append(wide_decode(ids[0].tolist()))
-
-    def answer(self, prompts, n):
-        self.asked += [wide_decode(row) for row in prompts.tolist()]
-        return torch.zeros(prompts.size(0), n, dtype=torch.long)
-
-    def answer_nll(self, prompts, answers):
-        return torch.zeros(prompts.size(0))
-
-
 def _template_pattern(template: str) -> re.Pattern:
     body = re.escape(template).replace(r"\{name\}", "[a-z]{5}").replace(r"\{code\}", "[a-z]{4}")
     return re.compile(body)
@@ -371,7 +353,7 @@ def test_template_split_keeps_heldout_templates_out_of_training_and_in_evaluatio
         ("heldout_write", held_f, train_q),
         ("heldout_both", held_f, held_q),
     ]:
-        spy = SpyReader()
+        spy = SpyReader(wide_decode)
         recall(None, split.task(wide_encode, setting), 8, trials=4, reader=spy)
         lines = [line for text in spy.written for line in text.splitlines(keepends=True)]
         assert _templates_used(lines, every_fact) == set(facts_from), setting

@@ -40,6 +40,8 @@ from physllm.hopfield.tasks import episode_loss, is_heldout, readers
 from physllm.models import build_model
 from physllm.training import train_memory
 
+from .conftest import SpyReader
+
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .\n:?"))
 STOI = {c: i for i, c in enumerate(CHARS)}
 
@@ -202,24 +204,8 @@ def test_story_episode_rows_score_the_answer_and_train_the_memory():
 # --------------------------------------------------------------------------- notebook 05's readers
 
 
-class SpyReader:
-    """Records the text written and the questions asked; answers nothing useful."""
-
-    def __init__(self):
-        self.written, self.asked = [], []
-
-    def reset(self):
-        pass
-
-    def write(self, ids):
-        self.written.append("".join(CHARS[i] for i in ids[0].tolist()))
-
-    def answer(self, prompts, n):
-        self.asked += ["".join(CHARS[i] for i in row) for row in prompts.tolist()]
-        return torch.zeros(prompts.size(0), n, dtype=torch.long)
-
-    def answer_nll(self, prompts, answers):
-        return torch.zeros(prompts.size(0))
+def decode_chars(ids: list[int]) -> str:
+    return "".join(CHARS[i] for i in ids)
 
 
 def test_story_readers_answer_the_same_questions_with_every_field():
@@ -271,7 +257,7 @@ def test_teacher_forced_exact_match_is_greedy_generation():
 def test_heldout_story_variants_never_use_a_training_template():
     tasks = story_variants(n_entities=3, distractors=2)
     for name, task in tasks.items():
-        spy = SpyReader()
+        spy = SpyReader(decode_chars)
         compare_story_readers({"spy": spy}, {name: task}, encode, episodes=6, seed=3)
         assert len(spy.written) == 6 and spy.asked
         held_story = name == "heldout_both"
