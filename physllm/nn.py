@@ -78,6 +78,15 @@ class KVCache:
         self.k[:, :, :T], self.v[:, :, :T] = k, v
         self.length = T
 
+    @classmethod
+    def empty(cls, like: torch.Tensor, batch: int, n_head: int, head_size: int, capacity: int):
+        """A cache holding no position yet, in ``like``'s dtype and device."""
+        return cls(
+            like.new_empty(batch, n_head, 0, head_size),
+            like.new_empty(batch, n_head, 0, head_size),
+            capacity,
+        )
+
     @property
     def capacity(self) -> int:
         return self.k.size(2)

@@ -68,6 +68,88 @@ def test_decode_step_matches_forward_and_generates(kind):
     assert out.shape == (2, 24)
 
 
+def uncached_logits(model, x, t, steer=None):
+    """What decoding without a cache gives after x[:, :t + 1]: the last block, re-encoded."""
+    with torch.no_grad():
+        return model.run(x[:, max(0, t + 1 - model.config.block_size) : t + 1], steer)["logits"][
+            :, -1
+        ]
+
+
+KINDS_CACHED = {
+    **KINDS,
+    "symplectic-substeps": dict(substeps=2),
+    "seed-eos": dict(variant="seed", eos_id=3),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS_CACHED)
+@pytest.mark.parametrize("prefill, chunk", [(1, 1), (5, 1), (4, 3)])
+@pytest.mark.parametrize("steered", [False, True])
+def test_cached_decoding_equals_the_forward_pass_at_every_position(kind, prefill, chunk, steered):
+    """Token by token or in chunks, up to the block and 14 tokens past it (a re-encoded last
+    block each step there), steered or not: the full pass's logits, to 1e-5."""
+    model = tiny(decay_kernel=4, **KINDS_CACHED[kind]).eval()
+    x = torch.randint(0, 30, (2, 30))
+    x[0, 3] = 3  # an end-of-text token where the seed halves the momentum (seed-eos)
+    steer = model.steer_vector([1, 2], 0.7) if steered else None
+    logits, state = model.decode_step(x[:, :prefill], {"steer": steer} if steered else None)
+    torch.testing.assert_close(
+        logits, uncached_logits(model, x, prefill - 1, steer), atol=1e-5, rtol=0
+    )
+    for t in range(prefill, 30, chunk):
+        logits, state = model.decode_step(x[:, t : t + chunk], state)
+        end = min(t + chunk, 30) - 1
+        torch.testing.assert_close(logits, uncached_logits(model, x, end, steer), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_is_preallocated_and_a_step_feeds_one_token(kind, monkeypatch):
+    """The keys and values live in buffers allocated once (no per-token copy), and a step
+    after the prefill runs the layers on the new token alone."""
+    model = tiny(**KINDS[kind]).eval()
+    x = torch.randint(0, 30, (1, 12))
+    _, state = model.decode_step(x[:, :3], None)
+    buffers = [(c.kv.k.data_ptr(), c.kv.v.data_ptr()) for c in state["cache"]["layers"]]
+    assert all(c.kv.capacity == model.config.block_size for c in state["cache"]["layers"])
+    widths = []
+    run = model.run
+    monkeypatch.setattr(
+        model, "run", lambda idx, *a, **k: widths.append(idx.size(1)) or run(idx, *a, **k)
+    )
+    for t in range(3, 12):
+        _, state = model.decode_step(x[:, t : t + 1], state)
+    assert widths == [1] * 9
+    assert [(c.kv.k.data_ptr(), c.kv.v.data_ptr()) for c in state["cache"]["layers"]] == buffers
+    assert all(c.kv.length == 12 for c in state["cache"]["layers"])
+
+
+def test_cached_sampling_and_steering_give_the_uncached_tokens():
+    """iter_sample (sampling, steering, logit bias) decodes through the cache: the same
+    tokens, step for step, as recomputing the window every step under the same generator."""
+    from physllm.hamiltonian.steering import DecodeConfig, iter_sample
+    from physllm.sampling import SamplingConfig, pick_token
+
+    model = tiny().eval()
+    prompt = torch.randint(0, 30, (3, 4))
+    steer = model.steer_vector([5], 1.0)
+    bias = torch.zeros(30)
+    bias[7] = 2.0
+    cfg = DecodeConfig()
+    got = torch.cat(
+        list(iter_sample(model, prompt, 24, steer, cfg, torch.Generator().manual_seed(0), bias)), 1
+    )
+    knobs = SamplingConfig(
+        temperature=cfg.temperature, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty
+    )
+    gen, idx, generated = torch.Generator().manual_seed(0), prompt, prompt[:, :0]
+    for _ in range(24):
+        logits = uncached_logits(model, idx, idx.size(1) - 1, steer) + bias
+        token = pick_token(logits, generated, knobs, gen)
+        generated, idx = torch.cat([generated, token], 1), torch.cat([idx, token], 1)
+    assert torch.equal(got, generated)
+
+
 def test_conservative_force_is_gradient_of_potential():
     model = tiny(mode="conservative").double()
     layer = model.layers[1]

@@ -58,7 +58,7 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.hamiltonian.integrators import force_from_potential, leapfrog_steps
-from physllm.nn import CausalSelfAttention, init_gpt2_weights
+from physllm.nn import CausalSelfAttention, KVCache, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -117,6 +117,47 @@ class HamiltonianConfig(TransformerShape):
             )
 
 
+# --------------------------------------------------------------------------- decoding cache
+
+
+class LayerCache:
+    """What a layer's new positions need from its earlier ones, so a decoding step costs one
+    token's work: the attention's keys and values (a :class:`~physllm.nn.KVCache`
+    preallocated to the block) and the last ``width - 1`` inputs of its causal convolution
+    (zeros before the first token: the convolution's causal padding)."""
+
+    def __init__(self, kv: KVCache, like: torch.Tensor, width: int):
+        self.kv = kv
+        self.recent = like.new_zeros(like.size(0), width - 1, like.size(-1))  # (B, K-1, C)
+
+    def conv_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) after the held inputs: (B, K - 1 + T, C); holds the last K - 1."""
+        padded = torch.cat([self.recent, x], dim=1)
+        self.recent = padded[:, padded.size(1) - self.recent.size(1) :]
+        return padded
+
+
+def causal_pad(x: torch.Tensor, width: int, cache: LayerCache | None) -> torch.Tensor:
+    """x (B, T, C) with the width - 1 inputs before it (B, width - 1 + T, C): zeros when
+    decoding starts (or without a cache), the cache's held inputs after that."""
+    if cache is not None:
+        return cache.conv_input(x)
+    return F.pad(x, (0, 0, width - 1, 0))
+
+
+def depthwise_causal_conv(
+    padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y_t = sum_j weight[c, j] padded[t + j] (+ bias): padded (B, K - 1 + T, C), weight
+    (C, K) in conv1d's (correlation) order -> y (B, T, C). One new position (decoding) is a
+    dot product over its window, several times cheaper there than a convolution call."""
+    if padded.size(1) == weight.size(1):  # T = 1
+        y = (padded * weight.t()).sum(1, keepdim=True)
+        return y if bias is None else y + bias
+    y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), bias, groups=weight.size(0))
+    return y.transpose(1, 2)
+
+
 # --------------------------------------------------------------------------- symplectic parts
 
 
@@ -133,6 +174,7 @@ class DecayConv(nn.Module):
         # softplus^{-1}(x) = log(exp(x) - 1)
         self.raw_decay = nn.Parameter(torch.full((channels,), math.log(math.expm1(decay_init))))
         self.gain = nn.Parameter(torch.full((channels,), 0.1))
+        self.register_buffer("lags", torch.arange(kernel, dtype=torch.float), persistent=False)
 
     @property
     def decay(self) -> torch.Tensor:
@@ -141,14 +183,12 @@ class DecayConv(nn.Module):
 
     def weights(self) -> torch.Tensor:
         """w[c, k] = a_c exp(-lambda_c k): (C, K)"""
-        k = torch.arange(self.kernel, device=self.raw_decay.device, dtype=self.raw_decay.dtype)
-        return self.gain[:, None] * torch.exp(-self.decay[:, None] * k[None, :])
+        return self.gain[:, None] * torch.exp(-self.decay[:, None] * self.lags[None, :])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C) -> y (B, T, C), y_t = sum_k w_k x_{t-k}."""
-        w = self.weights().flip(-1).unsqueeze(1)  # (C, 1, K): conv1d correlates, so flip
-        xt = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, C, K-1+T), causal
-        return F.conv1d(xt, w, groups=x.size(-1)).transpose(1, 2)
+        w = self.weights().flip(-1)  # (C, K): a convolution correlates, so flip
+        return depthwise_causal_conv(causal_pad(x, self.kernel, cache), w)
 
 
 class SymplecticLayer(nn.Module):
@@ -175,10 +215,11 @@ class SymplecticLayer(nn.Module):
         else:
             self.register_buffer("dt", dt)
 
-    def context(self, q: torch.Tensor) -> torch.Tensor:
-        """c = guide(LN q) + local(LN q): (B, T, C), what each token feels from its past."""
+    def context(self, q: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """c = guide(LN q) + local(LN q): (B, T, C), what each token feels from its past
+        (with a ``cache``, q holds the new positions and the cache the earlier ones)."""
         x = self.ln_ctx(q)
-        return self.guide(x)[0] + self.local(x)
+        return self.guide(x, None if cache is None else cache.kv)[0] + self.local(x, cache)
 
     def potential(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Conservative mode: V_t = kappa |q_t|^2 / 2 + v . gelu(W_1 (LN q_t + c_t)), (B, T)."""
@@ -197,9 +238,15 @@ class SymplecticLayer(nn.Module):
         return grad(q)
 
     def forward(
-        self, q: torch.Tensor, p: torch.Tensor, steer: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        steer: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.context(q)
+        # Tokens interact only through c; the step itself is per token, so a decoding step
+        # integrates the new positions alone.
+        c = self.context(q, cache)
 
         def force(x: torch.Tensor) -> torch.Tensor:
             f = self.force(x, c)
@@ -211,9 +258,12 @@ class SymplecticLayer(nn.Module):
 # --------------------------------------------------------------------------- seed parts
 
 
-def ema_scan(velocity: torch.Tensor, beta: float, reset: torch.Tensor) -> torch.Tensor:
-    """m_t = (beta m_{t-1} + (1 - beta) v_t) (1 - r_t): velocity (B, T, C), reset (B, T, 1)."""
-    m = torch.zeros_like(velocity[:, 0])
+def ema_scan(
+    velocity: torch.Tensor, beta: float, reset: torch.Tensor, m: torch.Tensor | None = None
+) -> torch.Tensor:
+    """m_t = (beta m_{t-1} + (1 - beta) v_t) (1 - r_t): velocity (B, T, C), reset (B, T, 1);
+    ``m`` (B, C) the value before the first step (zeros)."""
+    m = torch.zeros_like(velocity[:, 0]) if m is None else m
     out = []
     for t in range(velocity.size(1)):
         m = (beta * m + (1.0 - beta) * velocity[:, t]) * (1.0 - reset[:, t])
@@ -221,11 +271,12 @@ def ema_scan(velocity: torch.Tensor, beta: float, reset: torch.Tensor) -> torch.
     return torch.stack(out, dim=1)
 
 
-def rope(x: torch.Tensor) -> torch.Tensor:
-    """Rotary positions (the seed's half-split form) on x (B, nh, T, hs)."""
+def rope(x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rotary positions (the seed's half-split form) on x (B, nh, T, hs) at positions
+    start .. start + T - 1."""
     T, hs = x.size(-2), x.size(-1)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device).float() / hs))
-    freqs = torch.outer(torch.arange(T, device=x.device).float(), inv_freq)
+    freqs = torch.outer(torch.arange(start, start + T, device=x.device).float(), inv_freq)
     angle = torch.cat([freqs, freqs], dim=-1).to(x.dtype)  # (T, hs)
     x1, x2 = x.chunk(2, dim=-1)
     return x * angle.cos() + torch.cat([-x2, x1], dim=-1) * angle.sin()
@@ -242,17 +293,23 @@ class DistancePenaltyAttention(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=False)
         self.gravity = nn.Linear(C, config.n_head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """x (B, T, C) at positions start .. start + T - 1; the cache holds the keys
+        (rotated) and values of the positions before."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = rope(q), rope(k)  # (B, nh, T, hs)
+        q, k = rope(q, start), rope(k, start)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.kv.extend(k, v)  # (B, nh, start + T, hs)
         # S_ij = q_i.k_j / sqrt(hs) - softplus(g(x_i)) * min(|i - j|, 64) * 0.1
         g = F.softplus(self.gravity(x)).transpose(1, 2).unsqueeze(-1)  # (B, nh, T, 1)
-        pos = torch.arange(T, device=x.device)
-        dist = (pos[:, None] - pos[None, :]).abs().clamp(max=self.cap).to(x.dtype)  # (T, T)
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        bias = (-g * dist * self.scale).masked_fill(~mask, float("-inf"))
+        i = torch.arange(start, start + T, device=x.device)[:, None]  # query positions
+        j = torch.arange(k.size(2), device=x.device)[None, :]  # key positions
+        dist = (i - j).abs().clamp(max=self.cap).to(x.dtype)  # (T, S)
+        bias = (-g * dist * self.scale).masked_fill(j > i, float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -270,10 +327,13 @@ class SeedBlock(nn.Module):
         self.c_fc = nn.Linear(C, 4 * C, bias=False)
         self.c_proj = nn.Linear(4 * C, C, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(1)
-        reflex = F.silu(self.reflex(x.transpose(1, 2))[:, :, :T]).transpose(1, 2)  # causal
-        x = x + self.attn(self.ln1(x)) + reflex
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        # causal: the k - 1 inputs before each position, not after
+        padded = causal_pad(x, self.k, cache)  # (B, k - 1 + T, C)
+        reflex = F.silu(depthwise_causal_conv(padded, self.reflex.weight[:, 0], self.reflex.bias))
+        x = x + self.attn(self.ln1(x), cache, start) + reflex
         return x + self.c_proj(F.gelu(self.c_fc(self.ln2(x))))
 
 
@@ -311,33 +371,62 @@ class HamiltonianLM(LanguageModel):
 
     # ----------------------------------------------------------------- forward passes
 
-    def phase_space(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Symplectic: q_0 = E_q[x] + P[t], p_0 = E_p[x]; both (B, T, C)."""
-        pos = torch.arange(idx.size(1), device=idx.device)
+    def phase_space(self, idx: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symplectic: q_0 = E_q[x] + P[t], p_0 = E_p[x]; both (B, T, C), positions from
+        ``start``."""
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
         return self.drop(self.wte(idx) + self.wpe(pos)), self.drop(self.wte_p(idx))
 
-    def seed_embedding(self, idx: torch.Tensor) -> torch.Tensor:
-        """Seed: x = E_q[x_t] + EMA_beta(E_p[x_t] - E_p[x_{t-1}]), halved at end-of-text."""
+    def seed_embedding(self, idx: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """Seed: x = E_q[x_t] + EMA_beta(E_p[x_t] - E_p[x_{t-1}]), halved at end-of-text.
+        ``cache`` (decoding) holds the last token's E_p and the EMA after it, and is updated."""
         p = self.wte_p(idx)
-        velocity = torch.cat([torch.zeros_like(p[:, :1]), p[:, 1:] - p[:, :-1]], dim=1)
+        before = p[:, :1] if cache is None or "p" not in cache else cache["p"]  # v_0 = 0
+        velocity = p - torch.cat([before, p[:, :-1]], dim=1)
         reset = ((idx == self.config.eos_id).to(p.dtype) * 0.5).unsqueeze(-1)
-        return self.wte(idx) + ema_scan(velocity, self.config.ema_beta, reset)
+        m = ema_scan(
+            velocity, self.config.ema_beta, reset, None if cache is None else cache.get("m")
+        )
+        if cache is not None:
+            cache.update(p=p[:, -1:], m=m[:, -1])
+        return self.wte(idx) + m
+
+    def new_cache(self, idx: torch.Tensor) -> dict[str, Any]:
+        """An empty decoding cache for a batch like ``idx`` (B, T): one
+        :class:`LayerCache` per layer, preallocated to the block."""
+        cfg, like = self.config, self.wte.weight
+        B, hs = idx.size(0), cfg.n_embd // cfg.n_head
+        width = cfg.decay_kernel if cfg.variant == "symplectic" else cfg.conv_kernel
+        x = like.new_zeros(B, 1, cfg.n_embd)
+        return {
+            "layers": [
+                LayerCache(KVCache.empty(like, B, cfg.n_head, hs, cfg.block_size), x, width)
+                for _ in self.layers
+            ]
+        }
 
     def run(
-        self, idx: torch.Tensor, steer: torch.Tensor | None = None, trace: bool = False
+        self,
+        idx: torch.Tensor,
+        steer: torch.Tensor | None = None,
+        trace: bool = False,
+        cache: dict | None = None,
+        start: int = 0,
     ) -> dict[str, Any]:
         """Full pass. Returns logits (B, T, V), hidden (B, T, C) (what the head reads) and,
         with ``trace``, the per-layer states (symplectic: lists of q and p; seed: x).
 
         ``steer`` (C,): symplectic, a force added to every layer's kicks; seed, an
-        offset added to the embeddings.
+        offset added to the embeddings. ``cache`` (:meth:`new_cache`, extended in place):
+        ``idx`` holds the positions from ``start`` on, the cache what came before.
         """
         out: dict[str, Any] = {}
+        layer_caches = [None] * len(self.layers) if cache is None else cache["layers"]
         if self.config.variant == "symplectic":
-            q, p = self.phase_space(idx)
+            q, p = self.phase_space(idx, start)
             qs, ps = [q], [p]
-            for layer in self.layers:
-                q, p = layer(q, p, steer)
+            for layer, layer_cache in zip(self.layers, layer_caches):
+                q, p = layer(q, p, steer, layer_cache)
                 if trace:
                     qs.append(q)
                     ps.append(p)
@@ -346,13 +435,13 @@ class HamiltonianLM(LanguageModel):
             if trace:
                 out.update(qs=qs, ps=ps)
         else:
-            x = self.seed_embedding(idx)
+            x = self.seed_embedding(idx, cache)
             if steer is not None:
                 x = x + steer
             x = self.drop(x)
             xs = [x]
-            for block in self.layers:
-                x = block(x)
+            for block, layer_cache in zip(self.layers, layer_caches):
+                x = block(x, layer_cache, start)
                 xs.append(x)
             hidden = self.ln_f(x)
             if trace:
@@ -381,13 +470,24 @@ class HamiltonianLM(LanguageModel):
     def decode_step(
         self, idx: torch.Tensor, state: dict | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """Recompute on the last ``block_size`` tokens (every layer's context depends on
-        the whole causal past). ``state["steer"]`` (C,), when set, steers every step."""
-        state = state or {}
+        """Cached step: feed the new tokens ``idx`` (B, T); the next-token logits (B, V).
+
+        Every layer's context is causal and its leapfrog step per token, so the new
+        positions need from the earlier ones only each layer's attention keys and values
+        and its convolution's last inputs (:meth:`new_cache`). Past the block, the last
+        ``block_size`` tokens are re-encoded from position 0, as uncached sampling does
+        (learned positions). ``state["steer"]`` (C,), when set, steers every step (set it
+        before the first call: the cached positions were computed with it).
+        """
+        state = dict(state or {})
+        block, pos = self.config.block_size, state.get("pos", 0)
         history = idx if "tokens" not in state else torch.cat([state["tokens"], idx], dim=1)
-        history = history[:, -self.config.block_size :]
-        logits = self.run(history, state.get("steer"))["logits"]
-        return logits[:, -1, :], {**state, "tokens": history}
+        history = history[:, -block:]
+        if "cache" not in state or pos + idx.size(1) > block:
+            state["cache"], pos, idx = self.new_cache(history), 0, history
+        logits = self.run(idx, state.get("steer"), cache=state["cache"], start=pos)["logits"]
+        state.update(tokens=history, pos=pos + idx.size(1))
+        return logits[:, -1, :], state
 
     # ----------------------------------------------------------------- steering and analysis
 

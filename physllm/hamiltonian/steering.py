@@ -92,15 +92,17 @@ def iter_sample(
         temperature=cfg.temperature, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty
     ).validate()
     generated = idx[:, :0]
+    state = None if steer is None else {"steer": steer}  # the cache holds the steered states
+    new = idx
     for _ in range(max_new_tokens):
-        logits, _ = forward_last(model, idx, steer)
+        logits, state = model.decode_step(new, state)  # cached: one token's work per step
+        logits = logits.float()
         if logit_bias is not None:
             logits = logits + logit_bias
         # the seed penalises the tokens it generated, not the prompt's
-        token = pick_token(logits, generated, knobs, generator)
-        generated = torch.cat([generated, token], dim=1)
-        idx = torch.cat([idx, token], dim=1)
-        yield token
+        new = pick_token(logits, generated, knobs, generator)
+        generated = torch.cat([generated, new], dim=1)
+        yield new
 
 
 def _seen(history: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
