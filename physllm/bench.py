@@ -286,6 +286,8 @@ def _tensor_kb(obj: Any) -> float:
         return sum(_tensor_kb(v) for v in obj.values())
     if isinstance(obj, list | tuple):
         return sum(_tensor_kb(v) for v in obj)
+    if hasattr(obj, "__dict__"):  # a model's own cache object (e.g. a layer's KV + conv tail)
+        return _tensor_kb(vars(obj))
     return 0.0
 
 

@@ -349,3 +349,17 @@ def test_notebook_runs_with_20_steps(run_notebook):
     assert 1.8 <= metrics["oscillator_slopes"]["leapfrog"] <= 2.2
     for name in ("layer_energies", "model_drift", "phase_space", "decay", "steering_symplectic"):
         assert (out_dir / f"{name}.png").exists(), name
+
+
+def test_bench_counts_the_positions_the_cache_holds():
+    """The generation bench's state size is the keys and values of the positions held (plus
+    the convolution's tail), so it grows with the context: not 0, not the preallocation."""
+    from physllm.bench import _tensor_kb
+
+    model = tiny(decay_kernel=4).eval()
+    C, L = model.config.n_embd, model.config.n_layer
+    _, short = model.decode_step(torch.randint(0, 30, (1, 4)), None)
+    _, long = model.decode_step(torch.randint(0, 30, (1, 12)), None)
+    tail_kb = L * 3 * C * 4 / 1024  # K - 1 = 3 held inputs per layer, float32
+    assert _tensor_kb(short["cache"]) == pytest.approx(L * 2 * 4 * C * 4 / 1024 + tail_kb)
+    assert _tensor_kb(long["cache"]) == pytest.approx(L * 2 * 12 * C * 4 / 1024 + tail_kb)
