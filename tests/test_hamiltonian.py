@@ -363,3 +363,69 @@ def test_bench_counts_the_positions_the_cache_holds():
     tail_kb = L * 3 * C * 4 / 1024  # K - 1 = 3 held inputs per layer, float32
     assert _tensor_kb(short["cache"]) == pytest.approx(L * 2 * 4 * C * 4 / 1024 + tail_kb)
     assert _tensor_kb(long["cache"]) == pytest.approx(L * 2 * 12 * C * 4 / 1024 + tail_kb)
+
+
+def uncached_least_action(model, idx, n, cfg):
+    """The least-action decoder as it was before the cache: every roll-out recomputed."""
+    from physllm.hamiltonian.steering import _seen, forward_last
+
+    B, K, L = idx.size(0), cfg.candidates, cfg.lookahead
+    for _ in range(n):
+        top_logp, cand = forward_last(model, idx)[0].log_softmax(-1).topk(K, dim=-1)
+        action = -top_logp + cfg.repeat_cost_action * _seen(
+            idx[:, -cfg.repeat_window_action :], cand
+        )
+        sim = torch.cat([idx.repeat_interleave(K, 0), cand.reshape(-1, 1)], dim=1)
+        for _ in range(L):
+            best_logp, best = forward_last(model, sim)[0].log_softmax(-1).max(-1)
+            seen = _seen(sim[:, -cfg.repeat_window_action :], best[:, None])[:, 0]
+            action = action + (-best_logp + cfg.repeat_cost_action * seen).view(B, K)
+            sim = torch.cat([sim, best[:, None]], dim=1)
+        idx = torch.cat([idx, cand.gather(1, (action / (1 + L)).argmin(-1, keepdim=True))], dim=1)
+    return idx
+
+
+def uncached_flow(model, idx, n, cfg):
+    from physllm.hamiltonian.steering import _seen, forward_last
+
+    B, K = idx.size(0), cfg.candidates
+    for _ in range(n):
+        logits, hidden = forward_last(model, idx)
+        top_logp, cand = logits.log_softmax(-1).topk(K, dim=-1)
+        potential = -top_logp + cfg.repeat_cost_flow * _seen(
+            idx[:, -cfg.repeat_window_flow :], cand
+        )
+        sim = torch.cat([idx.repeat_interleave(K, 0), cand.reshape(-1, 1)], dim=1)
+        turn = 1.0 - F.cosine_similarity(
+            hidden.repeat_interleave(K, 0), forward_last(model, sim)[1], dim=-1
+        )
+        total = potential + cfg.momentum_weight * turn.view(B, K)
+        idx = torch.cat([idx, cand.gather(1, total.argmin(-1, keepdim=True))], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("kind", ["symplectic-direct", "seed"])
+@pytest.mark.parametrize("mode", ["least-action", "flow"])
+def test_cached_least_action_and_flow_pick_the_uncached_tokens(kind, mode):
+    """The seed's modes 3 and 4 score candidates by rolling each out from a forked copy of
+    the cache: the same tokens as recomputing every roll-out, past the block too."""
+    from physllm.hamiltonian.steering import DecodeConfig, decode
+
+    model = tiny(**KINDS[kind]).eval()
+    prompt = torch.randint(0, 30, (2, 5))
+    cfg = DecodeConfig(candidates=3, lookahead=2)
+    got = decode(model, prompt, 16, mode=mode, cfg=cfg)  # 5 + 16 > block 16
+    reference = {"least-action": uncached_least_action, "flow": uncached_flow}[mode]
+    assert torch.equal(got, reference(model, prompt, 16, cfg)[:, 5:])
+
+
+def test_fork_state_copies_rows_and_leaves_the_original():
+    model = tiny().eval()
+    x = torch.randint(0, 30, (2, 6))
+    logits, state = model.decode_step(x, None)
+    forked = model.fork_state(state, 3)
+    nxt = torch.randint(0, 30, (2, 1))
+    a, _ = model.decode_step(nxt.repeat_interleave(3, 0), forked)
+    b, state = model.decode_step(nxt, state)  # the original still at position 6
+    torch.testing.assert_close(a, b.repeat_interleave(3, 0), atol=1e-6, rtol=0)
+    assert state["pos"] == 7 and forked["cache"]["layers"][0].kv.k.size(0) == 6

@@ -130,6 +130,14 @@ class LayerCache:
         self.kv = kv
         self.recent = like.new_zeros(like.size(0), width - 1, like.size(-1))  # (B, K-1, C)
 
+    def repeat(self, repeats: int) -> LayerCache:
+        """A copy with each batch row repeated ``repeats`` times (rows b * repeats + i)."""
+        kv = self.kv
+        k, v = (t[:, :, : kv.length].repeat_interleave(repeats, 0) for t in (kv.k, kv.v))
+        copy = LayerCache(KVCache(k, v, kv.capacity), self.recent, self.recent.size(1) + 1)
+        copy.recent = self.recent.repeat_interleave(repeats, 0)
+        return copy
+
     def conv_input(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, C) after the held inputs: (B, K - 1 + T, C); holds the last K - 1."""
         padded = torch.cat([self.recent, x], dim=1)
@@ -485,9 +493,22 @@ class HamiltonianLM(LanguageModel):
         history = history[:, -block:]
         if "cache" not in state or pos + idx.size(1) > block:
             state["cache"], pos, idx = self.new_cache(history), 0, history
-        logits = self.run(idx, state.get("steer"), cache=state["cache"], start=pos)["logits"]
-        state.update(tokens=history, pos=pos + idx.size(1))
-        return logits[:, -1, :], state
+        out = self.run(idx, state.get("steer"), cache=state["cache"], start=pos)
+        state.update(tokens=history, pos=pos + idx.size(1), hidden=out["hidden"][:, -1])
+        return out["logits"][:, -1, :], state
+
+    @staticmethod
+    def fork_state(state: dict, repeats: int) -> dict:
+        """A decoding state with each batch row repeated ``repeats`` times (rows b * repeats + i),
+        the original left as it was: K candidates continued from one cached past."""
+        cache = {
+            k: [layer.repeat(repeats) for layer in v]
+            if k == "layers"
+            else v.repeat_interleave(repeats, 0)
+            for k, v in state["cache"].items()
+        }
+        rows = {k: state[k].repeat_interleave(repeats, 0) for k in ("tokens", "hidden")}
+        return {**state, **rows, "cache": cache}
 
     # ----------------------------------------------------------------- steering and analysis
 

@@ -117,24 +117,27 @@ def iter_least_action(
     """Mode 3: top-k candidates, each rolled out greedily; least mean action wins."""
     cfg = cfg or DecodeConfig()
     B, K, L = idx.size(0), cfg.candidates, cfg.lookahead
+    state, new = None, idx
     for _ in range(max_new_tokens):
-        logits, _ = forward_last(model, idx)
-        logp = logits.log_softmax(-1)
+        logits, state = model.decode_step(new, state)  # cached, as every roll-out below
+        logp = logits.float().log_softmax(-1)
         top_logp, cand = logp.topk(K, dim=-1)  # (B, K)
         history = idx[:, -cfg.repeat_window_action :]
         action = -top_logp + cfg.repeat_cost_action * _seen(history, cand)
-        # roll every candidate out as one batch of B * K rows
+        # roll every candidate out as one batch of B * K rows, from a copy of the cache
         sim = torch.cat([idx.repeat_interleave(K, 0), cand.reshape(-1, 1)], dim=1)
-        for _ in range(L):
-            step_logp = forward_last(model, sim)[0].log_softmax(-1)
-            best_logp, best = step_logp.max(-1)  # greedy
+        step_logits, sim_state = model.decode_step(sim[:, -1:], model.fork_state(state, K))
+        for step in range(L):
+            best_logp, best = step_logits.float().log_softmax(-1).max(-1)  # greedy
             seen = _seen(sim[:, -cfg.repeat_window_action :], best[:, None])[:, 0]
             action = action + (-best_logp + cfg.repeat_cost_action * seen).view(B, K)
             sim = torch.cat([sim, best[:, None]], dim=1)
+            if step < L - 1:
+                step_logits, sim_state = model.decode_step(best[:, None], sim_state)
         pick = (action / (1 + L)).argmin(-1, keepdim=True)  # (B, 1)
-        token = cand.gather(1, pick)
-        idx = torch.cat([idx, token], dim=1)
-        yield token
+        new = cand.gather(1, pick)
+        idx = torch.cat([idx, new], dim=1)
+        yield new
 
 
 @torch.no_grad()
@@ -144,19 +147,22 @@ def iter_flow(
     """Mode 4: -log p + repeat cost + w (1 - cos) between hidden states before and after."""
     cfg = cfg or DecodeConfig()
     B, K = idx.size(0), cfg.candidates
+    state, new = None, idx
     for _ in range(max_new_tokens):
-        logits, hidden = forward_last(model, idx)
-        top_logp, cand = logits.log_softmax(-1).topk(K, dim=-1)  # (B, K)
+        logits, state = model.decode_step(new, state)  # cached
+        hidden = state["hidden"].float()
+        top_logp, cand = logits.float().log_softmax(-1).topk(K, dim=-1)  # (B, K)
         potential = -top_logp + cfg.repeat_cost_flow * _seen(
             idx[:, -cfg.repeat_window_flow :], cand
         )
-        sim = torch.cat([idx.repeat_interleave(K, 0), cand.reshape(-1, 1)], dim=1)
-        _, after = forward_last(model, sim)  # (B * K, C)
+        # every candidate one step on, from a copy of the cache: its hidden state (B * K, C)
+        _, after = model.decode_step(cand.reshape(-1, 1), model.fork_state(state, K))
+        after = after["hidden"].float()
         turn = 1.0 - F.cosine_similarity(hidden.repeat_interleave(K, 0), after, dim=-1)
         total = potential + cfg.momentum_weight * turn.view(B, K)
-        token = cand.gather(1, total.argmin(-1, keepdim=True))
-        idx = torch.cat([idx, token], dim=1)
-        yield token
+        new = cand.gather(1, total.argmin(-1, keepdim=True))
+        idx = torch.cat([idx, new], dim=1)
+        yield new
 
 
 def iter_decode(
