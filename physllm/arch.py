@@ -4,7 +4,7 @@ The contract (DESIGN section 2): ``forward(idx, targets=None) -> (logits,
 loss)`` with logits (B, T, V) and ``loss`` already including the model's own
 regularisers, whose parts go in ``self.last_aux`` (floats, for logging);
 ``num_params()``; and ``decode_step`` for incremental generation, which
-:mod:`physllm.sampling` drives. Models with a cache (GPT's keys and values,
+:mod:`physllm.sampling` drives. Models with a cache (GPT's and NGT's keys and values,
 the context vector's state) override ``decode_step``; the default recomputes
 the forward pass on the last ``block_size`` tokens, which is always correct.
 

@@ -8,10 +8,14 @@ import json
 import pytest
 import torch
 
+from physllm.arch import LanguageModel
 from physllm.errors import PhysllmError
 from physllm.gpt.model import GPT, GPTConfig
 from physllm.models import build_model
 from physllm.ngt.model import (
+    CUTOFFS,
+    KERNELS,
+    MASS_MODES,
     NGT,
     GravityAttention,
     NGTConfig,
@@ -296,6 +300,140 @@ def test_bench_takes_ngt_specs():
     assert row["tokens_per_sec"] > 0
 
 
+# --------------------------------------------------------------------------- the decoding cache
+
+# every variant the config allows: kernel x cutoff x mass_in ("auto" is one of the others;
+# the gaussian has no soft cutoff)
+CACHE_VARIANTS = [
+    (kernel, cutoff, mass_in)
+    for kernel in KERNELS
+    for cutoff in CUTOFFS
+    if cutoff != "auto" and not (kernel == "gaussian" and cutoff == "soft")
+    for mass_in in MASS_MODES
+]
+
+
+def spread(model: NGT) -> NGT:
+    """Eval mode, with coordinates spread about the radius (so the cutoffs cut some pairs),
+    a seed bias b and a spread of masses: every term of every score matters."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.coord_proj.weight.normal_(0.0, 0.3)
+            block.attn.bias.normal_(0.0, 1.0)
+        model.mass_emb.weight.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def recompute_step(model: NGT):
+    """The decode_step NGT inherited before it had a cache: the forward pass on the last
+    block_size tokens, every step."""
+    return LanguageModel.decode_step.__get__(model)
+
+
+@pytest.mark.parametrize("kernel, cutoff, mass_in", CACHE_VARIANTS)
+def test_cached_decoding_equals_the_full_forward(kernel, cutoff, mass_in):
+    """A prefix, then token by token, or in chunks: at every position the cached step's
+    logits are the full forward pass's (float32, batch 2, the whole block)."""
+    model = spread(tiny(kernel=kernel, cutoff=cutoff, mass_in=mass_in, radius_init=1.0))
+    x = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = model(x)
+    if cutoff == "hard":  # the radius cuts some pairs but not all, so the test sees it
+        u = model.forward_with_trace(x)["u"]
+        r2 = torch.stack([b.attn.radius for b in model.blocks]) ** 2
+        assert 0.05 < float((pairwise_d2(u) > r2.view(-1, 1, 1, 1, 1)).float().mean()) < 0.95
+    for prefill, chunk in ((3, 1), (1, 4), (5, 3)):
+        logits, state = model.decode_step(x[:, :prefill], None)
+        steps, ends = [logits], [prefill]
+        for t in range(prefill, 16, chunk):
+            logits, state = model.decode_step(x[:, t : t + chunk], state)
+            steps.append(logits)
+            ends.append(min(t + chunk, 16))
+        assert state["pos"] == 16 and all(c.length == 16 for c in state["caches"])
+        torch.testing.assert_close(
+            torch.stack(steps, 1), full[:, [e - 1 for e in ends]], atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("cutoff", ["none", "smooth"])
+def test_cached_decoding_with_q_k_wider_than_the_value_head(cutoff):
+    """4 heads of 8 channels with 8 coordinate dims: q', k' (9 entries) are padded to 16, wider
+    than the value head, so the cache keeps the values padded to 16 too."""
+    model = spread(tiny(n_head=4, head_coord=8, cutoff=cutoff, radius_init=1.0))
+    attn = model.blocks[0].attn
+    assert (attn.head_size, attn.qk_dim, attn.value_dim) == (8, 16, 16)
+    x = torch.randint(0, 17, (2, 16))
+    with torch.no_grad():
+        full, _ = model(x)
+    logits, state = model.decode_step(x[:, :2], None)
+    steps = [logits]
+    for t in range(2, 16):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 1:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "seed"])
+def test_decode_cache_is_preallocated_and_filled_in_place(kernel):
+    """Each layer's keys and values live in buffers allocated once at block_size; the steps
+    write into them (no per-token concatenation) and only their filled length grows."""
+    model = spread(tiny(kernel=kernel))
+    x = torch.randint(0, 17, (1, 16))
+    _, state = model.decode_step(x[:, :4], None)
+    caches = state["caches"]
+    buffers = [(c.k.data_ptr(), c.v.data_ptr()) for c in caches]
+    assert len(caches) == 2 and all(c.capacity == 16 and c.length == 4 for c in caches)
+    attn = model.blocks[0].attn
+    assert caches[0].k.shape == (1, 2, 16, attn.key_dim)
+    assert caches[0].v.shape == (1, 2, 16, attn.value_dim)
+    for t in range(4, 16):
+        _, state = model.decode_step(x[:, t : t + 1], state)
+        assert state["caches"] is caches and caches[0].length == t + 1
+    assert [(c.k.data_ptr(), c.v.data_ptr()) for c in caches] == buffers
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "seed"])
+def test_cached_decoding_past_the_block_crops_like_uncached_sampling(kernel):
+    """Past block_size (positions are learned, z0 = E_coord[pos]) a step re-encodes the last
+    block_size tokens from position 0, as the recompute path does; a longer prefix too."""
+    model = spread(tiny(kernel=kernel))
+    x = torch.randint(0, 17, (1, 30))
+    old = recompute_step(model)
+    logits, state = model.decode_step(x[:, :20], None)  # a prefill longer than the block
+    torch.testing.assert_close(logits, old(x[:, :20], None)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, model(x[:, 4:20])[0][:, -1], atol=1e-5, rtol=0)
+    for t in range(20, 30):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        expected, _ = model(x[:, t - 15 : t + 1])
+        torch.testing.assert_close(logits, expected[:, -1], atol=1e-5, rtol=0)
+    assert state["tokens"].size(1) == 16 and state["pos"] == 16
+    assert all(c.length == 16 for c in state["caches"])
+
+
+@pytest.mark.parametrize("kernel, cutoff, mass_in", CACHE_VARIANTS)
+def test_cached_generation_equals_the_recompute_path(kernel, cutoff, mass_in, monkeypatch):
+    """Greedy generation through the cache gives the tokens the old recompute path gave,
+    past the block too (3 + 29 tokens, block 16)."""
+    from physllm.sampling import generate
+
+    model = spread(tiny(kernel=kernel, cutoff=cutoff, mass_in=mass_in, radius_init=1.0))
+    prompt = torch.randint(0, 17, (2, 3), generator=torch.Generator().manual_seed(2))
+    cached = generate(model, prompt, 29, temperature=0)
+    monkeypatch.setattr(model, "decode_step", recompute_step(model))
+    assert torch.equal(cached, generate(model, prompt, 29, temperature=0))
+
+
+def test_probes_measure_ngt_s_cache():
+    """The probes' state size reads NGT's cache: keys and values of the positions held."""
+    from physllm.probes.runner import state_bytes
+
+    model = tiny()
+    a = model.blocks[0].attn
+    got = state_bytes(model, 10)
+    kv = 2 * 10 * 2 * (a.key_dim + a.value_dim) * 4  # layers x positions x heads x widths, fp32
+    assert got == {"state_bytes": kv + 10 * 8, "state_how": "kv cache (measured)"}
+
+
 # --------------------------------------------------------------------------- analysis
 
 
@@ -482,7 +620,8 @@ def test_seed_repulsion_is_the_seeds_term():
     energy = (ms.unsqueeze(-1) * ms.unsqueeze(-2)) / squared_dist
     pair_mask = torch.triu(torch.ones(64, 64, dtype=torch.bool), diagonal=1).unsqueeze(0)
     reference = energy.masked_select(pair_mask.expand_as(energy)).mean()
-    assert abs(model.last_aux["repulsion"] - float(reference.detach())) < 1e-5 * float(reference.detach())
+    expected = float(reference.detach())
+    assert abs(model.last_aux["repulsion"] - expected) < 1e-5 * expected
     torch.manual_seed(7)
     ours = seed_repulsion_energy(trace["z"][-1], trace["mass"], 64)
     assert torch.allclose(ours, reference)

@@ -49,6 +49,22 @@ in R, so the radius learns. ``repulsion > 0`` adds ``mean m_i m_j / (d2_ij + eps
 over pairs of the coordinates attention reads (every layer, every head) to the
 training loss: a mean, so its weight does not depend on the batch size or on
 gradient accumulation.
+
+Decoding with a cache (:meth:`NGT.decode_step`). Everything layer l holds about
+position j (its hidden state x_j, coordinate z_j, and so u_j = P z_j, v_j and the
+mass m_j of its token) depends on positions <= j only: attention is causal, and
+the MLP, ``coord_next`` and the LayerNorms of x and z act on one position at a
+time. So once computed, what position j offers later queries never changes, and
+a new position i needs from each layer only that, kept per layer in a
+:class:`~physllm.nn.KVCache` (allocated once at ``block_size``, filled in place):
+
+    gaussian:  keys k'_j = [u_j, -gamma |u_j|^2 + log m_j]    values v_j (zero-padded like q', k')
+    seed:      keys [u_j] (mass in the logits: [u_j, m_j])    values v_j (mass in the values: m_j v_j)
+
+and row i of the scores, s_ij for j <= i, is the full forward's row i. The
+cutoffs read d2_ij = |u_i - u_j|^2 from u_j (the gaussian's k'_j holds u_j in its
+first c entries). The repulsion is a training loss only. So every variant is
+cached exactly; nothing is normalised over all positions.
 """
 
 from __future__ import annotations
@@ -62,7 +78,7 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.gpt.model import GPT, GPTConfig
-from physllm.nn import MLP, LayerNorm, init_gpt2_weights
+from physllm.nn import MLP, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -131,11 +147,15 @@ class NGTConfig(TransformerShape):
 # --------------------------------------------------------------------------- kernels
 
 
-def pairwise_d2(u: torch.Tensor) -> torch.Tensor:
-    """u (..., T, c) -> d2 (..., T, T) = |u_i - u_j|^2 via the Gram matrix (no (T, T, c) tensor)."""
-    sq = u.pow(2).sum(-1)  # (..., T)
-    # d2_ij = |u_i|^2 + |u_j|^2 - 2 u_i . u_j, clamped: rounding can make it slightly negative
-    return (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * u @ u.transpose(-1, -2)).clamp_min(0.0)
+def pairwise_d2(u: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """u (..., T, c) -> d2 (..., T, T) = |u_i - u_j|^2 via the Gram matrix (no (T, T, c) tensor).
+
+    With ``w`` (..., S, c) (a decoding step's keys): d2 (..., T, S) = |u_i - w_j|^2.
+    """
+    w = u if w is None else w
+    sq_u, sq_w = u.pow(2).sum(-1), w.pow(2).sum(-1)  # (..., T), (..., S)
+    # d2_ij = |u_i|^2 + |w_j|^2 - 2 u_i . w_j, clamped: rounding can make it slightly negative
+    return (sq_u.unsqueeze(-1) + sq_w.unsqueeze(-2) - 2 * u @ w.transpose(-1, -2)).clamp_min(0.0)
 
 
 def seed_scores(
@@ -144,16 +164,19 @@ def seed_scores(
     bias: torch.Tensor,
     mass: torch.Tensor | None,
     eps: float,
+    key_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The seed's score as its code computes it (ngt_model.py at 7e05baf: the bias added,
-    then the mass product). d2 (B, H, T, T); gamma, bias (H,); mass (B, T) or None.
+    then the mass product). d2 (B, H, T, S); gamma, bias (H,); mass (B, T) of the queries
+    or None; ``key_mass`` (B, S) of the keys (default: ``mass``, the keys are the queries).
 
     b is scaled by m_i m_j, so it is not a row constant: along a row b m_i m_j grows
     with the key's mass, a mass prior (its README's formula, -gamma m_i m_j / (d2 + eps)
     + b, has a b that softmax would ignore).
     """
     g, b = gamma.view(-1, 1, 1), bias.view(-1, 1, 1)
-    mm = 1.0 if mass is None else (mass.unsqueeze(-1) * mass.unsqueeze(-2)).unsqueeze(1)
+    key_mass = mass if key_mass is None else key_mass
+    mm = 1.0 if mass is None else (mass.unsqueeze(-1) * key_mass.unsqueeze(-2)).unsqueeze(1)
     # s_ij = m_i m_j (-gamma / (d2_ij + eps) + b)
     return mm * (-g / (d2 + eps) + b)
 
@@ -161,7 +184,8 @@ def seed_scores(
 def gaussian_scores(
     d2: torch.Tensor, gamma: torch.Tensor, log_mass: torch.Tensor | None
 ) -> torch.Tensor:
-    """The attractive score, written out. d2 (B, H, T, T); gamma (H,); log_mass (B, T) or None."""
+    """The attractive score, written out. d2 (B, H, T, S); gamma (H,); log_mass (B, S) of the
+    keys or None."""
     # s_ij = -gamma d2_ij + log m_j
     s = -gamma.view(-1, 1, 1) * d2
     return s if log_mass is None else s + log_mass[:, None, None, :]
@@ -239,6 +263,12 @@ def seed_repulsion_energy(z: torch.Tensor, mass: torch.Tensor, samples: int) -> 
 # --------------------------------------------------------------------------- parts
 
 
+def causal_mask(T: int, S: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, S) bool: the T queries are the last T of S positions; query i (at S - T + i)
+    sees key j iff j <= S - T + i (S = T: the usual lower triangle)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+
+
 class GravityAttention(nn.Module):
     """Attention whose weights come from masses and coordinates; values from the hidden state."""
 
@@ -252,6 +282,11 @@ class GravityAttention(nn.Module):
         self.dist_eps, self.dropout = config.dist_eps, config.dropout
         # q'/k' width for SDPA: the value head size when [u, 1] fits, else padded up to a multiple of 8
         self.qk_dim = max(self.head_size, 8 * math.ceil((c + 1) / 8))
+        # what a decoding cache keeps per position and head (module docstring): gaussian k'_j
+        # and the padded v_j; seed u_j (and m_j when the mass is in the logits) and v_j
+        seed_key = c + (1 if self.mass_in == "logits" else 0)
+        self.key_dim = self.qk_dim if self.kernel == "gaussian" else seed_key
+        self.value_dim = self.qk_dim if self.kernel == "gaussian" else self.head_size
         self.coord_proj = nn.Linear(C, H * c, bias=config.bias)  # u = P z, every head at once
         self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -273,60 +308,116 @@ class GravityAttention(nn.Module):
         B, T, _ = z.shape
         return self.coord_proj(z).view(B, T, self.n_head, self.head_coord).transpose(1, 2)
 
-    def forward(
-        self, x: torch.Tensor, z: torch.Tensor, mass: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x (B, T, d) normalised hidden state, z (B, T, C), mass (B, T).
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty decoding cache for ``capacity`` positions, allocated once: keys
+        (B, H, capacity, key_dim) and values (B, H, capacity, value_dim) (module docstring)."""
+        w = self.v_proj.weight
+        keys = w.new_empty(batch, self.n_head, 0, self.key_dim)
+        return KVCache(keys, w.new_empty(batch, self.n_head, 0, self.value_dim), capacity)
 
-        Returns the output (B, T, d), the coordinates u (B, H, T, c) the scores
-        read, and the attention weights (B, H, T, T) when ``need_weights``.
+    def forward(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        mass: torch.Tensor,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d) normalised hidden state, z (B, T, C), mass (B, T) of these T positions.
+
+        ``cache``: the keys and values of the positions before them (:meth:`new_cache`),
+        extended in place with these T, which attend to all of them. Returns the output
+        (B, T, d), the coordinates u (B, H, T, c) the scores read, and the attention
+        weights (B, H, T, T) when ``need_weights`` (a full pass, without a cache).
         """
+        if need_weights and cache is not None:
+            raise ValueError("attention weights come from a full forward pass, not a cache")
         B, T, d = x.shape
         u = self.coords(z)  # (B, H, T, c)
         v = self.v_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, hs)
         if self.mass_in == "values":  # heavier tokens broadcast more: v_j * m_j
             v = v * mass[:, None, :, None]
         score_mass = mass if self.mass_in == "logits" else None
-        dropout_p = self.dropout if self.training else 0.0
 
         weights = None
         if self.kernel == "gaussian" and not need_weights:
-            log_m = None if score_mass is None else score_mass.clamp_min(1e-20).log()
-            q, k = augmented_qk(u, self.gamma, log_m, self.qk_dim)  # (B, H, T, qk_dim)
-            q, k = q.to(v.dtype), k.to(v.dtype)  # gamma is float32: match v under autocast
-            vp = F.pad(v, (0, self.qk_dim - self.head_size))
-            if self.cutoff == "none":
-                y = F.scaled_dot_product_attention(
-                    q, k, vp, is_causal=True, dropout_p=dropout_p, scale=1.0
-                )
-            else:  # the cutoff needs d2 itself: an additive (T, T) mask, no flash kernel
-                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                extra = cutoff_term(pairwise_d2(u), self.radius, self.cutoff, self.cutoff_width)
-                mask = extra.masked_fill(~causal, float("-inf"))
-                y = F.scaled_dot_product_attention(
-                    q, k, vp, attn_mask=mask, dropout_p=dropout_p, scale=1.0
-                )
-            y = y[..., : self.head_size]
+            y = self._gaussian_attention(u, v, score_mass, cache)
         else:
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            weights = self.attention_weights(u, score_mass, causal)
-            y = F.dropout(weights, dropout_p, self.training) @ v  # (B, H, T, hs)
+            y, weights = self._explicit_attention(u, v, score_mass, cache)
         y = y.transpose(1, 2).contiguous().view(B, T, d)  # heads side by side
         return self.resid_dropout(self.c_proj(y)), u, weights
 
-    def attention_weights(
-        self, u: torch.Tensor, mass: torch.Tensor | None, causal: torch.Tensor
+    def _gaussian_attention(
+        self, u: torch.Tensor, v: torch.Tensor, mass: torch.Tensor | None, cache: KVCache | None
     ) -> torch.Tensor:
-        """Explicit scores -> softmax weights (B, H, T, T): the seed kernel, and traces."""
-        d2 = pairwise_d2(u)
+        """The gaussian kernel through SDPA: u (B, H, T, c), v (B, H, T, hs), mass (B, T) or
+        None -> y (B, H, T, hs). With a cache the keys are the S = T_past + T positions so far."""
+        T = u.size(2)
+        log_m = None if mass is None else mass.clamp_min(1e-20).log()
+        q, k = augmented_qk(u, self.gamma, log_m, self.qk_dim)  # (B, H, T, qk_dim)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # gamma is float32: match v under autocast
+        vp = F.pad(v, (0, self.qk_dim - self.head_size))
+        keys_u = u
+        if cache is not None:
+            k, vp = cache.extend(k, vp)  # (B, H, S, qk_dim): k'_j, v_j of every position so far
+            keys_u = k[..., : self.head_coord]  # u_j: the first c entries of k'_j
+        S = k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.cutoff == "none":  # query i at S - T + i sees keys j <= S - T + i
+            mask, is_causal = band_causal_mask(T, S, device=u.device)
+            y = F.scaled_dot_product_attention(
+                q, k, vp, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, scale=1.0
+            )
+        else:  # the cutoff needs d2 itself: an additive (T, S) mask, no flash kernel
+            extra = cutoff_term(pairwise_d2(u, keys_u), self.radius, self.cutoff, self.cutoff_width)
+            mask = extra.masked_fill(~causal_mask(T, S, u.device), float("-inf"))
+            y = F.scaled_dot_product_attention(
+                q, k, vp, attn_mask=mask, dropout_p=dropout_p, scale=1.0
+            )
+        return y[..., : self.head_size]
+
+    def _explicit_attention(
+        self, u: torch.Tensor, v: torch.Tensor, mass: torch.Tensor | None, cache: KVCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores written out (the seed kernel; traces): y (B, H, T, hs) and weights (B, H, T, S)."""
+        keys_u, key_mass = u, mass
+        if cache is not None:  # keys [u_j] or [u_j, m_j] (the mass copied to every head)
+            k = u
+            if mass is not None:
+                k = torch.cat([u, mass[:, None, :, None].expand_as(u[..., :1])], dim=-1)
+            k, v = cache.extend(k, v)  # (B, H, S, c or c + 1), (B, H, S, hs)
+            keys_u = k[..., : self.head_coord]
+            key_mass = None if mass is None else k[:, 0, :, self.head_coord]  # (B, S)
+        causal = causal_mask(u.size(2), keys_u.size(2), u.device)
+        weights = self.attention_weights(u, mass, causal, keys_u, key_mass)
+        y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
+        return y, weights
+
+    def attention_weights(
+        self,
+        u: torch.Tensor,
+        mass: torch.Tensor | None,
+        causal: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        key_mass: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Explicit scores -> softmax weights (B, H, T, S): the seed kernel, and traces.
+
+        u (B, H, T, c) and mass (B, T) of the queries; ``keys`` (B, H, S, c) and ``key_mass``
+        (B, S) of the positions they read (default: the queries themselves, S = T);
+        ``causal`` (T, S) which of them each query may see.
+        """
+        keys = u if keys is None else keys
+        key_mass = mass if key_mass is None else key_mass
+        d2 = pairwise_d2(u, keys)  # (B, H, T, S)
         if self.kernel == "seed":
-            s = seed_scores(d2, self.gamma, self.bias, mass, self.dist_eps)
+            s = seed_scores(d2, self.gamma, self.bias, mass, self.dist_eps, key_mass)
             if self.cutoff == "soft":  # the seed's: s * relu(1 - d2 / R^2) (lifts far pairs to 0)
                 s = s * F.relu(1.0 - d2 / self.radius**2)
             elif self.cutoff in ("hard", "smooth"):
                 s = s + cutoff_term(d2, self.radius, self.cutoff, self.cutoff_width)
         else:
-            log_m = None if mass is None else mass.clamp_min(1e-20).log()
+            log_m = None if key_mass is None else key_mass.clamp_min(1e-20).log()
             s = gaussian_scores(d2, self.gamma, log_m)
             if self.cutoff != "none":
                 s = s + cutoff_term(d2, self.radius, self.cutoff, self.cutoff_width)
@@ -347,9 +438,16 @@ class NGTBlock(nn.Module):
         self.ln_z = LayerNorm(config.n_coord, config.bias)
 
     def forward(
-        self, x: torch.Tensor, z: torch.Tensor, mass: torch.Tensor, need_weights: bool = False
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        mass: torch.Tensor,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        o, u, weights = self.attn(self.ln_1(x), z, mass, need_weights)
+        """x (B, T, d), z (B, T, C), mass (B, T); ``cache`` this layer's decoding cache
+        (extended in place). Returns x, z after the block, u and the weights (or None)."""
+        o, u, weights = self.attn(self.ln_1(x), z, mass, need_weights, cache)
         x = x + o
         x = x + self.mlp(self.ln_2(x))
         # z <- LN(z + W_next o): the coordinates move by what attention read
@@ -436,23 +534,58 @@ class NGT(LanguageModel):
             values = torch.stack([v.float() for v in aux.values()]).tolist()  # one sync
         self.last_aux = dict(zip(aux.keys(), values))
 
-    def _run(self, idx: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, dict]:
+    def _run(
+        self,
+        idx: torch.Tensor,
+        need_weights: bool,
+        caches: list[KVCache] | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, dict]:
+        """idx (B, T) at positions start .. start + T - 1 -> logits (B, T, V) and the trace;
+        ``caches`` (one per layer) hold positions 0 .. start - 1 and are extended in place."""
         B, T = idx.shape
-        if T > self.config.block_size:
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"sequence of {T} tokens is longer than block_size {self.config.block_size}"
+                f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
             )
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx))  # (B, T, d): no position in the hidden state; it lives in z
         mass = self.masses(idx)  # (B, T)
         z = self.coord_emb(pos).expand(B, T, -1)  # (B, T, C)
         trace = {"mass": mass, "z": [z], "u": [], "attn": []}
-        for block in self.blocks:
-            x, z, u, weights = block(x, z, mass, need_weights)
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            x, z, u, weights = block(x, z, mass, need_weights, cache)
             trace["z"].append(z)
             trace["u"].append(u)
             trace["attn"].append(weights)
         return self.lm_head(self.ln_f(x)), trace
+
+    @torch.no_grad()
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Cached step: idx (B, T_new) -> next-token logits (B, V) and the new state.
+
+        The state keeps each layer's :class:`~physllm.nn.KVCache` (what later positions read
+        of earlier ones, module docstring; preallocated to ``block_size``, filled in place),
+        the next position, and the last ``block_size`` tokens. A step costs one token's work
+        per layer: its coordinates, value and scores against the cached keys.
+        """
+        block = self.config.block_size
+        history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
+        total = idx.size(1) + (0 if state is None else state["pos"])
+        if state is None or total > block:
+            # Learned absolute positions (z0 = E_coord[pos]): past the block, re-encode the
+            # last block_size tokens from position 0, what uncached sampling does.
+            history = history[:, -block:]
+            caches = [b.attn.new_cache(idx.size(0), block) for b in self.blocks]
+            logits, _ = self._run(history, need_weights=False, caches=caches, start=0)
+        else:
+            caches = state["caches"]
+            logits, _ = self._run(idx, need_weights=False, caches=caches, start=state["pos"])
+        tokens = history[:, -block:]
+        return logits[:, -1, :], {"tokens": tokens, "pos": min(total, block), "caches": caches}
 
     @torch.no_grad()
     def forward_with_trace(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -479,6 +612,7 @@ __all__ = [
     "NGTConfig",
     "GravityAttention",
     "augmented_qk",
+    "causal_mask",
     "cutoff_term",
     "gaussian_scores",
     "matched_mlp_hidden",
