@@ -78,9 +78,26 @@ class KVCache:
         self.k[:, :, :T], self.v[:, :, :T] = k, v
         self.length = T
 
+    @classmethod
+    def empty(
+        cls, like: torch.Tensor, batch: int, n_head: int, head_size: int, capacity: int
+    ) -> KVCache:
+        """A cache that holds no position yet, of ``like``'s dtype and device."""
+        k = like.new_empty(batch, n_head, 0, head_size)
+        return cls(k, k, capacity)
+
     @property
     def capacity(self) -> int:
         return self.k.size(2)
+
+    def extended(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`extend` returns, without storing k, v: for queries whose keys and
+        values no later position reads (QLLM's write memory)."""
+        held = slice(0, self.length)
+        return (
+            torch.cat([self.k[:, :, held], k], dim=2),
+            torch.cat([self.v[:, :, held], v], dim=2),
+        )
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, nh, T, hs) in place; the keys and values of every position so far."""
