@@ -130,10 +130,10 @@ def state_bytes(model: LanguageModel, seq_len: int) -> dict[str, Any]:
     """What ``model`` keeps between decoding steps after ``seq_len`` tokens (batch 1).
 
     Measured from ``decode_step``'s state: a KV cache (GPT: keys and values of every
-    position, plus its token window), a recurrent state (the context vector's vectors,
-    QLLM's memory tokens and open segment). A model whose ``decode_step`` keeps only its
-    token window and recomputes attention over it (Hamiltonian, NGT, Hopfield's backbone)
-    is given the keys and values that window stands for, 2 x n_layer x T x n_embd numbers
+    position, plus its token window; QLLM: its globals' and the open segment's, plus its
+    memory tokens; Hopfield: its backbone's, plus the bank's state it reads), a recurrent
+    state (the context vector's vectors). A model whose ``decode_step`` keeps only its
+    token window and recomputes attention over it (Hamiltonian, NGT) is given the keys and values that window stands for, 2 x n_layer x T x n_embd numbers
     (fp32), marked ``analytic``. Returns ``{state_bytes, state_how}``.
     """
     device = next(model.parameters()).device
