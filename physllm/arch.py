@@ -4,8 +4,9 @@ The contract (DESIGN section 2): ``forward(idx, targets=None) -> (logits,
 loss)`` with logits (B, T, V) and ``loss`` already including the model's own
 regularisers, whose parts go in ``self.last_aux`` (floats, for logging);
 ``num_params()``; and ``decode_step`` for incremental generation, which
-:mod:`physllm.sampling` drives. Models with a cache (GPT's and NGT's keys and values,
-the context vector's state) override ``decode_step``; the default recomputes
+:mod:`physllm.sampling` drives. Every registered model overrides ``decode_step``
+with a cache (the keys and values of GPT, NGT, QLLM, the Hamiltonian model and
+Hopfield's backbone, the context vector's state); the default here recomputes
 the forward pass on the last ``block_size`` tokens, which is always correct.
 
 Recurrent models may also *train* with their state carried from one block to

@@ -23,7 +23,7 @@ import torch
 from physllm.env import device_description, peak_rss_mb, reset_peak_rss, resolve_device
 from physllm.errors import PhysllmError
 from physllm.models import build_model, get_model_classes
-from physllm.nn import KVCache, RollingKVCache
+from physllm.nn import state_nbytes
 from physllm.training.flops import training_flops_per_token
 from physllm.validation import (
     DEVICE,
@@ -278,17 +278,7 @@ def parse_lengths(lengths: str) -> list[int]:
 
 def _tensor_kb(obj: Any) -> float:
     """Kilobytes held by the tensors in a (nested) cache/state."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size() / 2**10
-    if isinstance(obj, KVCache | RollingKVCache):  # the positions it holds, not its capacity
-        return _tensor_kb(obj.k[:, :, : obj.length]) + _tensor_kb(obj.v[:, :, : obj.length])
-    if isinstance(obj, dict):
-        return sum(_tensor_kb(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_tensor_kb(v) for v in obj)
-    if hasattr(obj, "__dict__"):  # a model's own cache object (e.g. a layer's KV + conv tail)
-        return _tensor_kb(vars(obj))
-    return 0.0
+    return state_nbytes(obj)[0] / 2**10
 
 
 @torch.no_grad()

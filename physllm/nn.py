@@ -11,6 +11,7 @@ checkpoint format: renaming one changes every state_dict key.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,17 +80,25 @@ class KVCache:
         self.length = T
 
     @classmethod
-    def empty(cls, like: torch.Tensor, batch: int, n_head: int, head_size: int, capacity: int):
-        """A cache holding no position yet, in ``like``'s dtype and device."""
-        return cls(
-            like.new_empty(batch, n_head, 0, head_size),
-            like.new_empty(batch, n_head, 0, head_size),
-            capacity,
-        )
+    def empty(
+        cls, like: torch.Tensor, batch: int, n_head: int, head_size: int, capacity: int
+    ) -> KVCache:
+        """A cache that holds no position yet, of ``like``'s dtype and device."""
+        k = like.new_empty(batch, n_head, 0, head_size)
+        return cls(k, k, capacity)
 
     @property
     def capacity(self) -> int:
         return self.k.size(2)
+
+    def extended(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`extend` returns, without storing k, v: for queries whose keys and
+        values no later position reads (QLLM's write memory)."""
+        held = slice(0, self.length)
+        return (
+            torch.cat([self.k[:, :, held], k], dim=2),
+            torch.cat([self.v[:, :, held], v], dim=2),
+        )
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, nh, T, hs) in place; the keys and values of every position so far."""
@@ -99,6 +108,27 @@ class KVCache:
         self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def state_nbytes(obj: Any) -> tuple[int, bool, bool]:
+    """(bytes, holds a KV cache, holds floating-point tensors) of a decoding state: nested
+    dicts, lists and tuples of tensors, caches (the positions they hold, not their
+    capacity) and objects holding those (a model's own per-layer cache)."""
+    if isinstance(obj, KVCache | RollingKVCache):
+        k, v = obj.k[:, :, : obj.length], obj.v[:, :, : obj.length]
+        return k.numel() * k.element_size() + v.numel() * v.element_size(), True, True
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size(), False, obj.is_floating_point()
+    if isinstance(obj, dict):
+        parts = list(obj.values())
+    elif isinstance(obj, list | tuple):
+        parts = list(obj)
+    elif hasattr(obj, "__dict__"):
+        parts = list(vars(obj).values())
+    else:
+        return 0, False, False
+    sizes = [state_nbytes(p) for p in parts]
+    return sum(s[0] for s in sizes), any(s[1] for s in sizes), any(s[2] for s in sizes)
 
 
 class RollingKVCache:

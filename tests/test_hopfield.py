@@ -165,20 +165,24 @@ def test_combine_modes_and_placement(combine):
 
 
 def backbone_inputs(model: HopfieldLM, prompts: torch.Tensor, n_new: int):
-    """Call 2 (greedy, no write) with a spy on the backbone: its output and every row it was fed."""
-    seen: list[list[int]] = []
-    forward = model.backbone.forward
+    """Call 2 (greedy, no write) with a spy on the backbone's decoding step: the output, the
+    tokens of every step (the prompt, then each token alone: the cache holds the rest) and
+    whether each step started without a cache."""
+    chunks: list[torch.Tensor] = []
+    fresh: list[bool] = []
+    step = model.backbone.decode_step
 
-    def spy(idx, read=None):
-        seen.extend(idx.tolist())
-        return forward(idx, read)
+    def spy(idx, state, read=None):
+        chunks.append(idx)
+        fresh.append(state is None)
+        return step(idx, state, read)
 
-    model.backbone.forward = spy
+    model.backbone.decode_step = spy
     try:
         out = model.call(prompts, max_new_tokens=n_new, write=False, temperature=0)
     finally:
-        model.backbone.forward = forward
-    return out, seen
+        del model.backbone.decode_step  # the class's method again
+    return out, chunks, fresh
 
 
 def leaked_codes(rows: list[list[int]], facts, prompt_len: int) -> set[str]:
@@ -202,22 +206,23 @@ def test_second_call_never_sees_first_calls_tokens():
     write = torch.tensor([encode(task.write_text(facts))])
     model.call(write)  # call 1
     prompts = task.prompts(facts)
-    out, seen = backbone_inputs(model, prompts, task.code_len)  # call 2
+    out, chunks, fresh = backbone_inputs(model, prompts, task.code_len)  # call 2
     assert out.shape == (3, prompts.size(1) + task.code_len)
-    # the backbone ran on the questions, then once more after each generated token
-    assert len(seen) == 3 * (1 + task.code_len)
-    # every row the backbone saw is its question plus the model's own answer so far ...
-    outs = out.tolist()
-    assert all(any(row == o[: len(row)] for o in outs) for row in seen)
-    assert all(len(row) >= prompts.size(1) for row in seen)
+    # the backbone ran on the questions from an empty cache, then on each generated token
+    assert len(chunks) == 1 + task.code_len and fresh == [True] + [False] * task.code_len
+    assert torch.equal(chunks[0], prompts) and all(c.size(1) == 1 for c in chunks[1:])
+    # so all it read, row by row, is its question plus the model's own answer ...
+    seen = torch.cat(chunks, dim=1)
+    assert torch.equal(seen, out)
     # ... and no question holds a code of call 1
-    assert leaked_codes(seen, facts, prompts.size(1)) == set()
+    assert leaked_codes(seen.tolist(), facts, prompts.size(1)) == set()
 
     # The search finds a leak where there is one: questions that repeat call 1's
     # facts before asking (as a prompt carrying the context would) hand over every code.
     leaky = torch.tensor([encode(task.write_text(facts)) + row for row in prompts.tolist()])
     model.memory.reset()
-    _, seen = backbone_inputs(model, leaky, task.code_len)
+    _, chunks, _ = backbone_inputs(model, leaky, task.code_len)
+    seen = torch.cat(chunks, dim=1).tolist()
     assert leaked_codes(seen, facts, leaky.size(1)) == {code for _, code in facts}
 
 
@@ -548,6 +553,118 @@ def test_narrativeqa_records_from_local_parquet(tmp_path, monkeypatch):
         scored = ep.read_targets[b][ep.read_targets[b] >= 0].tolist()
         assert scored == [enc[c] for c in " " + record["answers"][0]]
     assert ep.write_valid.sum(1).tolist() == [len(r["summary"]) for r in ep.items]
+
+
+# --------------------------------------------------------------------------- cached decoding
+
+FACTS = "the code of bolek is xqzt.\nthe code of fimar is ohjd.\n"
+
+
+def cropped_logits(model: HopfieldLM, idx: torch.Tensor) -> torch.Tensor:
+    """Uncached logits (B, T, V) at every position: the forward pass on the last block_size
+    tokens, reading the bank (what uncached sampling computes)."""
+    block = model.config.block_size
+    rows = [model(idx[:, max(0, t + 1 - block) : t + 1])[0][:, -1] for t in range(idx.size(1))]
+    return torch.stack(rows, 1)
+
+
+def decode_all(model, idx: torch.Tensor, prefill: int, chunk: int) -> tuple[torch.Tensor, list]:
+    """Logits of decode_step after the prefill and after each chunk, and the positions fed."""
+    logits, state = model.decode_step(idx[:, :prefill], None)
+    steps, ends = [logits], [prefill]
+    for t in range(prefill, idx.size(1), chunk):
+        logits, state = model.decode_step(idx[:, t : t + chunk], state)
+        steps.append(logits)
+        ends.append(min(t + chunk, idx.size(1)))
+    return torch.stack(steps, 1), [e - 1 for e in ends]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(n_layer=2, mem_layer=0, combine="concat", n_updates=2),  # blocks after the read
+        dict(key_window=1, combine="add"),
+    ],
+)
+@pytest.mark.parametrize("facts", [False, True], ids=["bank-empty", "facts-written"])
+@pytest.mark.parametrize("prefill, chunk", [(1, 1), (5, 1), (3, 4)])
+def test_cached_decoding_equals_the_forward_pass(kw, facts, prefill, chunk):
+    """Token by token and in chunks over 45 tokens (past block_size 32): the logits of the
+    forward pass at every position fed, with the bank empty and with facts written."""
+    model = tiny_model(**kw)
+    if facts:
+        model.memorize(torch.tensor([encode(FACTS)]))
+    x = torch.randint(0, len(CHARS), (2, 45), generator=torch.Generator().manual_seed(1))
+    got, ends = decode_all(model, x, prefill, chunk)
+    torch.testing.assert_close(got, cropped_logits(model, x)[:, ends], atol=1e-5, rtol=0)
+
+
+def test_a_cached_step_reads_the_new_position_only():
+    """After the prefill the memory reads one position per step (with the w - 1 normed hidden
+    states before it), the backbone attends with one query, and each position's read
+    counts once in the bank's usage: H heads x B rows x positions, in all."""
+    model = tiny_model(replacement="least_used")
+    model.memorize(torch.tensor([encode(FACTS)]))
+    x = torch.randint(0, len(CHARS), (2, 20), generator=torch.Generator().manual_seed(2))
+    reads: list[tuple[int, tuple | None]] = []
+    read = model.memory_layer.read
+
+    def spy(h, memory, past=None):
+        reads.append((h.size(1), None if past is None else tuple(past.shape)))
+        return read(h, memory, past)
+
+    model.memory_layer.read = spy
+    _, state = model.decode_step(x[:, :6])
+    for t in range(6, 20):
+        _, state = model.decode_step(x[:, t : t + 1], state)
+    w = model.config.key_window
+    assert reads == [(6, (2, w - 1, 32))] + [(1, (2, w - 1, 32))] * 14
+    assert all(c.length == 20 for c in state["backbone"]["caches"])
+    usage = model.memory.usage.sum().item()
+    assert usage == pytest.approx(model.config.mem_heads * 2 * 20, rel=1e-5)
+
+
+def test_a_bank_changed_mid_decode_is_read_from_the_next_step():
+    """Writing (or resetting) the bank between steps re-encodes the context: the next
+    logits are the forward pass's with the new bank."""
+    model = tiny_model()
+    x = torch.randint(0, len(CHARS), (1, 12), generator=torch.Generator().manual_seed(3))
+    _, state = model.decode_step(x[:, :8])
+    model.memorize(torch.tensor([encode(FACTS)]))
+    logits, state = model.decode_step(x[:, 8:9], state)
+    torch.testing.assert_close(logits, model(x[:, :9])[0][:, -1], atol=1e-5, rtol=0)
+    logits, state = model.decode_step(x[:, 9:10], state)  # the new bank, cached
+    torch.testing.assert_close(logits, model(x[:, :10])[0][:, -1], atol=1e-5, rtol=0)
+    model.memory.reset()
+    logits, _ = model.decode_step(x[:, 10:12], state)
+    torch.testing.assert_close(logits, model(x)[0][:, -1], atol=1e-5, rtol=0)
+
+
+def test_cached_greedy_generation_is_unchanged():
+    """``generate`` through the cache picks the tokens greedy decoding on the forward pass
+    picks, facts in the bank, past block_size."""
+    model = tiny_model()
+    model.memorize(torch.tensor([encode(FACTS)]))
+    prompt = torch.tensor([encode("the code of bolek is "), encode("the code of fimar is ")])
+    out = generate(model, prompt, 30, temperature=0)
+    ids = prompt
+    for _ in range(30):
+        logits = model(ids[:, -model.config.block_size :])[0][:, -1]
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ids)
+
+
+@pytest.mark.parametrize("facts", [False, True], ids=["bank-empty", "facts-written"])
+def test_hf_backbone_cached_decoding_equals_the_forward_pass(facts):
+    """The HF model's own key/value cache, then the read on the new positions: the forward
+    pass's logits, past its 64 positions too."""
+    model = HopfieldLM.from_hf(tiny_llama(), mem_heads=2, mem_head_dim=8, key_window=4).eval()
+    if facts:
+        model.memorize(torch.tensor([encode(FACTS)]))
+    x = torch.randint(0, len(CHARS), (2, 70), generator=torch.Generator().manual_seed(4))
+    got, ends = decode_all(model, x, 5, 1)
+    torch.testing.assert_close(got, cropped_logits(model, x)[:, ends], atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------- registry, notebook

@@ -189,8 +189,16 @@ def test_state_bytes_kv_cache_and_recurrent_state():
             "state_bytes": cv_cfg.n_layer * cv_cfg.n_context * 4,
             "state_how": "recurrent state (measured)",
         }
-    ham = build_model("hamiltonian", cfgs["hamiltonian"].model_config)
-    assert state_bytes(ham, 20)["state_how"] == "kv (analytic)"
+    h = cfgs["hamiltonian"].model_config
+    ham = build_model("hamiltonian", h)
+    # its cache: keys and values, each layer's last K - 1 convolution inputs, the token
+    # window and the last hidden state (read by the flow decoder)
+    assert state_bytes(ham, 20) == {
+        "state_bytes": (2 * 20 + h.decay_kernel - 1) * h.n_layer * h.n_embd * 4
+        + 20 * 8
+        + h.n_embd * 4,
+        "state_how": "kv cache (measured)",
+    }
 
 
 def _rows():

@@ -578,3 +578,103 @@ def test_memory_controls_see_nothing_of_earlier_segments(segment_memory):
         step_logits, state = model.decode_step(idx[:, t : t + 1], state)
         streamed.append(step_logits)
     torch.testing.assert_close(torch.stack(streamed, 1), logits, atol=1e-5, rtol=0)
+
+
+# ----- cached decoding: each step costs one byte's work and computes what the forward pass does
+
+
+def streamed_logits(model: QLLM, idx: torch.Tensor) -> torch.Tensor:
+    """Uncached logits (B, T, V) at every position of a stream of any length. Recurrent
+    globals: segment by segment through ``model.segment``, the memory carried past
+    block_size; otherwise the forward pass on the last block_size bytes, as uncached
+    sampling crops."""
+    B, T = idx.shape
+    block = model.config.block_size
+    if model.config.globals != "recurrent":
+        rows = [model(idx[:, max(0, t + 1 - block) : t + 1])[0][:, -1] for t in range(T)]
+        return torch.stack(rows, 1)
+    memory, hidden = model.initial_memory(B), []
+    for start in range(0, T, model.S):
+        write = model.carry and start + model.S < T
+        h, new_memory = model.segment(idx[:, start : start + model.S], memory, write)
+        hidden.append(h)
+        memory = new_memory if write else memory
+    return model.lm_head(model.ln_f(torch.cat(hidden, dim=1)))
+
+
+CACHED_SETTINGS = [
+    dict(globals="recurrent"),
+    dict(globals="recurrent", phase_per_position=True),
+    dict(globals="recurrent", phase_per_position=True, phase_at="embeddings"),
+    dict(globals="recurrent", segment_memory="reset", phase="gain", bias=True),
+    dict(globals="recurrent", segment_memory="none"),
+    dict(globals="recurrent", segment_len=5, lora_rank=2, tie_head=False),
+    dict(globals="seed", phase="gain"),
+    dict(globals="seed", phase_per_position=True),
+    dict(globals="seed", phase="gain", phase_at="embeddings", tie_head=False, bias=True),
+    dict(globals="off", phase_per_position=True),
+]
+
+
+@pytest.mark.parametrize("kw", CACHED_SETTINGS, ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize("prefill, chunk", [(1, 1), (5, 1), (3, 5), (13, 7)])
+def test_cached_decoding_equals_the_uncached_forward(kw, prefill, chunk):
+    """Byte by byte and in chunks that straddle segment boundaries, over 40 bytes (past
+    block_size 24 and across five segments of 8): the logits of the uncached computation
+    at every position fed, for every globals setting."""
+    model = tiny(**kw)
+    idx = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(7))
+    expected = streamed_logits(model, idx)
+    if model.config.globals == "recurrent":  # within the block: the forward pass itself
+        torch.testing.assert_close(expected[:, :24], model(idx[:, :24])[0], atol=1e-5, rtol=0)
+    logits, state = model.decode_step(idx[:, :prefill], None)
+    steps, ends = [logits], [prefill]
+    for t in range(prefill, 40, chunk):
+        logits, state = model.decode_step(idx[:, t : t + chunk], state)
+        steps.append(logits)
+        ends.append(min(t + chunk, 40))
+    got = torch.stack(steps, 1)
+    torch.testing.assert_close(got, expected[:, [e - 1 for e in ends]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [dict(globals="recurrent"), dict(globals="seed")])
+def test_a_cached_step_attends_with_one_query(kw):
+    """After the prefill every attention call of a step has one query (the new byte) over
+    the cached keys, filled in place; recurrent globals add, once per segment, the G read
+    globals (when a segment opens) and the G write globals (when the full one closes)."""
+    model = tiny(**kw)
+    G, S, L = model.G, model.S, model.config.n_layer
+    idx = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(8))
+    queries: list[tuple[int, int]] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        queries.append((q.size(2), k.size(2)))
+        return sdpa(q, k, v, **kwargs)
+
+    _, state = model.decode_step(idx[:, :3], None)
+    buffers = [c.k.data_ptr() for c in state["caches"]]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "scaled_dot_product_attention", spy)
+        for t in range(3, 24):
+            queries.clear()
+            _, state = model.decode_step(idx[:, t : t + 1], state)
+            if kw["globals"] == "seed" or t % S:  # inside a segment: one query per layer
+                assert queries == [(1, G + t % S + 1)] * L, t
+            else:  # a segment closed (write: G queries over G + S + G keys) and one opened
+                assert queries == [(G, 2 * G + S)] * L + [(G, G)] * L + [(1, G + 1)] * L, t
+                buffers = [c.k.data_ptr() for c in state["caches"]]
+            assert [c.k.data_ptr() for c in state["caches"]] == buffers  # filled in place
+
+
+@pytest.mark.parametrize("globals_", ["recurrent", "seed", "off"])
+def test_cached_greedy_generation_is_unchanged(globals_):
+    """``generate`` through the cache picks the bytes greedy decoding on the uncached
+    logits picks, past block_size too."""
+    model = tiny(globals=globals_)
+    prompt = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(9))
+    out = generate(model, prompt, 30, temperature=0)
+    ids = prompt
+    for _ in range(30):
+        ids = torch.cat([ids, streamed_logits(model, ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)

@@ -22,6 +22,7 @@ stream. Stacked, the n_layer windows still reach n_layer (W - 1) tokens back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,13 +97,25 @@ class GPT(LanguageModel):
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def _run(self, idx: torch.Tensor, caches: list | None, start: int) -> tuple[torch.Tensor, list]:
+    def _run(
+        self,
+        idx: torch.Tensor,
+        caches: list | None,
+        start: int,
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list]:
+        """idx (B, T) at positions start .. start + T - 1 -> logits (B, T, V) and each block's
+        cache (extended in place) or, without caches, its (k, v). ``after_block(i, x)``
+        replaces block i's output x (B, T, C): a layer inserted between blocks (Hopfield's
+        memory read)."""
         T = idx.size(1)
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         new_caches = []
         for i, block in enumerate(self.blocks):
             x, cache = block(x, None if caches is None else caches[i])
+            if after_block is not None:
+                x = after_block(i, x)
             new_caches.append(cache)
         return self.lm_head(self.ln_f(x)), new_caches
 
@@ -114,28 +127,38 @@ class GPT(LanguageModel):
 
     @torch.no_grad()
     def decode_step(
-        self, idx: torch.Tensor, state: dict | None = None
+        self,
+        idx: torch.Tensor,
+        state: dict | None = None,
+        after_block: Callable[[int, torch.Tensor, bool], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """KV-cached step. The state keeps each layer's cache (a :class:`~physllm.nn.KVCache`
         preallocated to ``block_size`` and filled in place; with ``attn_window`` W a
         :class:`~physllm.nn.RollingKVCache` of the last W positions), the next position,
-        and the last :meth:`context_tokens` tokens."""
+        and the last :meth:`context_tokens` tokens.
+
+        ``after_block(i, x, fresh)`` replaces block i's output x (B, T, C) for the positions
+        this step runs (a layer between blocks: Hopfield's memory read); ``fresh`` is True
+        when the step encodes its context from scratch (the first step, or past the
+        block), so a layer that keeps a state of its own across steps starts it again."""
         block, window = self.config.block_size, self.config.attn_window
         history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
         total = idx.size(1) + (0 if state is None else state["pos"])
-        if state is None or total > block:
+        fresh = state is None or total > block
+        hook = None if after_block is None else (lambda i, x: after_block(i, x, fresh))
+        if fresh:
             # Learned absolute positions: past the block, re-encode the last block_size
             # tokens from position 0 (what uncached sampling does). Only the last
             # context_tokens of them reach the last position: encode those, at the block's end.
             if total > block:
                 history = history[:, -self.context_tokens() :]
             start = block - history.size(1) if total > block else 0
-            logits, prefix = self._run(history, caches=None, start=start)
+            logits, prefix = self._run(history, caches=None, start=start, after_block=hook)
             if window:  # a ring of the last W positions: the same memory at any length
                 caches = [RollingKVCache(k, v, min(window, block)) for k, v in prefix]
             else:
                 caches = [KVCache(k, v, block) for k, v in prefix]
         else:
-            logits, caches = self._run(idx, caches=state["caches"], start=state["pos"])
+            logits, caches = self._run(idx, state["caches"], state["pos"], after_block=hook)
         tokens = history[:, -self.context_tokens() :]
         return logits[:, -1, :], {"tokens": tokens, "pos": min(total, block), "caches": caches}

@@ -29,10 +29,16 @@ The bank holds ``n_slots`` slots; when full, new writes replace the oldest
 Training (``physllm.training.train_memory``) freezes the backbone and
 fits W_k, W_q, W_v, W_o, the gate and the betas on "facts, then questions"
 episodes whose questions run in a second call that sees only the memory.
+
+Generation is cached (``decode_step``): the bank does not change while a
+call decodes, so a position's read is computed once, when it arrives, on
+top of the backbone's key/value cache; only the read's causal window of
+w - 1 earlier hidden states is kept besides.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +134,10 @@ class MemoryState(NamedTuple):
     slots: torch.Tensor | None = None
 
 
+# A decoding step's memory read: (h (B, T, C) of the positions fed now, fresh) -> h'. ``fresh``
+# is True when the backbone encodes its context from scratch (first step, or past the block).
+DecodeRead = Callable[[torch.Tensor, bool], torch.Tensor]
+
 # --------------------------------------------------------------------------- backbones
 
 
@@ -149,27 +159,43 @@ class GPTBackbone(nn.Module):
         self, idx: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """idx (B, T) -> (logits (B, T, V), hidden (B, T, C) where the memory reads)."""
-        g = self.gpt
-        pos = torch.arange(idx.size(1), device=idx.device)
-        x = g.drop(g.wte(idx) + g.wpe(pos))
-        h = x
-        for i, block in enumerate(g.blocks):
-            x, _ = block(x)
-            if i == self.layer:
-                h = x
-                x = read(x) if read is not None else x
-        return g.lm_head(g.ln_f(x)), h
+        hidden: list[torch.Tensor] = []
+
+        def at_layer(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i != self.layer:
+                return x
+            hidden.append(x)
+            return read(x) if read is not None else x
+
+        logits, _ = self.gpt._run(idx, caches=None, start=0, after_block=at_layer)
+        return logits, hidden[0]
+
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None, read: DecodeRead | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """GPT's KV-cached step (:meth:`~physllm.gpt.model.GPT.decode_step`) with ``read``
+        after block ``layer``: idx (B, T) -> next-token logits (B, V) and GPT's state
+        (``tokens``: the last block_size tokens)."""
+
+        def at_layer(i: int, x: torch.Tensor, fresh: bool) -> torch.Tensor:
+            return read(x, fresh) if read is not None and i == self.layer else x
+
+        return self.gpt.decode_step(idx, state, after_block=at_layer)
 
 
 class HFBackbone(nn.Module):
     """Any transformers causal LM: the memory reads its final (normed) hidden state."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, block_size: int | None = None):
         super().__init__()
         self.model = model
         self.n_embd = model.config.hidden_size
-        self.block_size = getattr(model.config, "max_position_embeddings", 2048)
+        # decoding crops the context here (the model's config.block_size, as uncached sampling)
+        self.block_size = block_size or getattr(model.config, "max_position_embeddings", 2048)
         self.lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+        # the key/value cache's keyword: transformers 5.24 renamed past_key_values to cache
+        params = inspect.signature(model.base_model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(idx)
@@ -180,6 +206,30 @@ class HFBackbone(nn.Module):
         h = self.model.base_model(input_ids=idx).last_hidden_state  # (B, T, C)
         x = read(h) if read is not None else h
         return self.model.get_output_embeddings()(x), h
+
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None, read: DecodeRead | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """A step with the model's own key/value cache (``past_key_values``), then ``read``
+        on the new positions' final hidden states. Past ``block_size`` the last block_size
+        tokens are re-encoded from position 0, as uncached sampling does. The state keeps
+        the cache, the next position and (``tokens``) the last block_size tokens."""
+        block = self.block_size
+        history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
+        total = idx.size(1) + (0 if state is None else state["pos"])
+        fresh = state is None or total > block
+        if fresh:
+            history = history[:, -block:]
+            out = self.model.base_model(input_ids=history, use_cache=True)
+        else:
+            cache = {self.cache_kwarg: state["past"]}  # extended in place
+            out = self.model.base_model(input_ids=idx, use_cache=True, **cache)
+        h = out.last_hidden_state  # (B, T, C): the positions run now (fresh: the context)
+        x = read(h, fresh) if read is not None else h
+        logits = self.model.get_output_embeddings()(x[:, -1])
+        past = getattr(out, "cache", None)
+        past = out.past_key_values if past is None else past  # transformers < 5.24
+        return logits, {"tokens": history[:, -block:], "pos": min(total, block), "past": past}
 
 
 def build_backbone(config: HopfieldConfig) -> nn.Module:
@@ -194,7 +244,7 @@ def build_backbone(config: HopfieldConfig) -> nn.Module:
         except (OSError, ValueError) as err:  # not found, not reachable, not a model
             err = str(err).strip().splitlines()[0][:200]
             raise PhysllmError(f"cannot load backbone {config.backbone!r}: {err}") from None
-        return HFBackbone(model)
+        return HFBackbone(model, config.block_size)
     raise PhysllmError(f"backbone must be 'gpt' or 'hf:<id>', got {config.backbone!r}")
 
 
@@ -210,9 +260,19 @@ class CausalWindow(nn.Module):
         self.conv = nn.Conv1d(n_in, n_out, window, bias=False)
         nn.init.normal_(self.conv.weight, std=1.0 / math.sqrt(n_in * window))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x.transpose(1, 2), (self.window - 1, 0))  # (B, C, w - 1 + T): no peeking ahead
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, out). ``past`` (B, w - 1, C): the w - 1 inputs before x
+        (a decoding step's); None: zeros, the start of a sequence."""
+        if past is None:  # (B, C, w - 1 + T): no peeking ahead
+            x = F.pad(x.transpose(1, 2), (self.window - 1, 0))
+        else:
+            x = torch.cat([past, x], dim=1).transpose(1, 2)
         return self.conv(x).transpose(1, 2)
+
+    def tail(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """The w - 1 latest inputs (B, w - 1, C) once x (B, T, C) follows ``past``: the
+        ``past`` of the next step."""
+        return torch.cat([past, x], dim=1)[:, x.size(1) :]
 
 
 class HopfieldMemory(nn.Module):
@@ -265,15 +325,24 @@ class HopfieldMemory(nn.Module):
             valid = torch.ones(B, T - 1, dtype=torch.bool, device=h.device)
         return MemoryState(keys, values, valid)
 
-    def state_pattern(self, h: torch.Tensor) -> torch.Tensor:
-        """The probes a read starts from: h (B, T, C) -> q (B, H, T, dk)."""
-        return self._heads(self.read_query(self.norm(h)), self.dk)
+    def state_pattern(self, h: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """The probes a read starts from: h (B, T, C) -> q (B, H, T, dk). ``past`` (B, w - 1,
+        C): the normed hidden states before h (:meth:`window`; None: the sequence starts)."""
+        return self._heads(self.read_query(self.norm(h), past), self.dk)
 
-    def read(self, h: torch.Tensor, memory: MemoryState) -> tuple[torch.Tensor, dict]:
-        """h (B', T, C) -> combined hidden (B', T, C). B' = B * g: g rows share each memory."""
+    def window(self, h: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """The ``past`` a read of the positions after h (B, T, C) needs: the last w - 1
+        normed hidden states, (B, w - 1, C)."""
+        return self.read_query.tail(self.norm(h), past)
+
+    def read(
+        self, h: torch.Tensor, memory: MemoryState, past: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """h (B', T, C) -> combined hidden (B', T, C). B' = B * g: g rows share each memory.
+        ``past``: the normed hidden states before h (:meth:`state_pattern`)."""
         Bq, T, C = h.shape
         Bm = memory.keys.size(0)
-        q = self.state_pattern(h)  # (B', H, T, dk)
+        q = self.state_pattern(h, past)  # (B', H, T, dk)
         # Rows that share a memory become one longer probe sequence: (Bm, H, g*T, dk)
         q = (
             q.view(Bm, Bq // Bm, self.H, T, self.dk)
@@ -311,6 +380,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("age", torch.zeros(n_slots, dtype=torch.long), persistent=False)
         self.register_buffer("usage", torch.zeros(n_slots), persistent=False)
         self.clock = 0  # writes so far: ages order the slots for fifo
+        self.version = 0  # bumped by every change of the stored patterns (decode caches check it)
 
     def __len__(self) -> int:
         return int(self.valid.sum())
@@ -325,6 +395,7 @@ class MemoryBank(nn.Module):
         self.usage.zero_()
         self.age.zero_()
         self.clock = 0
+        self.version += 1
 
     def state(self) -> MemoryState | None:
         """The stored patterns in the read's layout (the filled slots only), or None when empty."""
@@ -363,6 +434,7 @@ class MemoryBank(nn.Module):
         self.usage[free] = 0.0
         self.age[free] = self.clock + torch.arange(n, device=self.age.device)
         self.clock += n
+        self.version += 1
 
     @torch.no_grad()
     def touch(self, association: torch.Tensor, slots: torch.Tensor | None = None) -> None:
@@ -406,6 +478,7 @@ class MemoryBank(nn.Module):
                 )
             mine.copy_(tensors[name])
         self.clock = int(meta.get("clock", 0))
+        self.version += 1
 
 
 # --------------------------------------------------------------------------- the model
@@ -443,7 +516,7 @@ class HopfieldLM(LanguageModel):
             backbone="hf:" + str(getattr(model.config, "_name_or_path", "") or "local"),
             **overrides,
         )
-        return cls(config, backbone=HFBackbone(model))
+        return cls(config, backbone=HFBackbone(model, config.block_size))
 
     def forward(
         self,
@@ -462,16 +535,67 @@ class HopfieldLM(LanguageModel):
             return out
 
         logits, _ = self.backbone(idx, read if memory is not None else None)
-        self.last_aux = {}
-        if info:
-            energies = info["energies"].detach().float().mean(dim=(1, 2, 3))  # per step
-            self.last_aux = {"energy_probe": energies[0].item(), "energy_read": energies[-1].item()}
-            if from_bank and not self.training:
-                self.memory.touch(info["association"], memory.slots)
+        self._after_read(info, memory if from_bank else None)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def _after_read(self, info: dict, bank_read: MemoryState | None) -> None:
+        """The read's energies into ``last_aux``; in eval mode the attention each slot of
+        ``bank_read`` (the bank's state that was read; None: not the bank) received."""
+        self.last_aux = {}
+        if not info:
+            return
+        energies = info["energies"].detach().float().mean(dim=(1, 2, 3))  # per step
+        self.last_aux = {"energy_probe": energies[0].item(), "energy_read": energies[-1].item()}
+        if bank_read is not None and not self.training:
+            self.memory.touch(info["association"], bank_read.slots)
+
+    @torch.no_grad()
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """KV-cached step: idx (B, T) -> next-token logits (B, V) and the new state.
+
+        The bank is fixed while a decode runs, so what a position reads from it never
+        changes and the read is applied to the new positions alone, after the backbone's
+        cached step (GPT's :class:`~physllm.nn.KVCache`, or the HF model's own cache):
+
+            q_t = W_q [n(h_{t-w+1}) ... n(h_t)]     n: the memory layer's LayerNorm
+            h'_t = h_t + g_t W_o V softmax(beta K^T q_t)
+
+        q_t reads the w - 1 normed hidden states before t, so the state keeps them
+        (``window``, zeros before the first position, as the causal conv pads). It also
+        keeps the bank's state read (``memory``; None: empty, no read) and its
+        ``version``: a bank changed since (a write, reset or load) re-encodes the context,
+        reading the new bank. Each position's read counts once in ``least_used``'s usage.
+        """
+        if state is not None and state["version"] != self.memory.version:
+            idx = torch.cat([state["backbone"]["tokens"], idx], dim=1)  # re-encode, new bank
+            state = None
+        memory = self.memory.state() if state is None else state["memory"]
+        window = None if state is None else state["window"]
+        info: dict = {}
+
+        def read(h: torch.Tensor, fresh: bool) -> torch.Tensor:
+            w = self.memory_layer.read_query.window
+            past = h.new_zeros(h.size(0), w - 1, h.size(2)) if fresh else window
+            out, found = self.memory_layer.read(h, memory, past)
+            info.update(found, window=self.memory_layer.window(h, past))
+            return out
+
+        backbone_state = None if state is None else state["backbone"]
+        step_read = read if memory is not None else None
+        logits, backbone_state = self.backbone.decode_step(idx, backbone_state, step_read)
+        window = info.pop("window", None)
+        self._after_read(info, memory)
+        return logits, {
+            "backbone": backbone_state,
+            "memory": memory,
+            "window": window,
+            "version": self.memory.version,
+        }
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The hidden states where the memory reads and writes, for a call of any length.

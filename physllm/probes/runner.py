@@ -37,7 +37,7 @@ from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.experiments import leaderboard as lb
 from physllm.experiments.stats import interval, verdict
-from physllm.nn import KVCache, RollingKVCache
+from physllm.nn import state_nbytes
 from physllm.probes.data import ProbeData
 from physllm.probes.tasks import IGNORE, Task
 from physllm.training import TrainConfig, train
@@ -111,36 +111,20 @@ def score(
     return {"accuracy": right / max(1, scored), "exact": all_right / n, "n_scored": scored}
 
 
-def _nbytes(obj: Any) -> tuple[int, bool, bool]:
-    """(bytes, holds a KV cache, holds floating-point tensors) of a decoding state."""
-    if isinstance(obj, KVCache | RollingKVCache):  # the positions it holds, not its capacity
-        k, v = obj.k[:, :, : obj.length], obj.v[:, :, : obj.length]
-        return k.numel() * k.element_size() + v.numel() * v.element_size(), True, True
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size(), False, obj.is_floating_point()
-    parts = list(obj.values()) if isinstance(obj, dict) else obj
-    if not isinstance(parts, list | tuple):
-        return 0, False, False
-    sizes = [_nbytes(p) for p in parts]
-    return sum(s[0] for s in sizes), any(s[1] for s in sizes), any(s[2] for s in sizes)
-
-
 @torch.no_grad()
 def state_bytes(model: LanguageModel, seq_len: int) -> dict[str, Any]:
     """What ``model`` keeps between decoding steps after ``seq_len`` tokens (batch 1).
 
     Measured from ``decode_step``'s state: a KV cache (GPT: keys and values of every
-    position, plus its token window; NGT: its keys and values, see :mod:`physllm.ngt.model`),
-    a recurrent state (the context vector's vectors, QLLM's memory tokens and open segment).
-    A model whose ``decode_step`` keeps only its token window and recomputes attention
-    over it (Hamiltonian, Hopfield's backbone) is given the keys and values that window
-    stands for, 2 x n_layer x T x n_embd numbers (fp32), marked ``analytic``. Returns
-    ``{state_bytes, state_how}``.
+    position, plus its token window; NGT, QLLM and the Hamiltonian model: their
+    keys and values and whatever else a step reads, see each model; Hopfield: its
+    backbone's, plus the bank's state it reads), or a recurrent state (the context
+    vector's vectors). Returns ``{state_bytes, state_how}``.
     """
     device = next(model.parameters()).device
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=device)
     _, state = model.decode_step(ids)
-    size, has_kv, has_float = _nbytes(state)
+    size, has_kv, has_float = state_nbytes(state)
     if has_kv:
         return {"state_bytes": size, "state_how": "kv cache (measured)"}
     if has_float:

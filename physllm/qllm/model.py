@@ -108,7 +108,7 @@ from torch import nn
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.lora import apply_lora, mark_only_lora_trainable
-from physllm.nn import MLP, LayerNorm, init_gpt2_weights
+from physllm.nn import MLP, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
 from physllm.validation import (
     FRACTION,
     NON_NEGATIVE,
@@ -201,7 +201,8 @@ class PhaseGain(nn.Module):
     def learned(self) -> torch.Tensor:
         return self.p  # (C,), the raw parameter the seed's coherence term reads
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x (B, L, C); ``offset`` unused (the gain is the same at every position)."""
         phi = self.phases()
         # y_c = x_c (cos phi_c - sin phi_c)
         return x * (torch.cos(phi) - torch.sin(phi))
@@ -221,8 +222,12 @@ class PhaseRotation(nn.Module):
     def learned(self) -> torch.Tensor:
         return self.theta  # the angles are the parameter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.theta if self.theta.dim() == 1 else self.theta[: x.size(1)]
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x (B, L, C) at window positions offset .. offset + L - 1 (a cached decoding step
+        feeds the last positions alone: a per-position theta must know where they are)."""
+        theta = self.theta
+        if theta.dim() == 2:
+            theta = theta[offset : offset + x.size(1)]
         cos, sin = torch.cos(theta), torch.sin(theta)
         x1, x2 = x[..., 0::2], x[..., 1::2]  # real and imaginary parts, (B, L, C/2) each
         # (x1 + i x2) e^{i theta} = (x1 cos - x2 sin) + i (x1 sin + x2 cos)
@@ -238,7 +243,7 @@ class NoPhase(nn.Module):
     def learned(self) -> None:
         return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         return x
 
 
@@ -267,7 +272,8 @@ def seed_coherence_loss(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with a mask that may let globals see each other."""
+    """Multi-head attention with a mask that may let globals see each other, and an
+    optional key/value cache (:class:`~physllm.nn.KVCache`) for cached decoding."""
 
     def __init__(self, config: QLLMConfig):
         super().__init__()
@@ -279,19 +285,35 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.dropout = config.n_head, config.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, L, C); mask (L, L) bool, True where query i may read key j (None: causal)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        store: bool = True,
+        causal: bool = True,
+    ) -> torch.Tensor:
+        """x (B, L, C) -> (B, L, C). The keys are the ``cache``'s positions (if any) followed
+        by these L, S in all; ``store`` False reads the cache without adding these L to it.
+        ``mask`` (L, S) bool, True where query i may read key j; None: causal (the L queries
+        are the last L of the S keys), or with ``causal`` False every key."""
         B, L, C = x.shape
         hs = C // self.n_head
         q = self.q(x).view(B, L, self.n_head, hs).transpose(1, 2)  # (B, nh, L, hs)
         k = self.k(x).view(B, L, self.n_head, hs).transpose(1, 2)
         v = self.v(x).view(B, L, self.n_head, hs).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.extend(k, v) if store else cache.extended(k, v)  # (B, nh, S, hs)
+        if mask is None and causal:
+            mask, causal = band_causal_mask(L, k.size(2), device=x.device)
+        else:
+            causal = False
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, L, C)
@@ -307,8 +329,18 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.phase(self.ln_1(x)), mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        offset: int = 0,
+        store: bool = True,
+        causal: bool = True,
+    ) -> torch.Tensor:
+        """x (B, L, C) at window positions ``offset`` .. offset + L - 1; the rest as
+        :class:`Attention`'s."""
+        x = x + self.attn(self.phase(self.ln_1(x), offset), mask, cache, store, causal)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -386,12 +418,8 @@ class QLLM(LanguageModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bytes ``idx`` (B, s) after read ``memory`` (B, G, C) -> byte hidden states
         (B, s, C) and, if ``write``, the next memory (B, G, C)."""
-        B, s = idx.shape
-        pos = torch.arange(s, device=idx.device)
-        emb = self.wte(idx) + self.wpe(pos)  # (B, s, C)
-        if self.config.phase_at == "embeddings":
-            emb = self.phase(emb)  # the bytes only: the globals are prepended after it
-        parts = [emb]
+        s = idx.size(1)
+        parts = [self.embed(idx)]
         if self.G:
             parts.insert(0, memory)
             if write:
@@ -403,6 +431,14 @@ class QLLM(LanguageModel):
         hidden = x[:, self.G : self.G + s]
         new_memory = self.ln_mem(x[:, self.G + s :]) if write else None
         return hidden, new_memory
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Bytes ``idx`` (B, s) at segment positions start .. start + s - 1 -> (B, s, C)."""
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
+        emb = self.wte(idx) + self.wpe(pos)  # (B, s, C)
+        if self.config.phase_at == "embeddings":
+            emb = self.phase(emb, start)  # the bytes only: the globals are prepended after it
+        return emb
 
     def attention_mask(self, n_bytes: int, write: bool, device=None) -> torch.Tensor | None:
         """The mask of one window (None: plain causal)."""
@@ -479,21 +515,116 @@ class QLLM(LanguageModel):
             loss = lm + self.config.coherence * coh if self.training else lm
         return logits, loss
 
+    # ---- cached decoding
+    #
+    # A decoding step feeds the newest byte(s) only. Every query reads only keys that
+    # exist when it arrives, so a position's keys and values K^l_p, V^l_p in each layer l,
+    # once computed, never change, and a new byte t needs just its own q, k, v:
+    #
+    #     o_t = sum_{p <= t} softmax_p(q_t . K_p / sqrt(hs)) V_p     (p over the cache and t)
+    #
+    # In a window [read globals (G) | bytes (S) | write globals (G)]:
+    #
+    #     read global i  (position i)          reads the read globals (seed: 0..i)
+    #     byte j         (position G + j)      reads the read globals and bytes 0..j
+    #     write global i (position G + S + i)  reads everything; no byte reads it
+    #
+    # so the read globals' keys and values are computed once, when a segment opens (G
+    # tokens' work), each byte's when it comes, and the write copy, G queries over the
+    # G + S cached keys and their own G, once when the segment closes, which is when the
+    # byte after it arrives (the forward pass writes only a memory a later segment reads).
+    # A byte costs one token's work plus 2G/S amortised. The write globals are the only
+    # tokens that read later positions of their segment, and what they compute reaches
+    # only the next segment (as m_{k+1}), never a byte of their own: every setting caches
+    # exactly, none needs the recompute fallback.
+
+    def _new_caches(self, batch: int, capacity: int) -> list[KVCache]:
+        """One empty :class:`~physllm.nn.KVCache` per block, ``capacity`` positions each."""
+        C, nh = self.config.n_embd, self.config.n_head
+        like = self.wte.weight
+        return [KVCache.empty(like, batch, nh, C // nh, capacity) for _ in self.blocks]
+
+    def _run_cached(
+        self,
+        x: torch.Tensor,
+        caches: list[KVCache],
+        offset: int,
+        store: bool = True,
+        causal: bool = True,
+    ) -> torch.Tensor:
+        """x (B, L, C) at window positions offset .. offset + L - 1 through every block,
+        each reading (and with ``store`` extending) its cache. -> (B, L, C)."""
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block(x, None, cache, offset, store, causal)
+        return x
+
+    def _open_segment(self, memory: torch.Tensor | None, batch: int) -> list[KVCache]:
+        """Caches for a new segment holding its read globals' keys and values: they read
+        each other, all of them (not causally), and no byte, so they are computed once."""
+        caches = self._new_caches(batch, self.G + self.S)
+        if self.G:
+            self._run_cached(self.drop(memory), caches, 0, causal=False)
+        return caches
+
+    def _write_memory(self, memory: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """m_{k+1} (B, G, C) from a full segment's caches: the write copy m_k + e_write at
+        positions G + S .., reading every key, stored nowhere (no byte reads it)."""
+        x = self.drop(memory + self.write_embed)
+        x = self._run_cached(x, caches, self.G + self.S, store=False, causal=False)
+        return self.ln_mem(x)
+
+    def _decode_recurrent(self, idx: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """Recurrent globals: the state is the read memory m_k (B, G, C) (None without memory
+        tokens), each block's cache of the open segment and its byte count n."""
+        B, T = idx.shape
+        if state is None:
+            memory = self.initial_memory(B)
+            state = {"memory": memory, "caches": self._open_segment(memory, B), "n": 0}
+        memory, caches, n = state["memory"], state["caches"], state["n"]
+        done = 0
+        while done < T:
+            if n == self.S:  # the open segment is full and a byte follows: close it
+                if self.carry:
+                    memory = self._write_memory(memory, caches)
+                caches, n = self._open_segment(memory, B), 0
+            take = min(self.S - n, T - done)
+            x = self.drop(self.embed(idx[:, done : done + take], n))
+            x = self._run_cached(x, caches, self.G + n)  # bytes at positions G + n ..
+            n, done = n + take, done + take
+        logits = self.lm_head(self.ln_f(x[:, -1]))
+        return logits, {"memory": memory, "caches": caches, "n": n}
+
+    def _decode_flat(self, idx: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """Seed globals or none: one window [globals | bytes], causal, positions absolute: a
+        GPT with a constant prefix, cached as GPT is. Past ``block_size`` the last
+        block_size bytes are re-encoded from position 0, as uncached sampling does. The
+        state keeps each block's cache (G + block_size positions), the next byte position
+        and the last block_size bytes."""
+        block, G = self.config.block_size, self.G
+        history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
+        total = idx.size(1) + (0 if state is None else state["pos"])
+        if state is None or total > block:
+            history = history[:, -block:]
+            caches = self._new_caches(idx.size(0), G + block)
+            x = self.embed(history)
+            if G:
+                x = torch.cat([self.initial_memory(idx.size(0)), x], dim=1)
+            x = self._run_cached(self.drop(x), caches, 0)
+        else:
+            caches = state["caches"]
+            x = self.drop(self.embed(idx, state["pos"]))
+            x = self._run_cached(x, caches, G + state["pos"])
+        logits = self.lm_head(self.ln_f(x[:, -1]))
+        return logits, {"tokens": history[:, -block:], "pos": min(total, block), "caches": caches}
+
     @torch.no_grad()
-    def decode_step(self, idx: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
-        """Recurrent globals: the state is (memory, bytes of the open segment); a full
-        segment writes the next memory, so the context is unbounded at constant cost.
-        Otherwise the default (recompute on the last ``block_size`` bytes)."""
-        if self.config.globals != "recurrent":
-            return super().decode_step(idx, state)
-        memory, open_seg = (
-            (self.initial_memory(idx.size(0)), idx[:, :0]) if state is None else state
-        )
-        open_seg = torch.cat([open_seg, idx], dim=1)
-        while open_seg.size(1) > self.S:  # close full segments, carrying the memory forward
-            if self.carry:
-                _, memory = self.segment(open_seg[:, : self.S], memory, write=True)
-            open_seg = open_seg[:, self.S :]
-        hidden, _ = self.segment(open_seg, memory, write=False)
-        logits = self.lm_head(self.ln_f(hidden[:, -1]))
-        return logits, (memory, open_seg)
+    def decode_step(
+        self, idx: torch.Tensor, state: dict | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """KV-cached step: bytes ``idx`` (B, T) -> next-byte logits (B, V) and the new state
+        (the caches are extended in place). Recurrent globals carry the memory from segment to
+        segment, so the context is unbounded at constant cost; seed globals and none crop
+        to ``block_size`` as GPT does."""
+        if self.config.globals == "recurrent":
+            return self._decode_recurrent(idx, state)
+        return self._decode_flat(idx, state)
