@@ -33,11 +33,19 @@
 # accuracy with a Student-t 95% interval over seeds, and one sentence per seed
 # claim.
 #
+# Two more probes test claims about length and memory that a block-sized task
+# cannot reach: **recall at distance** (a fact up to 16 times the training length
+# before its question, streamed through each model's own decoding state, or for
+# CHopT written into its memory in an earlier call), and **repetition and drift
+# in free generation** from models trained on text, compared at matched
+# perplexity.
+#
 # The defaults (what nbval runs) are a reduced grid of about three minutes on
-# two cores: GPT and the seed's context vector, tiny tasks (vocabulary 16,
-# lengths 12-16), 250 steps, two seeds. The committed report runs every
-# architecture at larger settings:
-# `python -m physllm report 07_probes --reference -p archs all -p n_seeds 3 -p steps 2000 -p vocab_size 64 -p mqar_len 32 -p mqar_pairs 4`.
+# two cores: GPT and the seed's context vector on the matrix, GPT, the fixed
+# context vector, QLLM and CHopT on recall at distance, GPT and the Hamiltonian
+# on text, tiny tasks (vocabulary 16, lengths 12-16), 250 steps, two seeds. The
+# committed report runs every architecture at larger settings:
+# `python -m physllm report 07_probes --reference -p archs all -p n_seeds 3 -p steps 2000 -p vocab_size 64 -p mqar_len 32 -p mqar_pairs 4 -p distance_archs gpt,context_vector-seed,context_vector-fixed,qllm,hopfield -p memory_steps 400 -p n_eval_distance 128 -p text_archs all -p text_steps 1000 -p text_layers 4 -p text_embd 128`.
 
 # %%
 # Setup: on Colab, install the repository; anywhere else it is already installed.
@@ -63,6 +71,19 @@ induction_len, induction_segment = 16, 4  # induction: length, segment repeated
 length_factors = (
     "1,2,4"  # length generalisation: MQAR trained at mqar_len, scored at these multiples
 )
+# recall at distance (section 5): trained at distance_len, scored at multiples of it
+distance_archs = "gpt,context_vector-fixed,qllm,hopfield"  # gpt: the bounded reference
+distance_len, distance_facts = 16, 1  # training length (fact and query inside it), facts
+distance_factors = "1,2,4,8,16"  # gaps between the fact and its query, x distance_len
+distance_steps = 0  # optimizer steps (0: steps)
+memory_steps = 100  # CHopT's memory stage on the task's two-call episodes
+n_eval_distance = 32  # samples per distance
+# repetition and drift (section 6): models trained on text, sampled at each temperature
+text_archs = "gpt,hamiltonian"  # leaderboard entries, or "all"
+text_steps = 0  # optimizer steps on the default corpus (0: steps)
+text_layers, text_embd = 2, 64  # the text GPT's shape (every entry matched to it)
+temperatures = "0.5,0.8,1.1"  # the sweep; the comparison is at one perplexity inside it
+sample_tokens = 256  # tokens per sample (one sample per prompt, four prompts)
 batch_size = 32
 lr = 3e-3
 n_eval = 256  # held-out samples per score
@@ -83,16 +104,30 @@ from physllm.models import build_model
 from physllm.notebook import resolve_out_dir, setup, show_source, write_metrics
 from physllm.probes import (
     MQAR,
+    DistanceRecall,
     Induction,
     NoisyRecall,
     SelectiveCopy,
     accuracy_gaps,
     capability_matrix,
     claim_findings,
+    distance_findings,
+    distance_matrix,
+    distance_table,
+    distinct_n,
+    has_memory,
+    matched_table,
     matrix_table,
     probe_configs,
+    repeated_ngram_rate,
+    repetition_findings,
+    repetition_summary,
     run_grid,
+    run_repetition,
+    sample_metrics,
     score,
+    stream_logits,
+    temperature_table,
 )
 
 preset, device = setup(seed=1337, preset="cpu", device=device, threads=threads)
@@ -100,6 +135,9 @@ threads = threads or torch.get_num_threads()
 out_dir = resolve_out_dir(out_dir)
 seeds = tuple(range(n_seeds))
 factors = tuple(int(k) for k in str(length_factors).split(",") if k.strip())
+distance_ks = tuple(int(k) for k in str(distance_factors).split(",") if k.strip())
+temps = tuple(float(t) for t in str(temperatures).split(",") if t.strip())
+distance_steps, text_steps = distance_steps or steps, text_steps or steps
 print(f"device={device} torch={torch.__version__} threads={threads} steps={steps} seeds={seeds}")
 
 # %% [markdown]
@@ -288,17 +326,232 @@ if len(length_rows):
     plt.show()
 
 # %% [markdown]
-# ## 5. What the probes say about each seed
+# ## 5. Recall at distance
+#
+# The context vector claims an unlimited context at constant memory, QLLM
+# long-range coherence from its global memory tokens, CHopT that facts written
+# into its memory are remembered later. None of this shows inside one block,
+# where attention sees everything. So: facts $k\,v$, a gap of $d$ filler tokens
+# (from a part of the vocabulary no key or value uses), then each key again,
+# scored at its value. Every model trains at length $T$ = `distance_len` with the
+# gap drawn inside it, then is scored at $d = T, 2T, \dots, 16T$.
+#
+# The score streams, as a model would meet such a text: the facts, the filler,
+# then each query, through the model's own `decode_step`. Whatever reaches the
+# query is what the state kept: the context vector's vectors, QLLM's memory
+# tokens carried from segment to segment (its segments are half the training
+# length here, so a block holds two and the memory trains), GPT's window of its
+# last `block_size` tokens (learned positions: past the block the fact is
+# gone, and it is scored on what it does). CHopT's facts go in by inference
+# calls: call 1 is the facts, written into its bank; the gap and the queries
+# follow in calls of one block, each read through the bank and then written to
+# it, so no later call holds a fact token (its memory layer first trains, with
+# the backbone frozen, on the task's two-call episodes). The control, on the
+# same samples: what the facts left is dropped (the stream restarts after them;
+# CHopT does not write call 1). Recall through the state must fall to chance
+# under it.
+
+# %%
+show_source(stream_logits)
+
+# %%
+distance_task = DistanceRecall(vocab_size=vocab_size, seq_len=distance_len, n_facts=distance_facts)
+far = distance_task.at_distance(2 * distance_len)
+x, y = far.generate(1, seed=0)
+print(f"trained at {distance_len}, chance {distance_task.chance():.3f}")
+print(f"  x at d={far.distance}  {x[0].tolist()}")
+print(f"  answers {dict((t, int(v)) for t, v in enumerate(y[0].tolist()) if v != -1)}")
+print(
+    all(
+        task.solve(x.tolist()) == {t: int(v) for t, v in enumerate(y.tolist()) if v != -1}
+        for task in (distance_task, far)
+        for x, y in zip(*task.generate(200, seed=1))
+    )
+)
+
+# %% [markdown]
+# A check that streaming is the model: inside the block, the logits streamed
+# through `decode_step` equal the forward pass over the whole sequence, for every
+# entry scored this way (QLLM's memory crossing a segment boundary included).
+
+# %%
+inside = distance_task.at_distance(distance_len - 4 * distance_facts + 1)  # fills one block
+x, _ = inside.generate(4, seed=2)
+first = 2 * distance_facts + inside.distance  # the first query
+same = {}
+for name, cfg in probe_configs(distance_task, distance_archs, steps=distance_steps).items():
+    model = build_model(cfg.model, cfg.model_config).eval()
+    if not has_memory(model):  # CHopT is scored over calls, not streamed
+        with torch.no_grad():
+            full = model(x)[0][:, first:]
+        same[name] = torch.allclose(
+            full, stream_logits(model, x, 2 * distance_facts, first), atol=1e-4
+        )
+print(same)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+distance_rows = run_grid(
+    {"recall_at_distance": distance_task},
+    distance_archs,
+    seeds=seeds,
+    steps=distance_steps,
+    out_dir=out_dir / "distance",
+    n_eval=n_eval_distance,
+    distance_task="recall_at_distance",
+    distance_factors=distance_ks,
+    memory_steps=memory_steps,
+    batch_size=batch_size,
+    lr=lr,
+    threads=threads,
+    device=device,
+    progress=False,
+)
+distance_s = time.perf_counter() - t0
+distance = distance_matrix(distance_rows)
+print(f"{len(distance_rows)} rows, {distance_s:.0f} s")
+
+# %% [markdown]
+# Accuracy at the answers (mean [95% interval] over seeds) in-block and at each
+# distance, and the control at each distance:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+distance_table(distance)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+for i, (entry, cells) in enumerate(distance.items()):
+    at = [c for k, c in cells.items() if k != "in_block"]
+    d = [c["distance"] for c in at]
+    ax.plot(d, [c["mean"] for c in at], "o-", color=f"C{i}", label=entry)
+    ax.plot(d, [c["control_mean"] for c in at], ":", color=f"C{i}")
+ax.axhline(distance_task.chance(), ls="--", color="gray", label="chance")
+ax.set_xscale("log", base=2)
+ax.set_xlabel(f"gap d between fact and query (trained at length {distance_len})")
+ax.set_ylabel("recall accuracy (dotted: control)")
+ax.legend(fontsize=7)
+save_figure(fig, out_dir, "recall_at_distance")
+plt.show()
+
+# %% [markdown]
+# CHopT's first call wrote its facts into the bank (slots filled right after it,
+# per sample: a fact pair writes one) on every scored row:
+
+# %%
+print(
+    all(
+        r["bank_after_write"] >= 1
+        for r in distance_rows
+        if r["entry"] == "hopfield" and "@" in r["task"]
+    )
+)
+
+# %% [markdown]
+# ## 6. Repetition and drift in free generation
+#
+# The Hamiltonian seed says its model stays "logical without being repetitive".
+# Each text entry trains on the default corpus (bytes; the leaderboard's CPU
+# recipe at a small shape), then samples `sample_tokens` tokens from each of four
+# fixed prompts at every temperature. Per sample: distinct-$n$ (distinct
+# $n$-grams over all $n$-grams, $n$ = 1..4), the repeated-4-gram rate (4-grams
+# that already occurred earlier in the sample), the sample's perplexity under the
+# model itself (untempered), and drift, the model's own loss on its sample in the
+# last quarter minus the first. A hotter sampler repeats less and makes less
+# sense, so the comparison is at **matched perplexity**: each seed's curve is read
+# at one perplexity every curve reaches (linear between the temperatures that
+# bracket it), and the gap to GPT is paired by seed.
+
+# %%
+show_source(sample_metrics)
+
+# %% [markdown]
+# The measures on the two extremes: one token repeated (distinct-$n$ near 0,
+# repeated rate near 1) and all tokens distinct (the opposite):
+
+# %%
+loop, fresh = [7] * sample_tokens, list(range(sample_tokens))
+print([round(distinct_n(loop, n), 3) for n in (1, 2, 3, 4)], round(repeated_ngram_rate(loop), 3))
+print([distinct_n(fresh, n) for n in (1, 2, 3, 4)], repeated_ngram_rate(fresh))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+text_rows = run_repetition(
+    text_archs,
+    seeds=seeds,
+    steps=text_steps,
+    temperatures=temps,
+    n_tokens=sample_tokens,
+    out_dir=out_dir / "repetition",
+    n_layer=text_layers,
+    n_head=max(1, text_embd // 32),
+    n_embd=text_embd,
+    threads=threads,
+    device=device,
+    progress=False,
+)
+text_s = time.perf_counter() - t0
+repetition = repetition_summary(text_rows)
+print(f"{len(text_rows)} rows, {text_s:.0f} s")
+
+# %% [markdown]
+# Per temperature (mean over seeds), then every entry at the matched perplexity
+# (mean [95% interval] over seeds) and its gap to GPT:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+temperature_table(repetition).round(3)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+matched_table(repetition)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+results_text = pd.DataFrame(text_rows)
+for i, (entry, part) in enumerate(results_text.groupby("entry", sort=False)):
+    for seed, curve in part.groupby("seed"):
+        curve = curve.sort_values("ppl")
+        label = entry if seed == seeds[0] else None
+        ax.plot(curve["ppl"], curve["repeated_4"], "o-", color=f"C{i}", alpha=0.7, label=label)
+matched_ppl = next(iter(repetition.values()))["matched"]["ppl"]
+if matched_ppl:
+    ax.axvline(matched_ppl, ls="--", color="gray", label=f"matched ppl {matched_ppl:.1f}")
+ax.set_xscale("log")
+ax.set_xlabel("sample perplexity under the model itself")
+ax.set_ylabel("repeated 4-gram rate")
+ax.legend(fontsize=7)
+save_figure(fig, out_dir, "repetition")
+plt.show()
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for row in text_rows:
+    if row["seed"] == seeds[0] and row["temperature"] == temps[len(temps) // 2]:
+        print(f"--- {row['entry']} at T={row['temperature']:g}:\n{row['example'][:300]}")
+
+# %% [markdown]
+# ## 7. What the probes say about each seed
 #
 # One sentence per seed claim, from the rows above (accuracy mean [95% interval]
-# over seeds, whether the interval clears chance, and the paired gap to GPT).
-# At the defaults only GPT and the seed's context vector run, at tiny sizes and
+# over seeds, whether the interval clears chance, and the paired gap to GPT;
+# recall at each distance against its control; repetition at the matched
+# perplexity against GPT's). At the defaults few entries run, at tiny sizes and
 # few steps: the sentences show the machinery; the committed report's are the
 # evidence.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for line in claim_findings(matrix, gaps, steps):
+findings = [
+    *claim_findings(matrix, gaps, steps),
+    *distance_findings(distance, distance_steps),
+    *repetition_findings(repetition, text_steps),
+]
+for line in findings:
     print("-", line)
 
 # %% [markdown]
@@ -311,11 +564,16 @@ gpt_mqar = matrix["gpt"]["mqar"]
 print(steps < 200 or gpt_mqar["mean"] > 2 * gpt_mqar["chance"])
 
 # %% [markdown]
-# ## 6. metrics.json
+# ## 8. metrics.json
 #
 # `probes[entry][task]`: accuracy `mean`, `ci95_low`, `ci95_high`, `n_seeds`,
-# `chance`, the task's `settings`, parameters and state bytes; `gaps`: the
-# paired gaps to GPT; `results.csv` beside it holds every row.
+# `chance`, the task's `settings`, parameters and state bytes;
+# `probes[entry]["recall_at_distance"]`: the same per distance (`in_block`,
+# `1x`, `2x`...; each with its `distance` and the control's mean and interval);
+# `probes[entry]["repetition"]`: a row per temperature and the values at the
+# matched perplexity, with the gap to GPT; `gaps`: the paired gaps to GPT.
+# `results.csv` beside it holds every matrix row; `distance/results.csv` and
+# `repetition/repetition.csv` the others.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -328,16 +586,38 @@ main = {
     "torch_version": torch.__version__,
     "wall_s": grid_s,
 }
+probes = {entry: dict(cells) for entry, cells in matrix.items()}
+for entry, cells in distance.items():
+    probes.setdefault(entry, {})["recall_at_distance"] = cells
+for entry, summary in repetition.items():
+    probes.setdefault(entry, {})["repetition"] = summary
+main["wall_s"] = grid_s + distance_s + text_s
 path = write_metrics(
     out_dir,
     main,
     notebook="07_probes",
-    probes=matrix,
+    probes=probes,
     gaps=gaps,
     seeds=list(seeds),
     archs=archs,
     tasks={name: task.settings() for name, task in tasks.items()},
     length_factors=list(factors),
+    distance={
+        "task": distance_task.settings(),
+        "archs": distance_archs,
+        "factors": list(distance_ks),
+        "steps": distance_steps,
+        "memory_steps": memory_steps,
+        "n_eval": n_eval_distance,
+    },
+    text={
+        "archs": text_archs,
+        "steps": text_steps,
+        "n_layer": text_layers,
+        "n_embd": text_embd,
+        "temperatures": list(temps),
+        "sample_tokens": sample_tokens,
+    },
     budget={
         "steps": steps,
         "batch_size": batch_size,
@@ -345,6 +625,6 @@ path = write_metrics(
         "n_eval": n_eval,
         "threads": threads,
     },
-    findings=claim_findings(matrix, gaps, steps),
+    findings=findings,
 )
 print(path)

@@ -11,11 +11,15 @@ context with logit l and penalty r > 1:
     l' = l * r   if l <= 0       so its probability always goes down.
 
 (One of the seed projects multiplied positive logits, which *raises* them.)
+
+Measuring samples (shared by Hamiltonian steering and the repetition probe): distinct-n,
+the repeated-n-gram rate, and a quantity read off a (perplexity, value) curve at a given
+perplexity, so two decoders are compared at the same fluency cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +151,41 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.T
     """Prompt (B, T) -> prompt plus up to ``max_new_tokens`` tokens (B, T + n)."""
     new = list(stream_generate(model, idx, max_new_tokens, **kwargs))
     return torch.cat([idx, *new], dim=1)
+
+
+# --------------------------------------------------------------------------- measuring samples
+
+
+def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(tokens: Sequence[int], n: int) -> float:
+    """Distinct n-grams over all n-grams of one sample (Li et al. 2016): 1 when no n-gram
+    repeats, 1 / (T - n + 1) for one token repeated; NaN for a sample shorter than n."""
+    grams = _ngrams(list(tokens), n)
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeated_ngram_rate(tokens: Sequence[int], n: int = 4) -> float:
+    """Share of a sample's n-grams that already occurred earlier in it: 0 when none
+    repeats, (T - n) / (T - n + 1) for one token repeated; NaN under n tokens."""
+    grams, seen, repeated = _ngrams(list(tokens), n), set(), 0
+    for gram in grams:
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated / len(grams) if grams else float("nan")
+
+
+def value_at_perplexity(points: Iterable[tuple[float, float]], ppl: float) -> float | None:
+    """A curve's value at perplexity ``ppl``: ``points`` (perplexity, value) are sorted by
+    perplexity and the value interpolated linearly between the first two that bracket
+    ``ppl``; None where none do (the curve never reached that perplexity)."""
+    line = sorted(points)
+    for (p0, v0), (p1, v1) in zip(line, line[1:]):
+        if p0 <= ppl <= p1:
+            return v0 if p1 == p0 else v0 + (v1 - v0) * (ppl - p0) / (p1 - p0)
+    return None
 
 
 # --------------------------------------------------------------------------- streaming text

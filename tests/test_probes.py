@@ -1,6 +1,8 @@
 """The probe suite (physllm.probes, notebook 07): generators against plain-Python solvers,
 the scoring rule, the trainer fed a task, a trained GPT against itself with attention
-ablated, state sizes, the grid's table and resume, and the notebook at 20 steps."""
+ablated, state sizes, the grid's table and resume, recall at distance (streaming equal to
+the forward pass, a carried state against a zeroed one, CHopT's bank written or not),
+the repetition measures, and the notebook at 20 steps."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from physllm.errors import PhysllmError
 from physllm.models import build_model
 from physllm.probes import (
     CLAIMS,
+    DISTANCE_CLAIMS,
     IGNORE,
     MQAR,
+    DistanceEpisodes,
+    DistanceRecall,
     Induction,
     NoisyRecall,
     ProbeData,
@@ -24,16 +29,29 @@ from physllm.probes import (
     accuracy_gaps,
     capability_matrix,
     claim_findings,
+    common_perplexity,
+    distance_findings,
+    distance_matrix,
+    distinct_n,
     make_task,
+    matched_perplexity,
     matrix_table,
     probe_configs,
+    repeated_ngram_rate,
+    repetition_findings,
+    repetition_summary,
     run_grid,
     run_probe,
+    sample_metrics,
+    sample_with_nll,
     score,
+    score_at_distance,
     state_bytes,
+    stream_logits,
 )
 from physllm.probes import runner as probe_runner
-from physllm.training import train
+from physllm.sampling import value_at_perplexity
+from physllm.training import train, train_memory
 
 TASKS = [
     MQAR(vocab_size=16, seq_len=12, n_pairs=2),
@@ -44,6 +62,9 @@ TASKS = [
     NoisyRecall(vocab_size=64, seq_len=64, n_keys=8, noise=0.5),
     Induction(vocab_size=16, seq_len=16, segment=4),
     Induction(vocab_size=8, seq_len=64, segment=16),
+    DistanceRecall(vocab_size=32, seq_len=40, n_facts=3),
+    DistanceRecall(vocab_size=16, seq_len=12, n_facts=1),
+    DistanceRecall(vocab_size=16, seq_len=12, n_facts=2).at_distance(96),
 ]
 TINY_MQAR = MQAR(vocab_size=16, seq_len=12, n_pairs=2)
 TORCH_THREADS = torch.get_num_threads()
@@ -92,6 +113,10 @@ def test_bad_settings_are_one_clear_error():
         make_task("parity")
     with pytest.raises(PhysllmError, match="no knob"):
         make_task("mqar", n_keys=3)
+    with pytest.raises(PhysllmError, match="at_distance"):
+        DistanceRecall(vocab_size=16, seq_len=12, distance=5)
+    with pytest.raises(PhysllmError, match="n_facts"):
+        DistanceRecall(vocab_size=16, seq_len=32, n_facts=6)
     assert make_task("induction", segment=2, seq_len=8) == Induction(seq_len=8, segment=2)
 
 
@@ -251,11 +276,298 @@ def test_run_probe_rows_carry_settings_and_state(tmp_path):
     assert json.loads(row["settings"])["n_pairs"] == 2 and row["state_bytes"] > 0
 
 
+TINY_DISTANCE = DistanceRecall(vocab_size=16, seq_len=8, n_facts=1)  # chance 1/5
+
+
+def test_distance_recall_puts_the_gap_between_the_facts_and_the_queries():
+    P, d = 2, 40
+    task = DistanceRecall(vocab_size=16, seq_len=12, n_facts=P).at_distance(d)
+    assert task.seq_len == 4 * P + d - 1 and task.settings()["distance"] == d
+    x, y = task.generate(50, 0)
+    K = task.key_range
+    for row, targets in zip(x.tolist(), y.tolist()):
+        facts = dict(zip(row[0 : 2 * P : 2], row[1 : 2 * P : 2]))
+        assert all(tok > 2 * K for tok in row[2 * P : 2 * P + d])  # filler: no key, no value
+        assert row[2 * P + d] in facts  # the first query, exactly d after the last fact
+        assert targets[2 * P + d] == facts[row[2 * P + d]]
+    # training samples: the gap varies and every sample keeps the task's length
+    gaps = set()
+    for row in TINY_DISTANCE.generate(200, 1)[0].tolist():
+        keys = [t for t, tok in enumerate(row) if 1 <= tok <= TINY_DISTANCE.key_range]
+        gaps.add(keys[1] - keys[0] - 2)
+    assert len(gaps) > 3
+
+
+@pytest.mark.parametrize("entry", ["context_vector-fixed", "qllm", "gpt"])
+def test_streaming_through_decode_step_equals_the_forward_pass_in_the_block(entry):
+    task = DistanceRecall(vocab_size=16, seq_len=16)
+    cfg = probe_configs(task, entry, steps=1)[entry]
+    if entry == "qllm":  # segments of half the training length: the memory is carried
+        assert cfg.model_config.segment_len == 8
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.model_config).eval()
+    x, _ = task.at_distance(10).generate(3, 0)  # 13 tokens, inside the block of 16
+    with torch.no_grad():
+        full = model(x)[0]
+    assert torch.allclose(stream_logits(model, x, 2, 5), full[:, 5:], atol=1e-4)
+
+
+class ZeroedState(nn.Module):
+    """A model whose decoding state is zeroed after its first call (the facts)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def decode_step(self, idx, state=None):
+        logits, new = self.model.decode_step(idx, state)
+        if state is None:
+            new = [torch.zeros_like(c) for c in new]
+        return logits, new
+
+
+def test_a_carried_state_recalls_past_the_block_and_a_zeroed_one_does_not(tmp_path):
+    """A context vector trained briefly at length 8 (a fact and its query inside it) recalls
+    the fact 16 tokens back (2x, past anything it trained on) through its state; the same
+    weights with the state zeroed after the facts score chance."""
+    cfg = probe_configs(
+        TINY_DISTANCE,
+        "context_vector-fixed",
+        steps=150,
+        out_dir=str(tmp_path),
+        batch_size=32,
+        threads=1,
+        progress=False,
+    )["context_vector-fixed"]
+    model = train(cfg, data=ProbeData(TINY_DISTANCE)).model
+    far = TINY_DISTANCE.at_distance(16)
+    carried = score_at_distance(model, far, n=128)["accuracy"]
+    zeroed = score_at_distance(ZeroedState(model), far, n=128)["accuracy"]
+    assert carried > 0.8, carried
+    assert zeroed < 0.35, zeroed
+    # the probe's own control is the same thing: a context vector's empty state is zeros
+    assert score_at_distance(model, far, n=128, carry=False)["accuracy"] == zeroed
+
+
+def test_hopfield_probe_writes_the_fact_into_the_bank_and_recalls_only_then(tmp_path):
+    """CHopT trained briefly (backbone on the task, then its memory on two-call episodes):
+    the probe's first call writes the fact (the bank is non-empty after it), later calls
+    hold no fact token, and recall falls to chance when that write is disabled."""
+    cfg = probe_configs(
+        TINY_DISTANCE,
+        "hopfield",
+        steps=100,
+        out_dir=str(tmp_path),
+        batch_size=32,
+        threads=1,
+        progress=False,
+    )["hopfield"]
+    model = train(cfg, data=ProbeData(TINY_DISTANCE)).model
+    train_memory(
+        model,
+        DistanceEpisodes(TINY_DISTANCE),
+        100,
+        batch_size=16,
+        max_facts=1,
+        lr=1e-2,
+        seed=0,
+        progress=False,
+    )
+    far = TINY_DISTANCE.at_distance(16)
+    written = score_at_distance(model, far, n=64)
+    unwritten = score_at_distance(model, far, n=64, carry=False)
+    assert written["bank_after_write"] == 1.0  # "k v": one key (k) with its value (v)
+    assert unwritten["bank_after_write"] == 0.0
+    assert len(model.memory) == 0  # the probe leaves the bank empty
+    assert written["accuracy"] > 0.8, written
+    assert unwritten["accuracy"] < 0.35, unwritten
+
+
+def test_distance_episodes_split_the_facts_from_their_queries():
+    import random
+
+    ep = DistanceEpisodes(DistanceRecall(vocab_size=16, seq_len=16, n_facts=2)).episode(
+        8, 2, random.Random(0)
+    )
+    for write, read, targets, facts in zip(
+        ep.write_ids.tolist(), ep.read_ids.tolist(), ep.read_targets.tolist(), ep.items
+    ):
+        value = dict(facts)
+        assert all(k in write for k in value)  # both facts in call 1 ...
+        asked = [t for t, tok in enumerate(read) if tok in value]
+        assert len(asked) == 2 and all(targets[t] == value[read[t]] for t in asked)
+        assert sum(t != IGNORE for t in targets) == 2  # ... and only their answers scored
+
+
+def test_repetition_measures_on_a_loop_and_on_distinct_tokens():
+    loop, fresh = [7] * 256, list(range(256))
+    for n in (1, 2, 3, 4):
+        assert distinct_n(loop, n) == pytest.approx(1 / (256 - n + 1))
+        assert distinct_n(fresh, n) == 1.0
+    assert repeated_ngram_rate(loop, 4) == pytest.approx(252 / 253)
+    assert repeated_ngram_rate(fresh, 4) == 0.0
+    assert repeated_ngram_rate([1, 2, 1, 2, 1, 2], 2) == pytest.approx(3 / 5)
+    assert math.isnan(distinct_n([1, 2], 4)) and math.isnan(repeated_ngram_rate([1], 2))
+    m = sample_metrics(loop, [2.0] * 64 + [1.0] * 128 + [0.5] * 64)
+    assert m["drift"] == pytest.approx(-1.5) and m["repeated_4"] > 0.99
+    assert m["ppl"] == pytest.approx(math.exp(1.125))
+    assert value_at_perplexity([(10.0, 0.2), (2.0, 0.8), (4.0, 0.6)], 7.0) == pytest.approx(0.4)
+    assert value_at_perplexity([(2.0, 0.8), (4.0, 0.6)], 9.0) is None
+
+
+def test_samples_carry_the_models_own_untempered_loss():
+    cfg = probe_configs(TINY_MQAR, "gpt", steps=1)["gpt"]
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.model_config).eval()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    tokens, nll = sample_with_nll(model, prompt, 5, 0.5, torch.Generator().manual_seed(0))
+    assert tokens.shape == nll.shape == (2, 5)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, tokens], 1)[:, :-1])[0][:, -5:]
+    want = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+    assert torch.allclose(nll, want, atol=1e-5)
+
+
+def _repetition_rows():
+    """Two entries x three seeds x three temperatures; hamiltonian repeats less at every
+    perplexity by 0.1 (seed noise +-0.01)."""
+    rows = []
+    for entry, shift in (("gpt", 0.0), ("hamiltonian", -0.1)):
+        for seed in (0, 1, 2):
+            for t, ppl, rep in ((0.5, 2.0, 0.8), (0.8, 8.0, 0.4), (1.1, 20.0, 0.1)):
+                noise = 0.01 * (seed - 1)
+                rows.append(
+                    dict(
+                        entry=entry,
+                        seed=seed,
+                        temperature=t,
+                        ppl=ppl * (1 + 0.1 * seed),
+                        repeated_4=rep + shift + noise,
+                        distinct_1=0.1,
+                        distinct_2=0.3,
+                        distinct_3=0.5,
+                        distinct_4=0.7 - shift,
+                        drift=0.0,
+                        params=10,
+                        steps=5,
+                        corpus="pydocs",
+                        n_tokens=256,
+                    )
+                )
+    return rows
+
+
+def test_repetition_is_compared_at_one_perplexity_paired_by_seed():
+    rows = _repetition_rows()
+    # every curve spans [2 * 1.2, 20]: the geometric middle of the common range
+    assert common_perplexity(rows) == pytest.approx(math.sqrt(2.4 * 20.0))
+    at8 = {(r["entry"], r["seed"]): r for r in matched_perplexity(rows, ppl=8.0)}
+    assert at8["gpt", 0]["repeated_4"] == pytest.approx(0.39)
+    summary = repetition_summary(rows, ppl=8.0)
+    ham = summary["hamiltonian"]
+    assert ham["matched"]["ppl"] == 8.0 and ham["matched"]["repeated_4"]["n_seeds"] == 3
+    gap = ham["gap"]["repeated_4"]
+    assert gap["mean"] == pytest.approx(-0.1) and gap["verdict"] == "better"
+    assert ham["gap"]["distinct_4"]["verdict"] == "better"  # more distinct: higher is better
+    assert len(ham["temperatures"]) == 3 and summary["gpt"]["gap"] == {}
+    (line,) = repetition_findings(summary, steps=5)
+    assert "row `hamiltonian`" in line and "row `gpt`" in line and "better" in line
+    none = repetition_summary(rows, ppl=100.0)
+    assert none["gpt"]["matched"]["repeated_4"]["n_seeds"] == 0
+
+
+def test_distance_rows_become_cells_per_distance_and_sentences():
+    task = TINY_DISTANCE
+    base = {"chance": 0.2, "params": 100, "state_bytes": 8, "state_how": "x", "steps": 5}
+    rows = []
+    for entry, acc in (("gpt", 0.2), ("context_vector-fixed", 0.9)):
+        for seed in (0, 1, 2):
+            a = acc + 0.01 * seed
+            rows.append(
+                {
+                    **base,
+                    "entry": entry,
+                    "task": "recall_at_distance",
+                    "seed": seed,
+                    "accuracy": 1.0,
+                    "exact": 1.0,
+                    "n_scored": 128,
+                    "settings": json.dumps(task.settings()),
+                }
+            )
+            for k in (1, 16):
+                at = task.at_distance(8 * k)
+                rows.append(
+                    {
+                        **base,
+                        "entry": entry,
+                        "task": f"recall_at_distance@{k}x",
+                        "seed": seed,
+                        "accuracy": a,
+                        "exact": a,
+                        "n_scored": 128,
+                        "control_accuracy": 0.2,
+                        "settings": json.dumps(at.settings()),
+                    }
+                )
+    cells = distance_matrix(rows)
+    assert list(cells["gpt"]) == ["in_block", "1x", "16x"]
+    far = cells["context_vector-fixed"]["16x"]
+    assert far["distance"] == 128 and far["factor"] == 16 and far["n_seeds"] == 3
+    assert far["control_mean"] == pytest.approx(0.2) and far["mean"] == pytest.approx(0.91)
+    lines = distance_findings(cells, steps=5)
+    assert len(lines) == len(DISTANCE_CLAIMS)
+    assert (
+        "above chance and its control at d=8, d=128" in lines[0]
+        and "row `context_vector-fixed`" in lines[0]
+    )
+    assert "Reference `gpt`" in lines[0] and "above chance at no distance" in lines[0]
+    assert "not in this grid" in lines[1]
+
+
+def test_grid_runs_the_distance_task_with_its_memory_stage_and_resumes(tmp_path, monkeypatch):
+    tasks = {"mqar": TINY_MQAR, "recall_at_distance": TINY_DISTANCE}
+    kw = dict(steps=3, out_dir=tmp_path, threads=1, progress=False, log=None, n_eval=8)
+    kw.update(distance_task="recall_at_distance", distance_factors=(1, 2), memory_steps=2)
+    rows = run_grid(tasks, "hopfield", seeds=(0,), **kw)
+    labels = {r["task"] for r in rows}
+    assert labels == {
+        "mqar",
+        "recall_at_distance",
+        "recall_at_distance@1x",
+        "recall_at_distance@2x",
+    }
+    far = [r for r in rows if r["task"] == "recall_at_distance@2x"]
+    assert {r["entry"] for r in far} == {"gpt", "hopfield"}
+    assert all(r["distance"] == 16 and 0 <= r["control_accuracy"] <= 1 for r in far)
+    hop = next(r for r in far if r["entry"] == "hopfield")
+    assert hop["bank_after_write"] == 1.0 and hop["memory_steps"] == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run ran again")
+
+    monkeypatch.setattr(probe_runner, "run_distance_probe", no_training)
+    monkeypatch.setattr(probe_runner, "run_probe", no_training)
+    assert len(run_grid(tasks, "hopfield", seeds=(0,), **kw)) == len(rows)
+
+
 def test_notebook_runs_at_20_steps(run_notebook):
     _, out_dir = run_notebook("07_probes", steps=20)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     probes = metrics["probes"]
     assert {"gpt", "context_vector-seed"} <= set(probes)
+    cell_keys = {"mean", "ci95_low", "ci95_high", "n_seeds", "settings"}
     for tasks in probes.values():
-        for cell in tasks.values():
-            assert {"mean", "ci95_low", "ci95_high", "n_seeds", "settings"} <= set(cell)
+        for task, cell in tasks.items():
+            if task == "recall_at_distance":  # per distance
+                assert "in_block" in cell and "16x" in cell
+                assert all(cell_keys | {"distance"} <= set(c) for c in cell.values())
+            elif task == "repetition":  # per temperature, and at the matched perplexity
+                assert cell["temperatures"] and "ppl" in cell["matched"]
+                assert {"mean", "ci95_low", "ci95_high", "n_seeds"} <= set(
+                    cell["matched"]["repeated_4"]
+                )
+            else:
+                assert cell_keys <= set(cell)
+    assert {"hopfield", "qllm"} <= {e for e, t in probes.items() if "recall_at_distance" in t}
+    assert {"gpt", "hamiltonian"} <= {e for e, t in probes.items() if "repetition" in t}

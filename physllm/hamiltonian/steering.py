@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from physllm.arch import Command
 from physllm.errors import PhysllmError
 from physllm.hamiltonian.model import HamiltonianLM
-from physllm.sampling import SamplingConfig, TextStream, pick_token
+from physllm.sampling import (
+    SamplingConfig,
+    TextStream,
+    pick_token,
+    repeated_ngram_rate,
+    value_at_perplexity,
+)
 
 MODES = {"1": "sample", "2": "steer", "3": "least-action", "4": "flow"}
 
@@ -321,15 +327,11 @@ def at_matched_perplexity(
         if r["strength"] == 0:
             continue
         sign = 1 if r["strength"] > 0 else -1
-        line = sorted(
-            ((b["ppl"], b[rate]) for b in biased
-             if b["target"] == r["target"] and (b["strength"] == 0 or (b["strength"] > 0) == (sign > 0))),
-        )  # fmt: skip
-        at_ppl = None
-        for (p0, t0), (p1, t1) in zip(line, line[1:]):
-            if p0 <= r["ppl"] <= p1:
-                at_ppl = t0 if p1 == p0 else t0 + (t1 - t0) * (r["ppl"] - p0) / (p1 - p0)
-                break
+        line = [
+            (b["ppl"], b[rate]) for b in biased
+            if b["target"] == r["target"] and (b["strength"] == 0 or (b["strength"] > 0) == (sign > 0))
+        ]  # fmt: skip
+        at_ppl = value_at_perplexity(line, r["ppl"])
         rows.append(
             dict(
                 target=r["target"],
@@ -345,16 +347,12 @@ def at_matched_perplexity(
 
 
 def repetition_rate(cont: torch.Tensor, n: int = 4) -> float:
-    """Share of n-grams in each continuation that already occurred earlier in it."""
-    total, repeated = 0, 0
-    for row in cont.tolist():
-        seen = set()
-        for i in range(len(row) - n + 1):
-            gram = tuple(row[i : i + n])
-            repeated += gram in seen
-            total += 1
-            seen.add(gram)
-    return repeated / max(1, total)
+    """Share of n-grams in each continuation (B, T) that already occurred earlier in it,
+    the mean over rows of :func:`~physllm.sampling.repeated_ngram_rate` (rows of one length
+    hold as many n-grams each, so this is also the pooled share); 0 under n tokens."""
+    if cont.size(-1) < n or cont.size(0) == 0:
+        return 0.0
+    return sum(repeated_ngram_rate(row, n) for row in cont.tolist()) / cont.size(0)
 
 
 def compare_decoders(

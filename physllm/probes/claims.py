@@ -1,11 +1,18 @@
 """Each seed project's claim, the probe rows that can refute it, and one sentence of what
-the probes found (notebook 07's section "What the probes say about each seed")."""
+the probes found (notebook 07's section "What the probes say about each seed").
+
+Three kinds of rows: the capability matrix (:data:`CLAIMS`, :func:`claim_findings`), recall
+at distance (:data:`DISTANCE_CLAIMS`, :func:`distance_findings`: the claims about length
+and memory) and repetition at matched perplexity (:data:`REPETITION_CLAIM`,
+:func:`repetition_findings`: the Hamiltonian's "not repetitive")."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from physllm.probes.runner import cell_text
 
 
 @dataclass(frozen=True)
@@ -16,6 +23,7 @@ class Claim:
     claim: str
     entries: tuple[str, ...]
     tasks: tuple[str, ...]
+    control: str = ""  # what the control row removes (recall at distance)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -86,4 +94,138 @@ def claim_findings(
     return lines
 
 
-__all__ = ["CLAIMS", "Claim", "claim_findings"]
+DISTANCE_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "New-LLM (context_vector)",
+        "a context of unlimited length at constant memory: what it read stays in its state",
+        ("context_vector-seed", "context_vector-fixed"),
+        ("recall_at_distance",),
+        "its state zeroed after the facts",
+    ),
+    Claim(
+        "QLLM",
+        "its global memory tokens give long-range coherence beyond the block",
+        ("qllm",),
+        ("recall_at_distance",),
+        "its memory tokens reset after the facts",
+    ),
+    Claim(
+        "CHopT (hopfield)",
+        "facts written into its Hopfield memory are remembered in later calls",
+        ("hopfield",),
+        ("recall_at_distance",),
+        "the facts' call not written",
+    ),
+)
+REPETITION_CLAIM = Claim(
+    "Hamiltonian LLM",
+    'its generations stay "logical without being repetitive"',
+    ("hamiltonian",),
+    ("repetition",),
+)
+
+
+def _above(cell: Mapping[str, Any]) -> bool:
+    """The cell clears a guesser's 95% range: its interval's low end (one seed: its mean)."""
+    low = cell["ci95_low"] if cell["n_seeds"] >= 2 else cell["mean"]
+    return low > cell["chance_high"]
+
+
+def _distance_text(cells: Mapping[str, Mapping[str, Any]]) -> str:
+    """In-block, every distance with its control, and how far recall stays above chance."""
+    parts, held = [], []
+    if "in_block" in cells:
+        parts.append(f"in-block {cell_text(cells['in_block'])}")
+    for key, cell in cells.items():
+        if key == "in_block":
+            continue
+        parts.append(
+            f"d={cell['distance']} ({key}) {cell_text(cell)} vs control {cell['control_mean']:.2f}"
+        )
+        if _above(cell) and cell["mean"] > cell["control_mean"]:
+            held.append(f"d={cell['distance']}")
+    any_cell = next(iter(cells.values()))
+    text = "; ".join(parts) + f"; chance {any_cell['chance']:.2f}"
+    if not held:
+        return text + ": above chance at no distance scored"
+    return text + f": above chance and its control at {', '.join(held)}"
+
+
+def distance_findings(
+    distance: Mapping[str, Mapping[str, Mapping[str, Any]]], steps: int, reference: str = "gpt"
+) -> list[str]:
+    """One sentence per claim of :data:`DISTANCE_CLAIMS` from ``distance`` (``{entry: {
+    "in_block" | "<k>x": cell}}``, :func:`physllm.probes.runner.distance_matrix`): each
+    entry's recall in-block and at each distance (mean [95% interval] over seeds) against
+    its control, how far it stays above chance, and the reference (GPT, whose window ends
+    at its block) at the same distances."""
+    ref = distance.get(reference)
+    train_len = next(
+        (
+            cells["in_block"]["settings"]["seq_len"]
+            for cells in distance.values()
+            if "in_block" in cells
+        ),
+        None,
+    )
+    lines = []
+    for c in DISTANCE_CLAIMS:
+        found = [f"row `{e}`: {_distance_text(distance[e])}" for e in c.entries if e in distance]
+        what = " | ".join(found) if found else "not in this grid (add it to distance_archs)"
+        head = f"**{c.seed}** claims {c.claim}. At {steps} steps"
+        head += f", trained at length {train_len}" if train_len else ""
+        line = f"{head} (control: {c.control}): {what}."
+        if ref and found:
+            line += f" Reference `{reference}` (learned positions, block = training length): "
+            line += _distance_text(ref) + "."
+        lines.append(line)
+    return lines
+
+
+def _gap_text(gap: Mapping[str, Any], what: str) -> str:
+    if gap["n_seeds"] < 2:
+        return f"{what} {gap['mean']:+.3f} (one seed: no interval)"
+    low, high = gap["ci95_low"], gap["ci95_high"]
+    return f"{what} {gap['mean']:+.3f} [{low:+.3f}, {high:+.3f}]: {gap['verdict']}"
+
+
+def repetition_findings(
+    summary: Mapping[str, Mapping[str, Any]], steps: int, reference: str = "gpt"
+) -> list[str]:
+    """The sentence of :data:`REPETITION_CLAIM` from :func:`physllm.probes.repetition
+    .repetition_summary`: each entry's repeated-4 rate, distinct-4 and drift at the matched
+    perplexity against ``reference``'s, with the paired gap and its verdict."""
+    c = REPETITION_CLAIM
+    head = f"**{c.seed}** claims {c.claim}. At {steps} steps"
+    entries = [e for e in c.entries if e in summary]
+    if not entries:
+        return [f"{head}: not in this grid (add it to text_archs)."]
+    ppl = summary[entries[0]]["matched"]["ppl"]
+    if ppl is None:
+        return [f"{head}: no perplexity common to every model's temperature sweep (widen it)."]
+    temps = [t["temperature"] for t in summary[entries[0]]["temperatures"]]
+    head += f", temperatures {min(temps):g}-{max(temps):g}, at matched perplexity {ppl:.2f}"
+    found = []
+    for e in [*entries, reference]:
+        if e not in summary:
+            continue
+        m = summary[e]["matched"]
+        text = f"row `{e}`: repeated-4 {cell_text(m['repeated_4'], 3)}, distinct-4 "
+        text += f"{cell_text(m['distinct_4'], 3)}, drift {cell_text(m['drift'], 3)} nats"
+        gap = summary[e]["gap"]
+        if gap:
+            text += f"; vs `{reference}` " + _gap_text(gap["repeated_4"], "repeated-4")
+            text += ", " + _gap_text(gap["distinct_4"], "distinct-4")
+        found.append(text)
+    return [f"{head}: " + " | ".join(found) + " (repeated-4: lower is less repetitive)."]
+
+
+__all__ = [
+    "CLAIMS",
+    "DISTANCE_CLAIMS",
+    "REPETITION_CLAIM",
+    "Claim",
+    "claim_findings",
+    "distance_findings",
+    "repetition_findings",
+]

@@ -23,6 +23,7 @@ from physllm.probes.tasks import Task
 from physllm.tokenization import TOKENIZER_FILE, Tokenizer
 
 SPLIT_SALT = {"train": 0, "val": 1 << 40}  # val samples come from another seed stream
+EVAL_SEED = 2 << 40  # held-out samples (the probes' scores): a stream neither split draws from
 SPLIT_SAMPLES = 8  # samples end to end in each split (the trainer's final evaluate_split)
 
 
@@ -80,4 +81,4 @@ class ProbeData(TokenData):
         return self.task.generate(batch_size, seed)
 
 
-__all__ = ["ProbeData", "ProbeTokenizer"]
+__all__ = ["EVAL_SEED", "ProbeData", "ProbeTokenizer"]

@@ -14,6 +14,12 @@ trained at that length and scored at each multiple of it (rows ``<task>@<k>x``).
 whose positions are learned has never seen the later ones; one without positions (the
 context vector) has nothing that depends on length but its state.
 
+Recall at distance (:func:`run_grid`'s ``distance_task``): one run per entry and seed on a
+:class:`~physllm.probes.tasks.DistanceRecall`, the block the task's (short) length, scored
+in-block (row ``<task>``) and, streamed through the model's decoding state, at a gap of
+``k`` times that length for each ``k`` (rows ``<task>@<k>x``, with the same samples scored
+with the state dropped after the facts as ``control_accuracy``): :func:`run_distance_probe`.
+
 :func:`capability_matrix` gives ``{entry: {task: {mean, ci95_low, ci95_high, n_seeds,
 chance, settings}}}`` (Student-t interval over seeds, :func:`physllm.experiments.stats.interval`).
 :func:`state_bytes` is what a model carries from one decoding step to the next at length T.
@@ -38,12 +44,12 @@ from physllm.errors import PhysllmError
 from physllm.experiments import leaderboard as lb
 from physllm.experiments.stats import interval, verdict
 from physllm.nn import state_nbytes
-from physllm.probes.data import ProbeData
-from physllm.probes.tasks import IGNORE, Task
-from physllm.training import TrainConfig, train
+from physllm.probes.data import EVAL_SEED, ProbeData
+from physllm.probes.distance import DistanceEpisodes, has_memory, score_at_distance
+from physllm.probes.tasks import IGNORE, DistanceRecall, Task
+from physllm.training import TrainConfig, train, train_memory
 
 RESULTS = "results.csv"
-EVAL_SEED = 2 << 40  # held-out samples: a seed stream neither training split draws from
 # The probe's shape and budget (Zoology's MQAR sizing, scaled to a CPU): a 2-layer, 64-wide
 # GPT and every entry matched to its parameter count; AdamW at the recipe's betas.
 PROBE_BUDGET: dict[str, Any] = dict(
@@ -85,6 +91,11 @@ def probe_configs(
     for cfg in configs.values():
         if getattr(cfg.model_config, "carry_state", False):
             cfg.model_config = dataclasses.replace(cfg.model_config, carry_state=False)
+        if isinstance(task, DistanceRecall) and getattr(cfg.model_config, "segment_len", 0):
+            # QLLM's memory tokens learn only where a block holds two segments: half the
+            # training length each, so a fact and its query often sit on either side
+            segment = max(1, task.seq_len // 2)
+            cfg.model_config = dataclasses.replace(cfg.model_config, segment_len=segment)
     return configs
 
 
@@ -178,6 +189,46 @@ def run_probe(
     return rows
 
 
+def run_distance_probe(
+    name: str,
+    cfg: TrainConfig,
+    task: DistanceRecall,
+    label: str,
+    factors: Sequence[int] = (1, 2, 4, 8, 16),
+    n_eval: int = 128,
+    memory_steps: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``cfg`` on ``task`` (gaps inside its length), then, for a memory model (CHopT),
+    its memory stage on the task's two-call episodes (:class:`DistanceEpisodes`;
+    ``memory_steps``, default the config's, backbone frozen). Rows: ``label`` scored
+    in-block (:func:`score`), and ``label@kx`` at a gap of ``k * task.seq_len`` tokens
+    (:func:`~physllm.probes.distance.score_at_distance`), with ``control_accuracy`` the
+    same samples with the facts' state dropped."""
+    result = train(cfg, data=ProbeData(task, cfg.model_config.block_size))
+    model = result.model
+    base = _row(name, cfg, label, task, result.metrics)
+    if has_memory(model):
+        mc = cfg.model_config
+        steps = mc.memory_steps if memory_steps is None else memory_steps
+        stage = dict(batch_size=mc.memory_batch, max_facts=task.n_facts, lr=mc.memory_lr)
+        train_memory(model, DistanceEpisodes(task), steps, seed=cfg.seed, progress=False, **stage)
+        base["memory_steps"] = steps
+    first = {**base, **score(model, task, n_eval, batch_size=cfg.batch_size)}
+    first.update(state_bytes(model, task.seq_len))
+    first.update(seq_len=task.seq_len, distance=0, settings=json.dumps(task.settings()))
+    rows = [first]
+    for k in factors:
+        at = task.at_distance(k * task.seq_len)
+        row = {**base, "task": f"{label}@{k}x", "factor": k, "distance": at.distance}
+        row.update(score_at_distance(model, at, n_eval, batch_size=cfg.batch_size))
+        control = score_at_distance(model, at, n_eval, batch_size=cfg.batch_size, carry=False)
+        row["control_accuracy"] = control["accuracy"]
+        row.update(state_bytes(model, at.seq_len))
+        row.update(seq_len=at.seq_len, settings=json.dumps(at.settings()))
+        rows.append(row)
+    return rows
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """results.csv's rows ([] when there is none)."""
     path = Path(path)
@@ -204,35 +255,47 @@ def run_grid(
     length_factors: Sequence[int] = (1, 2, 4),
     n_eval: int = 256,
     log: Callable[[str], None] | None = print,
+    distance_task: str = "",
+    distance_factors: Sequence[int] = (1, 2, 4, 8, 16),
+    memory_steps: int | None = None,
     **budget: Any,
 ) -> list[dict[str, Any]]:
     """Every entry x task (``{label: Task}``) x seed, ``steps`` each; plus, when
     ``length_task`` names one of ``tasks``, its length-generalisation runs (block
-    ``max(length_factors)`` x its length, scored at each factor). Rows (:func:`run_probe`)
-    accumulate in ``out_dir/results.csv``; a (entry, task, seed, steps) already there is
-    skipped. Returns every row of the grid."""
+    ``max(length_factors)`` x its length, scored at each factor). ``distance_task`` names
+    a :class:`DistanceRecall` of ``tasks`` run by :func:`run_distance_probe` (block its
+    length, scored in-block and at each of ``distance_factors``) instead of :func:`run_probe`.
+    Rows accumulate in ``out_dir/results.csv``; a (entry, task, seed, steps) already there
+    is skipped. Returns every row of the grid."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS
     rows = read_rows(path)
-    plan = [(label, task, (1,)) for label, task in tasks.items()]
+    for what, name in (("length_task", length_task), ("distance_task", distance_task)):
+        if name and name not in tasks:
+            raise PhysllmError(f"{what} {name!r} is not one of {', '.join(tasks)}")
+    if distance_task and not isinstance(tasks[distance_task], DistanceRecall):
+        raise PhysllmError(f"distance_task {distance_task!r} is not a recall_at_distance task")
+    # (label, task, factors, kind): one training run per entry and seed each
+    plan = [(label, task, (1,), "plain") for label, task in tasks.items() if label != distance_task]
     if length_task:
-        if length_task not in tasks:
-            raise PhysllmError(f"length_task {length_task!r} is not one of {', '.join(tasks)}")
-        plan.append((length_task, tasks[length_task], tuple(length_factors)))
+        plan.append((length_task, tasks[length_task], tuple(length_factors), "length"))
+    if distance_task:
+        plan.append((distance_task, tasks[distance_task], tuple(distance_factors), "distance"))
     wanted = set()  # (entry, task label) of this grid's rows
-    matched: dict[tuple[int, int], dict[str, TrainConfig]] = {}
-    for label, task, factors in plan:
-        labels = [label] if factors == (1,) else [f"{label}@{k}x" for k in factors]
-        run_name = label if factors == (1,) else f"{label}_len"
+    matched: dict[tuple[int, int, bool], dict[str, TrainConfig]] = {}
+    for label, task, factors, kind in plan:
+        labels = [label] if kind == "plain" else [f"{label}@{k}x" for k in factors]
+        if kind == "distance":
+            labels.insert(0, label)
+        run_name = f"{label}_len" if kind == "length" else label
+        block = task.seq_len * (max(factors) if kind == "length" else 1)
         for seed in seeds:
             run_dir = out_dir / "runs" / f"{run_name}_seed{seed}"
-            block = task.seq_len * max(factors)
-            if (task.vocab_size, block) not in matched:  # matching builds models: once per shape
-                matched[task.vocab_size, block] = probe_configs(
-                    task, archs, 0, steps, run_dir, block, **budget
-                )
-            for name, base in matched[task.vocab_size, block].items():
+            shape = (task.vocab_size, block, isinstance(task, DistanceRecall))
+            if shape not in matched:  # matching builds models: once per shape (and QLLM's segments)
+                matched[shape] = probe_configs(task, archs, 0, steps, run_dir, block, **budget)
+            for name, base in matched[shape].items():
                 cfg = dataclasses.replace(
                     base,
                     seed=seed,
@@ -244,7 +307,10 @@ def run_grid(
                 if any((r["entry"], r["task"], r["seed"], r["steps"]) == key for r in rows):
                     continue
                 t0 = time.perf_counter()
-                new = run_probe(name, cfg, task, label, factors, n_eval)
+                if kind == "distance":
+                    new = run_distance_probe(name, cfg, task, label, factors, n_eval, memory_steps)
+                else:
+                    new = run_probe(name, cfg, task, label, factors, n_eval)
                 rows += new
                 write_rows(path, rows)
                 if log:
@@ -292,6 +358,31 @@ def capability_matrix(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
     return matrix
 
 
+def distance_matrix(
+    rows: Iterable[Mapping[str, Any]], label: str = "recall_at_distance"
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The rows of :func:`run_distance_probe` as ``{entry: {"in_block": cell, "1x": cell,
+    ...}}``: each cell :func:`capability_matrix`'s (accuracy over seeds with its interval,
+    chance, settings...) plus ``distance``, ``factor`` and the control (``control_mean``,
+    ``control_ci95_low``, ``control_ci95_high``: the facts' state dropped)."""
+    mine = [r for r in rows if r["task"] == label or str(r["task"]).startswith(label + "@")]
+    matrix = capability_matrix(mine)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry, cells in matrix.items():
+        for task, cell in cells.items():
+            key = "in_block" if task == label else task.split("@", 1)[1]
+            runs = [r for r in mine if (r["entry"], r["task"]) == (entry, task)]
+            cell = {**cell, "distance": cell["settings"]["distance"] or None}
+            cell["factor"] = None if key == "in_block" else int(key.rstrip("x"))
+            if key != "in_block":
+                c_mean, c_low, c_high = interval([float(r["control_accuracy"]) for r in runs])
+                cell.update(control_mean=c_mean, control_ci95_low=c_low, control_ci95_high=c_high)
+            out.setdefault(entry, {})[key] = cell
+    for entry in out:  # in-block first, then by distance
+        out[entry] = dict(sorted(out[entry].items(), key=lambda kv: kv[1]["factor"] or 0))
+    return out
+
+
 def accuracy_gaps(rows: Iterable[Mapping[str, Any]], baseline: str = "gpt") -> list[dict[str, Any]]:
     """Each entry's accuracy minus ``baseline``'s on each task, paired by seed, with the
     Student-t 95% interval; ``verdict`` "better"/"worse" only when it excludes 0."""
@@ -316,15 +407,32 @@ def accuracy_gaps(rows: Iterable[Mapping[str, Any]], baseline: str = "gpt") -> l
     return out
 
 
+def cell_text(c: Mapping[str, Any], digits: int = 2) -> str:
+    """``mean [low, high]`` of a cell (one seed: the mean alone)."""
+    if c["n_seeds"] < 2:
+        return f"{c['mean']:.{digits}f}"
+    return f"{c['mean']:.{digits}f} [{c['ci95_low']:.{digits}f}, {c['ci95_high']:.{digits}f}]"
+
+
 def matrix_table(matrix: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
     """The capability matrix as a table: entry x task, ``mean [low, high]`` per cell."""
+    table = {
+        entry: {task: cell_text(c) for task, c in tasks.items()} for entry, tasks in matrix.items()
+    }
+    return pd.DataFrame(table).T
 
-    def cell(c: Mapping[str, Any]) -> str:
-        if c["n_seeds"] < 2:
-            return f"{c['mean']:.2f}"
-        return f"{c['mean']:.2f} [{c['ci95_low']:.2f}, {c['ci95_high']:.2f}]"
 
-    table = {entry: {task: cell(c) for task, c in tasks.items()} for entry, tasks in matrix.items()}
+def distance_table(distance: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """:func:`distance_matrix` as a table: entry x (in-block, each distance ``d=...``, each
+    control), ``mean [low, high]`` per cell, the controls' means."""
+    table: dict[str, dict[str, str]] = {}
+    for entry, cells in distance.items():
+        row = table.setdefault(entry, {})
+        for key, c in cells.items():
+            row["in_block" if key == "in_block" else f"d={c['distance']}"] = cell_text(c)
+        for key, c in cells.items():
+            if key != "in_block":
+                row[f"control d={c['distance']}"] = f"{c['control_mean']:.2f}"
     return pd.DataFrame(table).T
 
 
@@ -333,9 +441,13 @@ __all__ = [
     "accuracy_gaps",
     "PROBE_BUDGET",
     "capability_matrix",
+    "cell_text",
+    "distance_matrix",
+    "distance_table",
     "matrix_table",
     "probe_configs",
     "read_rows",
+    "run_distance_probe",
     "run_grid",
     "run_probe",
     "score",

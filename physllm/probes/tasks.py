@@ -20,10 +20,14 @@ Tasks (vocabulary layouts in each class's docstring):
   mapping per sequence, noise tokens between them; each repeated key's value is scored.
 - :class:`Induction`: a random segment after a marker, repeated after a second marker at a
   random distance; the second copy is scored (an induction head's job).
+- :class:`DistanceRecall`: facts (key-value pairs), filler from a disjoint part of the
+  vocabulary, then every key queried: trained with the gap drawn inside the sequence, scored
+  at a fixed gap ``distance`` that may be many times the training length (streamed through
+  a model's decoding state: :mod:`physllm.probes.distance`).
 
 Difficulty knobs: ``vocab_size``, ``seq_len`` and each task's own (``n_pairs``, ``n_tokens``,
-``n_keys`` and ``noise``, ``segment``). :meth:`Task.at_length` is the same task at another
-length (length generalisation: train at T, score at 2T, 4T...).
+``n_keys`` and ``noise``, ``segment``, ``n_facts`` and ``distance``). :meth:`Task.at_length`
+is the same task at another length (length generalisation: train at T, score at 2T, 4T...).
 """
 
 from __future__ import annotations
@@ -272,8 +276,80 @@ class Induction(Task):
         return {second + j: tokens[first + 1 + j] for j in range(self.segment)}
 
 
+@dataclass(frozen=True)
+class DistanceRecall(Task):
+    """Recall at distance: a fact seen long before its question.
+
+    Vocabulary: 0 unused; keys 1..K, values K+1..2K with K = (V - 1) // 3; filler
+    2K+1..V-1 (never a key or a value). A sample is filler, the facts ``k1 v1 ... kP vP``
+    (distinct keys, random values), a gap of filler, then every key once in random order,
+    each followed by its value. Scored: the value after each queried key.
+
+    ``distance`` 0 (training): the gap is drawn uniformly in [0, seq_len + 1 - 4P] and the
+    rest of the filler goes before the facts. ``distance`` d > 0 (scoring): the gap is
+    exactly d filler tokens between the last fact and the first query, nothing before the
+    facts, so ``seq_len`` must be 4P + d - 1 (:meth:`at_distance` builds it).
+    """
+
+    name: ClassVar[str] = "recall_at_distance"
+    n_facts: int = 1
+    distance: int = 0
+
+    @property
+    def key_range(self) -> int:
+        return (self.vocab_size - 1) // 3
+
+    def check(self) -> None:
+        super().check()
+        K, P = self.key_range, self.n_facts
+        _need(1 <= P <= K, self, "n_facts must be in [1, (vocab_size-1)//3]")
+        _need(self.vocab_size - 1 - 2 * K >= 1, self, "no token left for filler")
+        _need(self.seq_len + 1 >= 4 * P, self, "seq_len + 1 must be >= 4 * n_facts")
+        _need(self.distance >= 0, self, "distance must be >= 0")
+        _need(
+            self.distance == 0 or self.seq_len + 1 == 4 * P + self.distance,
+            self,
+            "a fixed distance d needs seq_len = 4 * n_facts + d - 1 (use at_distance)",
+        )
+
+    def answer_count(self) -> int:
+        return self.key_range
+
+    def at_distance(self, distance: int) -> DistanceRecall:
+        """The same facts and vocabulary with a gap of exactly ``distance`` filler tokens."""
+        P = self.n_facts
+        return dataclasses.replace(self, seq_len=4 * P + distance - 1, distance=distance)
+
+    def at_length(self, seq_len: int) -> Task:
+        return dataclasses.replace(self, seq_len=seq_len, distance=0)
+
+    def sample(self, rng: random.Random) -> tuple[list[int], list[int]]:
+        K, P, V = self.key_range, self.n_facts, self.vocab_size
+        keys = rng.sample(range(1, K + 1), P)
+        value = {k: rng.randrange(K + 1, 2 * K + 1) for k in keys}
+        free = self.seq_len + 1 - 4 * P  # filler tokens in the sample
+        gap = self.distance or rng.randint(0, free)
+        filler = [rng.randrange(2 * K + 1, V) for _ in range(free)]
+        s = filler[: free - gap] + [t for k in keys for t in (k, value[k])] + filler[free - gap :]
+        scored = []
+        for k in rng.sample(keys, P):
+            scored.append(len(s) + 1)
+            s += [k, value[k]]
+        return s, scored
+
+    def solve(self, tokens: Sequence[int]) -> dict[int, int]:
+        K, value, answers = self.key_range, {}, {}
+        for t, tok in enumerate(tokens):
+            if 1 <= tok <= K:
+                if tok in value:
+                    answers[t] = value[tok]
+                elif t + 1 < len(tokens):
+                    value[tok] = tokens[t + 1]
+        return answers
+
+
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (MQAR, SelectiveCopy, NoisyRecall, Induction)
+    cls.name: cls for cls in (MQAR, SelectiveCopy, NoisyRecall, Induction, DistanceRecall)
 }
 
 
@@ -291,6 +367,7 @@ def make_task(name: str, **knobs: Any) -> Task:
 __all__ = [
     "IGNORE",
     "MQAR",
+    "DistanceRecall",
     "TASKS",
     "Induction",
     "NoisyRecall",
