@@ -35,7 +35,7 @@ from physllm.arch import LanguageModel
 from physllm.errors import PhysllmError
 from physllm.hopfield.tasks import Episode
 from physllm.probes.data import EVAL_SEED
-from physllm.probes.tasks import IGNORE, DistanceRecall
+from physllm.probes.tasks import IGNORE, DistanceRecall, ExactMatch
 
 
 def has_memory(model: LanguageModel) -> bool:
@@ -112,8 +112,7 @@ def score_at_distance(
     x, y = task.generate(n, seed)  # (n, T) each
     n_fact = 2 * task.n_facts
     start = n_fact + task.distance  # the first query: nothing before it is scored
-    right = all_right = scored = 0
-    banks: list[int] = []
+    tally, banks = ExactMatch(), []
     for lo in range(0, n, batch_size):
         xb, yb = x[lo : lo + batch_size].to(device), y[lo : lo + batch_size, start:].to(device)
         if has_memory(model):
@@ -121,13 +120,9 @@ def score_at_distance(
             banks += after
         else:
             logits = stream_logits(model, xb, n_fact, start, carry)
-        mask = yb != IGNORE
-        hit = (logits.argmax(-1) == yb) & mask
-        right += int(hit.sum())
-        scored += int(mask.sum())
-        all_right += int((hit.sum(1) == mask.sum(1)).sum())
+        tally.add(logits, yb)
     model.train(was_training)
-    out = {"accuracy": right / max(1, scored), "exact": all_right / n, "n_scored": scored}
+    out = tally.result()
     if banks:
         out["bank_after_write"] = sum(banks) / len(banks)
     return out

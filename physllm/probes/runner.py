@@ -46,7 +46,7 @@ from physllm.experiments.stats import interval, verdict
 from physllm.nn import state_nbytes
 from physllm.probes.data import EVAL_SEED, ProbeData
 from physllm.probes.distance import DistanceEpisodes, has_memory, score_at_distance
-from physllm.probes.tasks import IGNORE, DistanceRecall, Task
+from physllm.probes.tasks import DistanceRecall, ExactMatch, Task
 from physllm.training import TrainConfig, train, train_memory
 
 RESULTS = "results.csv"
@@ -109,17 +109,12 @@ def score(
     model.eval()
     device = next(model.parameters()).device
     x, y = task.generate(n, seed)  # (n, T) each
-    right = all_right = scored = 0
+    tally = ExactMatch()
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        logits, _ = model(xb)  # (B, T, V)
-        mask = yb != IGNORE
-        hit = (logits.argmax(-1) == yb) & mask
-        right += int(hit.sum())
-        scored += int(mask.sum())
-        all_right += int((hit.sum(1) == mask.sum(1)).sum())
+        tally.add(model(xb)[0], yb)  # logits (B, T, V)
     model.train(was_training)
-    return {"accuracy": right / max(1, scored), "exact": all_right / n, "n_scored": scored}
+    return tally.result()
 
 
 @torch.no_grad()

@@ -45,6 +45,31 @@ from physllm.errors import PhysllmError
 IGNORE = -1  # target of an unscored position: every model's cross_entropy ignore_index
 
 
+class ExactMatch:
+    """Running exact-match counts over batches: answers right, answers scored, and samples
+    with every answer right."""
+
+    def __init__(self) -> None:
+        self.right = self.scored = self.all_right = self.samples = 0
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """logits (B, T, V), targets (B, T) with IGNORE at unscored positions."""
+        mask = targets != IGNORE
+        hit = (logits.argmax(-1) == targets) & mask
+        self.right += int(hit.sum())
+        self.scored += int(mask.sum())
+        self.all_right += int((hit.sum(1) == mask.sum(1)).sum())
+        self.samples += targets.size(0)
+
+    def result(self) -> dict[str, float]:
+        """``accuracy`` at the answers, ``exact`` (share of samples all right), ``n_scored``."""
+        return {
+            "accuracy": self.right / max(1, self.scored),
+            "exact": self.all_right / max(1, self.samples),
+            "n_scored": self.scored,
+        }
+
+
 @dataclass(frozen=True)
 class Task:
     """A generator of (x, y) batches with an exact answer at every scored position."""
