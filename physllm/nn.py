@@ -22,6 +22,7 @@ from physllm.validation import ConfigError
 __all__ = [
     "MLP",
     "CausalSelfAttention",
+    "Derived",
     "KVCache",
     "LayerNorm",
     "RollingKVCache",
@@ -110,10 +111,28 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+class Derived:
+    """What a decoding state keeps that comes from the model's parameters alone (a kernel's
+    weights, the softplus of a learned scalar), computed once when the state is made so
+    that each step does not redo it, and again for every new state, so parameters changed
+    between two decodes are seen. ``values``: anything (per-layer tuples of tensors).
+
+    It is the model's, the same for every sequence, not what the state grows by:
+    :func:`state_nbytes` does not count it, and forking a state shares it."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Any):
+        self.values = values
+
+
 def state_nbytes(obj: Any) -> tuple[int, bool, bool]:
     """(bytes, holds a KV cache, holds floating-point tensors) of a decoding state: nested
     dicts, lists and tuples of tensors, caches (the positions they hold, not their
-    capacity) and objects holding those (a model's own per-layer cache)."""
+    capacity) and objects holding those (a model's own per-layer cache). What is
+    :class:`Derived` from the parameters is not the state's and counts nothing."""
+    if isinstance(obj, Derived):
+        return 0, False, False
     if isinstance(obj, KVCache | RollingKVCache):
         k, v = obj.k[:, :, : obj.length], obj.v[:, :, : obj.length]
         return k.numel() * k.element_size() + v.numel() * v.element_size(), True, True
@@ -238,6 +257,19 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y)), (k, v) if cache is None else cache
+
+    def step(self, x: torch.Tensor, cache: KVCache | RollingKVCache) -> torch.Tensor:
+        """:meth:`forward`'s output for one new position x (B, 1, C) after those in ``cache``
+        (extended in place), in eval mode, in about half the ops: a lone query sees every
+        key the cache returns (a window's ring holds only those it may see), so there is no
+        mask, and with T = 1 the heads (B, nh, 1, hs) lie in memory as (B, 1, C), so they
+        need no transposes or copies, in or out."""
+        B, _, C = x.shape
+        qkv = F.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, 1, 3C): q, k, v
+        q, k, v = qkv.view(B, 3, self.n_head, 1, C // self.n_head).unbind(1)  # (B, nh, 1, hs)
+        k, v = cache.extend(k, v)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
+        return F.linear(y.reshape(B, 1, C), self.c_proj.weight, self.c_proj.bias)
 
 
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:

@@ -429,3 +429,55 @@ def test_fork_state_copies_rows_and_leaves_the_original():
     b, state = model.decode_step(nxt, state)  # the original still at position 6
     torch.testing.assert_close(a, b.repeat_interleave(3, 0), atol=1e-6, rtol=0)
     assert state["pos"] == 7 and forked["cache"]["layers"][0].kv.k.size(0) == 6
+
+
+@pytest.mark.parametrize("mode", ["direct", "conservative"])
+@pytest.mark.parametrize("substeps, mass, bias", [(1, 1.0, False), (3, 0.5, True)])
+@pytest.mark.parametrize("steered", [False, True])
+def test_single_token_steps_equal_the_general_cached_path(mode, substeps, mass, bias, steered):
+    """A one-token decoding step runs SymplecticLayer.step (the attention's single-query step,
+    the local kernel and dt's factors computed with the state); it gives the layers' general
+    forward on the same cache, to float rounding."""
+    from physllm.hamiltonian.model import SymplecticLayer
+
+    kw = dict(mode=mode, substeps=substeps, mass=mass, bias=bias, decay_kernel=4)
+    model = tiny(**kw).eval()
+    with torch.no_grad():  # away from the init: per-channel decays, unequal step sizes
+        for i, layer in enumerate(model.layers):
+            layer.dt.fill_(0.6 + 0.3 * i)
+            layer.local.raw_decay.normal_(0.0, 1.0)
+            layer.local.gain.normal_(0.0, 0.5)
+        model.tau.fill_(0.8)
+    x = torch.randint(0, 30, (2, 14))
+    steer = model.steer_vector([1, 2], 0.7) if steered else None
+    _, state = model.decode_step(x[:, :3], {"steer": steer})
+    _, general = model.decode_step(x[:, :3], {"steer": steer})
+    del general["cache"]["derived"]  # without the constants, run takes the general path
+    calls = []
+    step = SymplecticLayer.step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SymplecticLayer, "step", lambda *a: calls.append(1) or step(*a))
+        for t in range(3, 14):
+            logits, state = model.decode_step(x[:, t : t + 1], state)
+            expected, general = model.decode_step(x[:, t : t + 1], general)
+            torch.testing.assert_close(logits, expected, atol=2e-6, rtol=0)
+    assert len(calls) == 11 * len(model.layers)  # only the fast state's steps took it
+
+
+def test_a_new_decoding_state_reads_changed_parameters():
+    """The steps' constants (the local kernel's weights, dt / 2 and dt / m) are computed when
+    a state is made: after the parameters change, a new state decodes the new model."""
+    model = tiny(decay_kernel=4).eval()
+    x = torch.randint(0, 30, (2, 12))
+    logits, state = model.decode_step(x[:, :4], None)
+    for t in range(4, 8):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+    with torch.no_grad():  # a training update, in place
+        for layer in model.layers:
+            layer.dt.mul_(0.5)
+            layer.local.raw_decay.add_(1.0)
+            layer.local.gain.mul_(3.0)
+    logits, state = model.decode_step(x[:, :4], None)
+    for t in range(4, 12):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        torch.testing.assert_close(logits, uncached_logits(model, x, t), atol=1e-5, rtol=0)

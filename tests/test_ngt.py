@@ -423,6 +423,60 @@ def test_cached_generation_equals_the_recompute_path(kernel, cutoff, mass_in, mo
     assert torch.equal(cached, generate(model, prompt, 29, temperature=0))
 
 
+STEP_VARIANTS = [
+    *[(kernel, cutoff, mass_in, {}) for kernel, cutoff, mass_in in CACHE_VARIANTS],
+    ("gaussian", "none", "logits", dict(n_head=4, head_coord=8)),  # q', k' padded past v
+    ("seed", "hard", "logits", dict(bias=True)),
+]
+
+
+@pytest.mark.parametrize("kernel, cutoff, mass_in, shape", STEP_VARIANTS)
+def test_single_token_steps_equal_the_general_cached_path(kernel, cutoff, mass_in, shape):
+    """A one-token decoding step runs GravityAttention.step (keys and values written straight
+    into the cache, the seed's d2 row as one product q" . k", constants computed with the
+    state); it gives the general path's logits, on the same cache, to float rounding."""
+    model = spread(tiny(kernel=kernel, cutoff=cutoff, mass_in=mass_in, radius_init=1.0, **shape))
+    x = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(3))
+    _, state = model.decode_step(x[:, :3], None)
+    _, general = model.decode_step(x[:, :3], None)
+    calls = []
+    step = GravityAttention.step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GravityAttention, "step", lambda *a: calls.append(1) or step(*a))
+        for t in range(3, 16):
+            logits, state = model.decode_step(x[:, t : t + 1], state)
+            with torch.no_grad():
+                expected, _ = model._run(x[:, t : t + 1], False, general["caches"], start=t)
+            torch.testing.assert_close(logits, expected[:, -1], atol=2e-6, rtol=0)
+    assert len(calls) == 13 * len(model.blocks)  # every layer of every step took it
+    for fast, slow in zip(state["caches"], general["caches"]):
+        torch.testing.assert_close(fast.k[:, :, :16], slow.k[:, :, :16], atol=1e-6, rtol=0)
+        torch.testing.assert_close(fast.v[:, :, :16], slow.v[:, :, :16], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "seed"])
+def test_a_new_decoding_state_reads_changed_parameters(kernel):
+    """The steps' constants (softplus'd gamma and radius, the bias, the masses) are computed
+    when a state is made: after the parameters change, a new state decodes the new model."""
+    model = spread(tiny(kernel=kernel, radius_init=1.0))
+    x = torch.randint(0, 17, (1, 12))
+    logits, state = model.decode_step(x[:, :4], None)
+    for t in range(4, 8):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+    with torch.no_grad():  # a training update, in place
+        for block in model.blocks:
+            block.attn.gamma_raw.add_(0.7)
+            block.attn.bias.add_(0.3)
+            block.attn.radius_raw.add_(0.5)
+        model.mass_emb.weight.mul_(-1.5)
+    logits, state = model.decode_step(x[:, :4], None)
+    for t in range(4, 12):
+        logits, state = model.decode_step(x[:, t : t + 1], state)
+        with torch.no_grad():
+            expected, _ = model(x[:, : t + 1])
+        torch.testing.assert_close(logits, expected[:, -1], atol=1e-5, rtol=0)
+
+
 def test_probes_measure_ngt_s_cache():
     """The probes' state size reads NGT's cache: keys and values of the positions held."""
     from physllm.probes.runner import state_bytes

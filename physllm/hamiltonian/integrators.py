@@ -103,12 +103,30 @@ def leapfrog_steps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_steps`` velocity-Verlet steps; a step's closing force opens the next one, so
     each step evaluates the force once (n + 1 evaluations in all, not 2n)."""
+    return leapfrog_kicks(q, p, force, 0.5 * dt, dt / mass, n_steps)
+
+
+def _axpy(y: torch.Tensor, a: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y + a x in one op, for a float or a 0-dim tensor a."""
+    return torch.addcmul(y, a, x) if isinstance(a, torch.Tensor) else torch.add(y, x, alpha=a)
+
+
+def leapfrog_kicks(
+    q: torch.Tensor,
+    p: torch.Tensor,
+    force: Force,
+    half_dt: float | torch.Tensor,
+    drift: float | torch.Tensor,
+    n_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`leapfrog_steps` from its factors, half_dt = dt / 2 and drift = dt / m, so a
+    caller that steps many times with the same dt (decoding) computes them once."""
     f = force(q)
     for _ in range(n_steps):
-        p_half = p + 0.5 * dt * f
-        q = q + dt * p_half / mass
+        p_half = _axpy(p, half_dt, f)  # p_{1/2} = p + dt/2 F(q)
+        q = _axpy(q, drift, p_half)  # q_1 = q + dt p_{1/2} / m
         f = force(q)
-        p = p_half + 0.5 * dt * f
+        p = _axpy(p_half, half_dt, f)  # p_1 = p_{1/2} + dt/2 F(q_1)
     return q, p
 
 

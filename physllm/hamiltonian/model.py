@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
-from physllm.hamiltonian.integrators import force_from_potential, leapfrog_steps
-from physllm.nn import CausalSelfAttention, KVCache, init_gpt2_weights
+from physllm.hamiltonian.integrators import force_from_potential, leapfrog_kicks, leapfrog_steps
+from physllm.nn import CausalSelfAttention, Derived, KVCache, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -169,6 +169,11 @@ def depthwise_causal_conv(
 # --------------------------------------------------------------------------- symplectic parts
 
 
+def layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` without the module call's overhead (decoding steps)."""
+    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
 class DecayConv(nn.Module):
     """Causal depthwise convolution whose kernel is a_c exp(-lambda_c k), k = 0..K-1.
 
@@ -192,6 +197,11 @@ class DecayConv(nn.Module):
     def weights(self) -> torch.Tensor:
         """w[c, k] = a_c exp(-lambda_c k): (C, K)"""
         return self.gain[:, None] * torch.exp(-self.decay[:, None] * self.lags[None, :])
+
+    def window_weights(self) -> torch.Tensor:
+        """The kernel as weights of the window x_{t-K+1} .. x_t: (K, C), row j weighing
+        x_{t-K+1+j}, so one new position's output is (window * w).sum(1) (decoding)."""
+        return self.weights().flip(-1).t().contiguous()
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C) -> y (B, T, C), y_t = sum_k w_k x_{t-k}."""
@@ -261,6 +271,48 @@ class SymplecticLayer(nn.Module):
             return f if steer is None else f + steer  # steering: a constant extra force
 
         return leapfrog_steps(q, p, force, self.dt / self.substeps, self.substeps, self.mass)
+
+    def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`step` reads from the parameters alone, computed once per decoding
+        state: the local kernel as window weights (K, C), the half kick dt/2k and the
+        drift dt/(k m) of k substeps."""
+        dt = self.dt / self.substeps
+        return self.local.window_weights(), 0.5 * dt, dt / self.mass
+
+    def step(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        steer: torch.Tensor | None,
+        cache: LayerCache,
+        constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for one new position (B, 1, C) after those in ``cache``, in eval
+        mode: the same numbers in fewer ops (``constants`` from :meth:`decode_constants`).
+
+        Per token and layer this is 2 + 2(k + 1) matrix products (k substeps): the guide's
+        c_attn and c_proj, then the force's c_fc and c_proj at each of its k + 1
+        evaluations. GPT's block is 4 (c_attn, c_proj, c_fc, c_proj), so at k = 1 a layer
+        multiplies by 6 matrices to GPT's 4, and by 20 d^2 weights to GPT's 12 d^2: the
+        leapfrog's second force evaluation is the mechanism's own cost."""
+        w_local, half_dt, drift = constants
+        x = layer_norm(self.ln_ctx, q)
+        local = (cache.conv_input(x) * w_local).sum(1, keepdim=True)  # sum_k w_k x_{t-k}
+        c = self.guide.step(x, cache.kv) + local
+        if self.mode == "direct":
+            ln, fc, proj = self.ln_q, self.c_fc, self.c_proj
+
+            def force(y: torch.Tensor) -> torch.Tensor:
+                h = layer_norm(ln, y) + c
+                f = F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+                return f if steer is None else f + steer
+        else:
+
+            def force(y: torch.Tensor) -> torch.Tensor:
+                f = self.force(y, c)
+                return f if steer is None else f + steer
+
+        return leapfrog_kicks(q, p, force, half_dt, drift, self.substeps)
 
 
 # --------------------------------------------------------------------------- seed parts
@@ -406,12 +458,15 @@ class HamiltonianLM(LanguageModel):
         B, hs = idx.size(0), cfg.n_embd // cfg.n_head
         width = cfg.decay_kernel if cfg.variant == "symplectic" else cfg.conv_kernel
         x = like.new_zeros(B, 1, cfg.n_embd)
-        return {
+        cache: dict[str, Any] = {
             "layers": [
                 LayerCache(KVCache.empty(like, B, cfg.n_head, hs, cfg.block_size), x, width)
                 for _ in self.layers
             ]
         }
+        if cfg.variant == "symplectic":  # for single-token steps (SymplecticLayer.step)
+            cache["derived"] = Derived([layer.decode_constants() for layer in self.layers])
+        return cache
 
     def run(
         self,
@@ -430,6 +485,18 @@ class HamiltonianLM(LanguageModel):
         """
         out: dict[str, Any] = {}
         layer_caches = [None] * len(self.layers) if cache is None else cache["layers"]
+        if "derived" in (cache or {}) and idx.size(1) == 1 and not (trace or self.training):
+            # one decoding step: each layer's step (the same numbers in fewer ops), the
+            # constants it reads computed when the cache was made (new_cache)
+            q = self.wte(idx) + self.wpe.weight[start]  # (dropout is off in eval)
+            p = self.wte_p(idx)
+            for layer, layer_cache, constants in zip(
+                self.layers, layer_caches, cache["derived"].values
+            ):
+                q, p = layer.step(q, p, steer, layer_cache, constants)
+            hidden = self.ln_f(torch.addcmul(q, self.tau, p))  # LN(q + tau p)
+            out.update(logits=self.lm_head(hidden), hidden=hidden)
+            return out
         if self.config.variant == "symplectic":
             q, p = self.phase_space(idx, start)
             qs, ps = [q], [p]
@@ -486,6 +553,11 @@ class HamiltonianLM(LanguageModel):
         ``block_size`` tokens are re-encoded from position 0, as uncached sampling does
         (learned positions). ``state["steer"]`` (C,), when set, steers every step (set it
         before the first call: the cached positions were computed with it).
+
+        One token in eval mode goes through :meth:`SymplecticLayer.step` (the symplectic
+        variant), reading the constants :meth:`new_cache` computed from the parameters. Its
+        floor is the leapfrog's second force evaluation: 6 matrix products per layer to
+        GPT's 4 (SymplecticLayer.step), and a LayerNorm, a GELU and the local kernel more.
         """
         state = dict(state or {})
         block, pos = self.config.block_size, state.get("pos", 0)
@@ -505,6 +577,8 @@ class HamiltonianLM(LanguageModel):
             k: [layer.repeat(repeats) for layer in v]
             if k == "layers"
             else v.repeat_interleave(repeats, 0)
+            if isinstance(v, torch.Tensor)
+            else v  # Derived from the parameters: the same for every row
             for k, v in state["cache"].items()
         }
         rows = {k: state[k].repeat_interleave(repeats, 0) for k in ("tokens", "hidden")}

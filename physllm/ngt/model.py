@@ -59,18 +59,25 @@ a new position i needs from each layer only that, kept per layer in a
 :class:`~physllm.nn.KVCache` (allocated once at ``block_size``, filled in place):
 
     gaussian:  keys k'_j = [u_j, -gamma |u_j|^2 + log m_j]    values v_j (zero-padded like q', k')
-    seed:      keys [u_j] (mass in the logits: [u_j, m_j])    values v_j (mass in the values: m_j v_j)
+    seed:      keys k"_j = [u_j, m_j, |u_j|^2, 1]             values v_j (mass in the values: m_j v_j)
+               (m_j only when the mass is in the logits)
 
 and row i of the scores, s_ij for j <= i, is the full forward's row i. The
 cutoffs read d2_ij = |u_i - u_j|^2 from u_j (the gaussian's k'_j holds u_j in its
 first c entries). The repulsion is a training loss only. So every variant is
 cached exactly; nothing is normalised over all positions.
+
+One new query (a decoding step, :meth:`GravityAttention.step`) gets its whole row of
+d2_ij from one product, the gaussian's trick again: with q"_i = [-2 u_i, (0,) 1, |u_i|^2],
+
+    q"_i . k"_j = |u_i|^2 + |u_j|^2 - 2 u_i . u_j = d2_ij
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +85,7 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.gpt.model import GPT, GPTConfig
-from physllm.nn import MLP, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
+from physllm.nn import MLP, Derived, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -269,6 +276,30 @@ def causal_mask(T: int, S: int, device: torch.device | None = None) -> torch.Ten
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
 
+class GaussianStep(NamedTuple):
+    """What the gaussian kernel's single-token step reads from the parameters (and pads)."""
+
+    two_gamma: torch.Tensor  # (1, H, 1, 1)
+    neg_gamma: torch.Tensor
+    radius: torch.Tensor  # R = softplus(radius_raw)
+    q_pad: torch.Tensor  # (B, H, 1, qk_dim - c): [1, 0 ...]
+    k_pad: torch.Tensor  # (B, H, 1, qk_dim - c - 1): zeros
+    v_pad: torch.Tensor  # (B, H, 1, value_dim - hs): zeros
+
+
+class SeedStep(NamedTuple):
+    """What the seed kernel's single-token step reads from the parameters (and constants)."""
+
+    neg_gamma: torch.Tensor  # (1, H, 1, 1)
+    bias: torch.Tensor  # (1, H, 1, 1)
+    radius: torch.Tensor
+    r2: torch.Tensor  # R^2
+    eps: torch.Tensor  # dist_eps as a 0-dim tensor: a Python scalar costs a conversion per op
+    minus_two: torch.Tensor
+    q_mid: torch.Tensor  # (B, H, 1, key_dim - c - 1): [(0,) 1]
+    one: torch.Tensor  # (B, H, 1, 1)
+
+
 class GravityAttention(nn.Module):
     """Attention whose weights come from masses and coordinates; values from the hidden state."""
 
@@ -283,8 +314,8 @@ class GravityAttention(nn.Module):
         # q'/k' width for SDPA: the value head size when [u, 1] fits, else padded up to a multiple of 8
         self.qk_dim = max(self.head_size, 8 * math.ceil((c + 1) / 8))
         # what a decoding cache keeps per position and head (module docstring): gaussian k'_j
-        # and the padded v_j; seed u_j (and m_j when the mass is in the logits) and v_j
-        seed_key = c + (1 if self.mass_in == "logits" else 0)
+        # and the padded v_j; seed k"_j = [u_j, (m_j,) |u_j|^2, 1] and v_j
+        seed_key = c + (1 if self.mass_in == "logits" else 0) + 2  # [u_j, (m_j,) |u_j|^2, 1]
         self.key_dim = self.qk_dim if self.kernel == "gaussian" else seed_key
         self.value_dim = self.qk_dim if self.kernel == "gaussian" else self.head_size
         self.coord_proj = nn.Linear(C, H * c, bias=config.bias)  # u = P z, every head at once
@@ -376,16 +407,121 @@ class GravityAttention(nn.Module):
             )
         return y[..., : self.head_size]
 
+    def decode_constants(self, batch: int) -> GaussianStep | SeedStep:
+        """What :meth:`step` reads from the parameters alone, computed once per decoding
+        state: the kernel's softplus'd scalars shaped to broadcast with a query's heads
+        (B, H, 1, .), and the constant entries of q', k' (gaussian) or q", k" (seed) and the
+        value pad for a batch of ``batch``."""
+        w, H, c = self.v_proj.weight, self.n_head, self.head_coord
+        gamma = self.gamma.view(1, H, 1, 1)
+        if self.kernel == "seed":
+            q_mid = w.new_zeros(batch, H, 1, self.key_dim - c - 1)  # q"_i = [-2 u_i, (0,) 1, ..]
+            q_mid[..., -1] = 1.0
+            return SeedStep(
+                neg_gamma=-gamma,
+                bias=self.bias.view(1, H, 1, 1),
+                radius=self.radius,
+                r2=self.radius**2,
+                eps=w.new_tensor(self.dist_eps),
+                minus_two=w.new_tensor(-2.0),
+                q_mid=q_mid,
+                one=w.new_ones(batch, H, 1, 1),  # k"_j's last entry
+            )
+        q_pad = w.new_zeros(batch, H, 1, self.qk_dim - c)  # q'_i = [2 gamma u_i, 1, 0 ...]
+        q_pad[..., 0] = 1.0
+        return GaussianStep(
+            two_gamma=2 * gamma,
+            neg_gamma=-gamma,
+            radius=self.radius,
+            q_pad=q_pad,
+            k_pad=w.new_zeros(batch, H, 1, self.qk_dim - c - 1),  # k'_j = [u_j, k_last, 0 ...]
+            v_pad=w.new_zeros(batch, H, 1, self.value_dim - self.head_size),
+        )
+
+    def step(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        mass: torch.Tensor | None,
+        log_mass: torch.Tensor | None,
+        cache: KVCache,
+        constants: GaussianStep | SeedStep,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s output for one new position after those in ``cache`` (extended
+        in place), in eval mode: x (B, 1, d), z (B, 1, C); the token's mass and log-mass
+        (B, H, 1, 1) where this layer reads them (:meth:`NGT._step`), else None;
+        ``constants`` from :meth:`decode_constants`.
+
+        The same scores in fewer ops: one query sees every key (no causal mask), its heads
+        (B, H, 1, .) lie in memory as (B, 1, H .) (no transposes), its key and value go
+        straight into the cache, and the seed kernel's d2 row is one product q" . k"."""
+        B, H, c, hs = x.size(0), self.n_head, self.head_coord, self.head_size
+        u = F.linear(z, self.coord_proj.weight, self.coord_proj.bias).view(B, H, 1, c)
+        v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(B, H, 1, hs)
+        if self.mass_in == "values":  # v_i * m_i
+            v = v * mass
+        sq = (u * u).sum(-1, keepdim=True)  # |u_i|^2
+        const = constants
+        if isinstance(const, GaussianStep):
+            # k'_i = [u_i, -gamma |u_i|^2 (+ log m_i), 0 ...], q'_i = [2 gamma u_i, 1, 0 ...]
+            if log_mass is None:
+                k_last = const.neg_gamma * sq
+            else:
+                k_last = torch.addcmul(log_mass, const.neg_gamma, sq)
+            k = torch.cat([u, k_last, const.k_pad], dim=-1)
+            q = torch.cat([const.two_gamma * u, const.q_pad], dim=-1)
+            if const.v_pad.size(-1):
+                v = torch.cat([v, const.v_pad], dim=-1)
+        else:  # k"_i = [u_i, (m_i,) |u_i|^2, 1], q"_i = [-2 u_i, (0,) 1, |u_i|^2]
+            k = [u, sq, const.one] if self.mass_in != "logits" else [u, mass, sq, const.one]
+            k = torch.cat(k, dim=-1)
+            q = torch.cat([const.minus_two * u, const.q_mid, sq], dim=-1)
+        cache.k.narrow(2, cache.length, 1).copy_(k)
+        cache.v.narrow(2, cache.length, 1).copy_(v)
+        cache.length += 1
+        keys = cache.k.narrow(2, 0, cache.length)  # (B, H, S, key_dim)
+        values = cache.v.narrow(2, 0, cache.length)
+        if isinstance(const, GaussianStep):
+            mask = None
+            if self.cutoff != "none":  # the cutoff as an additive mask on the scores
+                d2 = pairwise_d2(u, keys[..., :c])
+                mask = cutoff_term(d2, const.radius, self.cutoff, self.cutoff_width)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+            y = y[..., :hs] if const.v_pad.size(-1) else y
+        else:
+            y = self._seed_row(q, keys, mass, const).softmax(dim=-1) @ values
+        return F.linear(y.reshape(B, 1, H * hs), self.c_proj.weight, self.c_proj.bias)
+
+    def _seed_row(
+        self, q: torch.Tensor, keys: torch.Tensor, mass: torch.Tensor | None, const: SeedStep
+    ) -> torch.Tensor:
+        """The seed kernel's scores (B, H, 1, S) of one query q" against the cached keys k"
+        (B, H, S, key_dim): :meth:`attention_weights`' row before the softmax."""
+        keys_t = keys.transpose(-1, -2)  # (B, H, key_dim, S)
+        # d2_j = q"_i . k"_j = |u_i|^2 + |u_j|^2 - 2 u_i . u_j, clamped as pairwise_d2
+        d2 = (q @ keys_t).clamp_min_(0.0)
+        # s_j = m_i m_j (-gamma / (d2_j + eps) + b)   (seed_scores)
+        s = torch.addcdiv(const.bias, const.neg_gamma, d2 + const.eps)
+        if self.mass_in == "logits":  # m_j: row c of the keys
+            s = (mass * keys_t.narrow(-2, self.head_coord, 1)) * s
+        if self.cutoff == "soft":
+            return s * F.relu(1.0 - d2 / const.r2)
+        if self.cutoff == "hard":
+            return s.masked_fill_(d2 > const.r2, float("-inf"))
+        if self.cutoff == "smooth":
+            return s + cutoff_term(d2, const.radius, self.cutoff, self.cutoff_width)
+        return s
+
     def _explicit_attention(
         self, u: torch.Tensor, v: torch.Tensor, mass: torch.Tensor | None, cache: KVCache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores written out (the seed kernel; traces): y (B, H, T, hs) and weights (B, H, T, S)."""
         keys_u, key_mass = u, mass
-        if cache is not None:  # keys [u_j] or [u_j, m_j] (the mass copied to every head)
-            k = u
+        if cache is not None:  # keys k"_j = [u_j, (m_j,) |u_j|^2, 1] (m_j copied to every head)
+            k = [u, u.pow(2).sum(-1, keepdim=True), torch.ones_like(u[..., :1])]
             if mass is not None:
-                k = torch.cat([u, mass[:, None, :, None].expand_as(u[..., :1])], dim=-1)
-            k, v = cache.extend(k, v)  # (B, H, S, c or c + 1), (B, H, S, hs)
+                k.insert(1, mass[:, None, :, None].expand_as(u[..., :1]))
+            k, v = cache.extend(torch.cat(k, dim=-1), v)  # (B, H, S, key_dim), (B, H, S, hs)
             keys_u = k[..., : self.head_coord]
             key_mass = None if mass is None else k[:, 0, :, self.head_coord]  # (B, S)
         causal = causal_mask(u.size(2), keys_u.size(2), u.device)
@@ -425,6 +561,11 @@ class GravityAttention(nn.Module):
         return s.softmax(dim=-1)
 
 
+def layer_norm(module: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` without the module call's overhead (decoding steps)."""
+    return F.layer_norm(x, module.weight.shape, module.weight, module.bias, 1e-5)
+
+
 class NGTBlock(nn.Module):
     """Identical to GPT's pre-LN block except that attention reads coordinates, which it moves."""
 
@@ -453,6 +594,25 @@ class NGTBlock(nn.Module):
         # z <- LN(z + W_next o): the coordinates move by what attention read
         z = self.ln_z(z + self.coord_next(o))
         return x, z, u, weights
+
+    def step(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        mass: torch.Tensor | None,
+        log_mass: torch.Tensor | None,
+        cache: KVCache,
+        constants: GaussianStep | SeedStep,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for one new position (B, 1, .) after those in ``cache``, in eval
+        mode, through :meth:`GravityAttention.step`, without the modules' call overhead."""
+        o = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, constants)
+        x = x + o
+        mlp = self.mlp
+        h = F.gelu(F.linear(layer_norm(self.ln_2, x), mlp.c_fc.weight, mlp.c_fc.bias))
+        x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
+        z = layer_norm(self.ln_z, z + F.linear(o, self.coord_next.weight, self.coord_next.bias))
+        return x, z
 
 
 def matched_mlp_hidden(config: NGTConfig) -> int:
@@ -569,8 +729,16 @@ class NGT(LanguageModel):
 
         The state keeps each layer's :class:`~physllm.nn.KVCache` (what later positions read
         of earlier ones, module docstring; preallocated to ``block_size``, filled in place),
-        the next position, and the last ``block_size`` tokens. A step costs one token's work
-        per layer: its coordinates, value and scores against the cached keys.
+        the next position, the last ``block_size`` tokens, and what a one-token step reads
+        from the parameters (:meth:`decode_constants`, made with the state). A step costs one
+        token's work per layer: its coordinates, value and scores against the cached keys;
+        one token in eval mode goes through :meth:`_step`, the same numbers in fewer ops.
+
+        Per token and layer that is 6 matrix products to GPT's 4 (NGT has no q, k but the
+        coordinates' P and W_next; its MLP is wider to match GPT's parameters), the coordinate
+        LayerNorm, and for the seed kernel an explicit score row (its d2 product, the score's
+        elementwise ops, the cutoff, a softmax and the weighted sum) where GPT's is one fused
+        attention call.
         """
         block = self.config.block_size
         history = idx if state is None else torch.cat([state["tokens"], idx], dim=1)
@@ -581,11 +749,46 @@ class NGT(LanguageModel):
             history = history[:, -block:]
             caches = [b.attn.new_cache(idx.size(0), block) for b in self.blocks]
             logits, _ = self._run(history, need_weights=False, caches=caches, start=0)
+            # what single-token steps read from the parameters: computed once per state
+            derived = Derived(self.decode_constants(idx.size(0)))
         else:
-            caches = state["caches"]
-            logits, _ = self._run(idx, need_weights=False, caches=caches, start=state["pos"])
+            caches, derived = state["caches"], state["derived"]
+            if idx.size(1) == 1 and not self.training:
+                logits = self._step(idx, caches, state["pos"], derived)
+            else:
+                logits, _ = self._run(idx, need_weights=False, caches=caches, start=state["pos"])
         tokens = history[:, -block:]
-        return logits[:, -1, :], {"tokens": tokens, "pos": min(total, block), "caches": caches}
+        state = {"tokens": tokens, "pos": min(total, block), "caches": caches, "derived": derived}
+        return logits[:, -1, :], state
+
+    def decode_constants(self, batch: int) -> tuple:
+        """What :meth:`_step` reads from the parameters alone: the vocabulary's masses and
+        log-masses, (V, H, 1, 1) (the same for every head, so a token's is a query's shape
+        at one index), and each layer's :meth:`GravityAttention.decode_constants`."""
+        vocab = torch.arange(self.config.vocab_size, device=self.wte.weight.device)
+        mass = self.masses(vocab).view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, 1)
+        layers = [b.attn.decode_constants(batch) for b in self.blocks]
+        return mass, mass.clamp_min(1e-20).log(), layers
+
+    def _step(self, idx: torch.Tensor, caches: list[KVCache], pos: int, derived: Derived):
+        """:meth:`_run` for one new token idx (B, 1) at ``pos`` after the cached positions,
+        in eval mode: each block's :meth:`NGTBlock.step`. Logits (B, 1, V)."""
+        mass_table, log_mass_table, layers = derived.values
+        cfg, tokens = self.config, idx.view(-1)
+        # what the layers read of the token's mass m_i: m_i (in the values, or the seed's
+        # logits), log m_i (the gaussian's logits), or nothing; (B, H, 1, 1)
+        in_logits = cfg.mass_in == "logits"
+        mass = (
+            mass_table[tokens]
+            if cfg.mass_in == "values" or (in_logits and cfg.kernel == "seed")
+            else None
+        )
+        log_mass = log_mass_table[tokens] if in_logits and cfg.kernel == "gaussian" else None
+        x = self.wte(idx)  # (dropout is off in eval)
+        z = self.coord_emb.weight[pos].expand(idx.size(0), 1, -1)  # z0 = E_coord[pos]
+        for block, cache, constants in zip(self.blocks, caches, layers):
+            x, z = block.step(x, z, mass, log_mass, cache, constants)
+        return self.lm_head(layer_norm(self.ln_f, x))
 
     @torch.no_grad()
     def forward_with_trace(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
