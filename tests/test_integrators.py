@@ -183,7 +183,7 @@ def frozen_context_layer(mode: str, substeps: int = 1, dt: float = 0.5):
         layer.dt.fill_(dt)
     q0, p0 = torch.randn(2, 1, 3, 4, dtype=torch.float64).unbind(0)
     c = layer.context(q0).detach()
-    layer.context = lambda q: c  # the layer's own forward, its context held
+    layer.context = lambda q, cache=None: c  # the layer's own forward, its context held
     return layer, q0, p0
 
 
