@@ -410,3 +410,27 @@ def test_baseline_matched_on_training_flops():
     assert twin.model_config.mlp_hidden > 4 * 64
     with pytest.raises(PhysllmError, match="match by"):
         matched_baseline(cfg, match="mlp_hidden", by="speed", out_dir="x")
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_one_token_decode_steps_take_the_trimmed_path_and_equal_the_general_one(
+    window, monkeypatch
+):
+    """A decoding step of one token goes through Block.step (one query, functional calls);
+    its logits equal the general cached path's (the block's forward on a chunk of one)."""
+    from physllm.gpt.model import Block
+
+    model = tiny(attn_window=window).eval()
+    x = torch.randint(0, 50, (2, 14))
+    _, fast = model.decode_step(x[:, :6], None)
+    _, slow = model.decode_step(x[:, :6], None)
+    calls = []
+    step = Block.step
+    monkeypatch.setattr(Block, "step", lambda self, *a: calls.append(1) or step(self, *a))
+    for t in range(6, 14):
+        a, fast = model.decode_step(x[:, t : t + 1], fast)
+        model.train()  # the general path: training mode skips the one-token one (dropout 0)
+        b, slow = model.decode_step(x[:, t : t + 1], slow)
+        model.eval()
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+    assert len(calls) == 8 * model.config.n_layer

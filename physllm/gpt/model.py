@@ -67,10 +67,21 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, cache: KVCache | RollingKVCache | None = None
     ) -> tuple[torch.Tensor, KVCache | RollingKVCache | tuple]:
+        if cache is not None and x.size(1) == 1 and not self.training:
+            return self.step(x, cache), cache
         a, cache = self.attn(self.ln_1(x), cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, cache
+
+    def step(self, x: torch.Tensor, cache: KVCache | RollingKVCache) -> torch.Tensor:
+        """:meth:`forward` for one new position x (B, 1, C) in eval mode (decoding): the same
+        math, the attention through its one-query path and the rest as functional calls, so
+        GPT's step gets the same trimming as the other models' (the bench compares them)."""
+        ln_1, ln_2, fc, proj = self.ln_1, self.ln_2, self.mlp.c_fc, self.mlp.c_proj
+        x = x + self.attn.step(F.layer_norm(x, (x.size(-1),), ln_1.weight, ln_1.bias, 1e-5), cache)
+        h = F.layer_norm(x, (x.size(-1),), ln_2.weight, ln_2.bias, 1e-5)
+        return x + F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
 
 
 class GPT(LanguageModel):
