@@ -8,11 +8,15 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from physllm.bench import BenchConfig, measure_generation
+from physllm.context_vector.fused import HiddenGatedLoop
 from physllm.context_vector.model import (
+    ContextLayer,
     ContextVectorConfig,
     ContextVectorModel,
+    LinearScan,
     linear_scan,
     sequential_scan,
 )
@@ -47,18 +51,32 @@ def test_parallel_scan_equals_the_sequential_loop(T):
     assert (linear_scan(a, b, c0) - sequential_scan(a, b, c0)).abs().max() < 1e-5
 
 
-def test_scan_gradients_equal_the_loop():
-    torch.manual_seed(0)
-    a = torch.rand(2, 50, 4, requires_grad=True)
-    b = torch.randn(2, 50, 4, requires_grad=True)
-    c0 = torch.randn(2, 4)
+@pytest.mark.parametrize("T", [1, 2, 50, 300])
+def test_scan_gradients_equal_the_loop(T):
+    """The model's scan (LinearScan: the gradient as a scan backwards in time) and autograd
+    through linear_scan give the loop's gradients, for a, b and the initial state."""
+    torch.manual_seed(T)
+    a = torch.rand(2, T, 4, requires_grad=True)
+    b = torch.randn(2, T, 4, requires_grad=True)
+    c0 = torch.randn(2, 4, requires_grad=True)
+    weight = torch.randn(2, T, 4)  # so that every state's gradient differs
     grads = []
-    for scan in (linear_scan, sequential_scan):
-        (scan(a, b, c0) ** 2).sum().backward()
-        grads.append((a.grad.clone(), b.grad.clone()))
-        a.grad, b.grad = None, None
-    assert (grads[0][0] - grads[1][0]).abs().max() < 1e-4
-    assert (grads[0][1] - grads[1][1]).abs().max() < 1e-4
+    for scan in (LinearScan.apply, linear_scan, sequential_scan):
+        out = scan(a, b, c0)
+        (weight * out).sum().backward()
+        grads.append((out.detach(), a.grad.clone(), b.grad.clone(), c0.grad.clone()))
+        a.grad, b.grad, c0.grad = None, None, None
+    for got in grads[:2]:
+        for x, ref in zip(got, grads[2], strict=True):
+            assert (x - ref).abs().max() < 1e-4
+
+
+def test_linear_scan_function_passes_gradcheck():
+    torch.manual_seed(0)
+    a = torch.rand(2, 9, 3, dtype=torch.double, requires_grad=True)
+    b = torch.randn(2, 9, 3, dtype=torch.double, requires_grad=True)
+    c0 = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(LinearScan.apply, (a, b, c0))
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=str)
@@ -76,6 +94,162 @@ def test_streaming_one_token_at_a_time_equals_the_block_forward(kw):
     for t in range(17, 30):
         logits, state = model.decode_step(x[:, t : t + 1], state)
     assert (logits - full[:, -1]).abs().max() < 1e-5
+
+
+# --------------------------------------------------------------------------- the fused loop
+
+
+def reference_loop(layer: ContextLayer, x, c, masks=None):
+    """The hidden-gated layer as it was before :mod:`physllm.context_vector.fused`: one
+    autograd node per op and token. ``masks``: one dropout mask (T, B, H) per site."""
+    fnn, cfg = layer.fnn, layer.cfg
+    drop = (lambda h, k, t: h) if masks is None else (lambda h, k, t: h * masks[k][t])
+    xw = fnn.input_part(x)
+    hs = []
+    for t in range(x.size(1)):
+        h = xw[:, t] + F.linear(c, fnn.inp.weight[:, fnn.d_in :])
+        if cfg.form == "seed":
+            h = drop(F.relu(h), 0, t)
+            for k, linear in enumerate(fnn.rest, start=1):
+                h = drop(F.relu(linear(h)), k, t)
+        else:
+            for k, block in enumerate(fnn.blocks):
+                h = h + drop(block(h), k, t)
+            h = fnn.ln_out(h)
+        f, i, d = layer.update(h).chunk(3, dim=-1)
+        d = d if cfg.form == "seed" else torch.tanh(d)
+        c = layer.ln_state(torch.sigmoid(f) * c + torch.sigmoid(i) * d)
+        if cfg.form == "seed":
+            c = c.clamp(-cfg.clamp, cfg.clamp)
+        hs.append(h)
+    return torch.stack(hs, dim=1), c
+
+
+def outputs_and_grads(model, x, y, state, layer_fn=None):
+    """Logits, last states and the gradients of every parameter and initial state of a loss
+    on both the logits and the last states; ``layer_fn`` replaces the layers' forward."""
+    model.zero_grad()
+    state = [s.clone().requires_grad_() for s in state]
+    forward = ContextLayer.forward
+    if layer_fn is not None:
+        ContextLayer.forward = lambda layer, x, c, trace=None: layer_fn(layer, x, c)
+    try:
+        logits, last = model.run(x, state)
+    finally:
+        ContextLayer.forward = forward
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) + sum((c * c).sum() for c in last)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    grads.update({f"state{k}": s.grad for k, s in enumerate(state)})
+    return [logits, *last], grads
+
+
+HIDDEN = [
+    dict(form="seed"),
+    dict(form="fixed"),
+    dict(form="seed", n_layer=2, ffn_depth=3),
+    dict(form="fixed", n_layer=2, ffn_depth=2),
+    dict(form="seed", n_context=400, big_gain=True),  # the clamp bites
+]
+
+
+@pytest.mark.parametrize(
+    "kw, dtype",
+    [(kw, torch.float32) for kw in HIDDEN[:4]] + [(kw, torch.float64) for kw in HIDDEN],
+    ids=str,
+)
+def test_fused_hidden_loop_equals_the_reference_loop(kw, dtype):
+    """Values and gradients (of every weight and of the initial states) equal the reference
+    loop's. With big LayerNorm gains the recurrence is chaotic (a 1e-7 change of the state
+    moves the logits by 0.1 in float32), so that case is compared in float64."""
+    kw = dict(kw)
+    big_gain = kw.pop("big_gain", False)
+    model = tiny(**kw).train().to(dtype)
+    with torch.no_grad():  # away from the init's symmetries (zero biases, unit gains)
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if big_gain:
+            for layer in model.layers:
+                layer.ln_state.weight.fill_(5.0)
+    x, y = torch.randint(0, 40, (3, 21)), torch.randint(0, 40, (3, 21))
+    state = [torch.randn(3, model.config.n_context, dtype=dtype) for _ in model.layers]
+    fused, fused_grads = outputs_and_grads(model, x, y, state)
+    ref, ref_grads = outputs_and_grads(model, x, y, state, reference_loop)
+    if big_gain:
+        assert ref[-1].abs().max().item() == pytest.approx(10.0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    for a, b in zip(fused, ref, strict=True):
+        assert (a - b).abs().max() < tol
+    assert fused_grads.keys() == ref_grads.keys()
+    for name, g in ref_grads.items():
+        scale = max(1.0, g.abs().max().item())
+        assert (fused_grads[name] - g).abs().max() < tol * scale, name
+
+
+@pytest.mark.parametrize("form", ["seed", "fixed"])
+def test_fused_dropout_masks_are_the_references(form):
+    """Dropout draws a mask per site for all steps up front; given the same masks the
+    fused loop is the reference loop, values and gradients."""
+    model = tiny(form=form, ffn_depth=2, dropout=0.3).train().double()
+    layer = model.layers[0]
+    x = torch.randn(2, 9, 16, dtype=torch.double)
+    masks = [(torch.rand(9, 2, 32) > 0.3).double() / 0.7 for _ in range(2)]
+    spec, _, args = fused_arguments(layer, x, torch.randn(2, 12, dtype=torch.double))
+    leaves = [a.detach().requires_grad_() for a in args]
+    h, c = HiddenGatedLoop.apply(spec, masks, *leaves)
+    ((h * h).sum() + (c * c).sum()).backward()
+
+    c0 = args[1].detach().requires_grad_()
+    hr, cr = reference_loop(layer, x, c0, masks)
+    ((hr * hr).sum() + (cr * cr).sum()).backward()
+    assert (h - hr).abs().max() < 1e-9 and (c - cr).abs().max() < 1e-9
+    assert (leaves[1].grad - c0.grad).abs().max() < 1e-9
+    d_in = layer.fnn.d_in
+    assert (leaves[2].grad - layer.fnn.inp.weight.grad[:, d_in:]).abs().max() < 1e-9
+    assert (leaves[3].grad - layer.update.weight.grad).abs().max() < 1e-9
+    # the layer draws its own masks in training, none in eval
+    zeros = torch.zeros(2, 12, dtype=torch.double)
+    assert not torch.equal(layer(x, zeros)[0], layer(x, zeros)[0])
+    layer.eval()
+    assert torch.equal(layer(x, zeros)[0], layer(x, zeros)[0])
+    assert (layer(x, zeros)[0] - reference_loop(layer, x, zeros)[0]).abs().max() < 1e-9
+
+
+def fused_arguments(layer, x, c):
+    """The (spec, masks, tensors) ``ContextLayer._fused`` hands to HiddenGatedLoop."""
+    captured = {}
+    apply = HiddenGatedLoop.apply
+    HiddenGatedLoop.apply = lambda spec, masks, *args: (
+        captured.update(spec=spec, masks=masks, args=args) or (args[0], args[1])
+    )
+    try:
+        layer._fused(x, c)
+    finally:
+        HiddenGatedLoop.apply = apply
+    return captured["spec"], captured["masks"], list(captured["args"])
+
+
+@pytest.mark.parametrize("form", ["seed", "fixed"])
+def test_fused_loop_passes_gradcheck(form):
+    torch.manual_seed(0)
+    cfg = ContextVectorConfig(**{**TINY, "n_hidden": 6, "n_context": 4, "n_embd": 5}, form=form)
+    layer = ContextLayer(5, cfg).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    spec, _, args = fused_arguments(layer, torch.randn(2, 4, 5).double(), torch.zeros(2, 4))
+    args = [a.detach().double().requires_grad_() for a in args]
+    args[1] = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: HiddenGatedLoop.apply(spec, None, *a), args)
+
+
+def test_trace_reads_the_states_the_fused_forward_carries():
+    model = tiny(n_layer=2)
+    x = torch.randint(0, 40, (2, 11))
+    _, state = model.run(x)
+    trace = model.trace(x)
+    for layer_trace, c in zip(trace, state, strict=True):
+        assert (layer_trace["context"][:, -1] - c).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("kw", VARIANTS[:3], ids=str)

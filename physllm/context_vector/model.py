@@ -29,7 +29,9 @@ Two forms (``form``):
 Two gatings (``gates``):
 
 * ``"hidden"`` (default, the seed's): gates and delta read h_t, which reads
-  c_{t-1}: the recurrence is nonlinear and runs as a loop over time.
+  c_{t-1}: the recurrence is nonlinear and runs as a loop over time (in
+  training, one autograd Function over the whole loop, with its backward
+  written out: :mod:`physllm.context_vector.fused`).
 * ``"input"``: gates and delta read only the layer's input x_t. Then
 
       c_t = f_t * c_{t-1} + i_t * d_t
@@ -59,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, ModelConfig
+from physllm.context_vector.fused import CellSpec, HiddenGatedLoop
 from physllm.validation import FRACTION, POSITIVE, POSITIVE_FLOAT, one_of, require
 
 State = list[torch.Tensor]  # one context vector (B, n_context) per layer
@@ -123,6 +126,35 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Ten
         a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
         shift *= 2
     return b
+
+
+class LinearScan(torch.autograd.Function):
+    """:func:`linear_scan` with the gradient of the recurrence written out.
+
+    The gradient of a linear recurrence is the same recurrence run backwards in
+    time: with g_t = dL/dc_t from outside,
+
+        G_t = g_t + a_{t+1} G_{t+1}     (G = dL/dc_t in total; G_T = 0 beyond the end)
+        dL/db_t = G_t,   dL/da_t = G_t * c_{t-1},   dL/dc0 = a_0 * G_0
+
+    so backward is one more scan, and only ``a`` and the states are kept.
+    Autograd through :func:`linear_scan` instead keeps every round's tensors,
+    (B, T, C) each, and fills a full-size zero gradient for every slice it took.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+        c = linear_scan(a, b, c0)
+        ctx.save_for_backward(a, c, c0)
+        return c
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, c, c0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)  # a_{t+1}
+        G = linear_scan(a_next.flip(1), g.flip(1), torch.zeros_like(c0)).flip(1)
+        c_prev = torch.cat([c0.unsqueeze(1), c[:, :-1]], dim=1)
+        return G * c_prev, G, a[:, 0] * G[:, 0]
 
 
 def sequential_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
@@ -216,7 +248,9 @@ class ContextLayer(nn.Module):
         """
         if self.cfg.gates == "input":
             return self._scan(x, c, trace)
-        return self._loop(x, c, trace)
+        if trace is not None:
+            return self._loop(x, c, trace)
+        return self._fused(x, c)
 
     def _loop(self, x, c, trace):
         xw = self.fnn.input_part(x)  # (B, T, H): the x half of the first Linear, all t at once
@@ -239,10 +273,46 @@ class ContextLayer(nn.Module):
             )
         return torch.stack(hs, dim=1), c
 
+    def _fused(self, x, c):
+        """:meth:`_loop`'s math as one autograd Function (:mod:`.fused`): no per-token graph,
+        weight gradients batched over all tokens. The same outputs and gradients."""
+        fnn, cfg = self.fnn, self.cfg
+        if cfg.form == "seed":
+            params = [t for layer in fnn.rest for t in (layer.weight, layer.bias)]
+            spec = CellSpec("seed", cfg.ffn_depth, cfg.clamp, self.ln_state.eps)
+        else:
+            params = [
+                t
+                for ln, fc, _, proj in fnn.blocks
+                for t in (ln.weight, ln.bias, fc.weight, fc.bias, proj.weight, proj.bias)
+            ]
+            params += [fnn.ln_out.weight, fnn.ln_out.bias]
+            eps = tuple(block[0].eps for block in fnn.blocks)
+            spec = CellSpec(
+                "fixed", cfg.ffn_depth, cfg.clamp, self.ln_state.eps, eps, fnn.ln_out.eps
+            )
+        masks = None
+        if self.training and cfg.dropout > 0:  # one mask per dropout site, all steps at once
+            B, T = x.shape[:2]
+            keep = 1.0 - cfg.dropout
+            masks = [
+                torch.empty(T, B, cfg.n_hidden, device=x.device, dtype=self.update.weight.dtype)
+                .bernoulli_(keep)
+                .div_(keep)
+                for _ in range(cfg.ffn_depth)
+            ]
+        xw = fnn.input_part(x)  # (B, T, H): the x half of the first Linear, all t at once
+        Wc = fnn.inp.weight[:, fnn.d_in :]
+        u = self.update
+        s = self.ln_state
+        return HiddenGatedLoop.apply(
+            spec, masks, xw, c, Wc, u.weight, u.bias, s.weight, s.bias, *params
+        )
+
     def _scan(self, x, c, trace):
         f, i, d = self.gates(self.ln_gate(x))  # (B, T, C) each, from the input alone
         # c_t = f_t * c_{t-1} + i_t * delta_t for all t at once
-        cs = linear_scan(f, i * d, c)  # (B, T, C)
+        cs = LinearScan.apply(f, i * d, c)  # (B, T, C), by linear_scan
         prev = torch.cat([c.unsqueeze(1), cs[:, :-1]], dim=1)  # c_{t-1}  (B, T, C)
         h = self.fnn.finish(self.fnn.input_part(x), self.ln_read(prev))  # (B, T, H)
         if trace is not None:
