@@ -71,6 +71,9 @@ induction_len, induction_segment = 16, 4  # induction: length, segment repeated
 length_factors = (
     "1,2,4"  # length generalisation: MQAR trained at mqar_len, scored at these multiples
 )
+# MQAR against pairs and width (section 4, Zoology's plot): each entry matched to a GPT that wide
+curve_archs = "gpt,context_vector-fixed"
+curve_widths, curve_pairs, curve_len = "32,64", "2,4", 16  # widths, pair counts, length
 # recall at distance (section 5): trained at distance_len, scored at multiples of it
 distance_archs = "gpt,context_vector-fixed,qllm,hopfield"  # gpt: the bounded reference
 distance_len, distance_facts = 16, 1  # training length (fact and query inside it), facts
@@ -111,6 +114,9 @@ from physllm.probes import (
     accuracy_gaps,
     capability_matrix,
     claim_findings,
+    curve_findings,
+    curve_matrix,
+    curve_table,
     distance_findings,
     distance_matrix,
     distance_table,
@@ -118,6 +124,7 @@ from physllm.probes import (
     has_memory,
     matched_table,
     matrix_table,
+    mqar_curve,
     probe_configs,
     repeated_ngram_rate,
     repetition_findings,
@@ -324,6 +331,59 @@ if len(length_rows):
     ax.legend(fontsize=7)
     save_figure(fig, out_dir, "length_generalisation")
     plt.show()
+
+# %% [markdown]
+# ### MQAR against pairs and width (Zoology's plot)
+#
+# Attention retrieves a key from anywhere with one head at any width; a recurrent
+# state must hold every pair in its $d$ numbers, so its accuracy should fall as
+# the pairs $P$ grow and come back as the width grows (Arora et al. 2023: the
+# width a gated-convolution or recurrent model needs grows with the sequence).
+# Each entry at each width is matched to a GPT that wide; $P$ pairs at length
+# `curve_len`, every point over the same seeds.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+widths = tuple(int(w) for w in str(curve_widths).split(",") if w.strip())
+pair_counts = tuple(int(p) for p in str(curve_pairs).split(",") if p.strip())
+t0 = time.perf_counter()
+curve_rows = mqar_curve(
+    curve_archs,
+    widths,
+    pair_counts,
+    curve_len,
+    vocab_size,
+    seeds=seeds,
+    steps=steps,
+    out_dir=out_dir / "mqar_curve",
+    n_eval=n_eval,
+    batch_size=batch_size,
+    lr=lr,
+    threads=threads,
+    device=device,
+    progress=False,
+)
+curve_s = time.perf_counter() - t0
+pairs_curve = curve_matrix(curve_rows)
+print(f"{len(curve_rows)} rows, {curve_s:.0f} s")
+curve_table(pairs_curve)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig, axes = plt.subplots(
+    1, len(widths), figsize=(3.4 * len(widths), 3.2), sharey=True, squeeze=False
+)
+for ax, width in zip(axes[0], widths):
+    for entry, cells in pairs_curve.items():
+        points = sorted((c["n_pairs"], c["mean"]) for c in cells.values() if c["width"] == width)
+        ax.plot(*zip(*points), marker="o", label=entry)
+    ax.axhline(next(iter(next(iter(pairs_curve.values())).values()))["chance"], ls="--", color="gray")
+    ax.set_xlabel("key-value pairs")
+    ax.set_title(f"width {width}")
+axes[0][0].set_ylabel("MQAR accuracy")
+axes[0][-1].legend(fontsize=7)
+save_figure(fig, out_dir, "mqar_curve")
+plt.show()
 
 # %% [markdown]
 # ## 5. Recall at distance
@@ -548,6 +608,7 @@ for row in text_rows:
 # NBVAL_IGNORE_OUTPUT
 findings = [
     *claim_findings(matrix, gaps, steps),
+    *curve_findings(pairs_curve, steps),
     *distance_findings(distance, distance_steps),
     *repetition_findings(repetition, text_steps),
 ]
@@ -570,6 +631,7 @@ print(steps < 200 or gpt_mqar["mean"] > 2 * gpt_mqar["chance"])
 # `chance`, the task's `settings`, parameters and state bytes;
 # `probes[entry]["recall_at_distance"]`: the same per distance (`in_block`,
 # `1x`, `2x`...; each with its `distance` and the control's mean and interval);
+# `probes[entry]["mqar_curve"]`: MQAR per width and pair count (`w<W>_p<P>`);
 # `probes[entry]["repetition"]`: a row per temperature and the values at the
 # matched perplexity, with the gap to GPT; `gaps`: the paired gaps to GPT.
 # `results.csv` beside it holds every matrix row; `distance/results.csv` and
@@ -591,7 +653,9 @@ for entry, cells in distance.items():
     probes.setdefault(entry, {})["recall_at_distance"] = cells
 for entry, summary in repetition.items():
     probes.setdefault(entry, {})["repetition"] = summary
-main["wall_s"] = grid_s + distance_s + text_s
+for entry, cells in pairs_curve.items():
+    probes.setdefault(entry, {})["mqar_curve"] = cells
+main["wall_s"] = grid_s + curve_s + distance_s + text_s
 path = write_metrics(
     out_dir,
     main,
@@ -602,6 +666,13 @@ path = write_metrics(
     archs=archs,
     tasks={name: task.settings() for name, task in tasks.items()},
     length_factors=list(factors),
+    mqar_curve={
+        "archs": curve_archs,
+        "widths": list(widths),
+        "pairs": list(pair_counts),
+        "seq_len": curve_len,
+        "vocab_size": vocab_size,
+    },
     distance={
         "task": distance_task.settings(),
         "archs": distance_archs,

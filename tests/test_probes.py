@@ -562,6 +562,9 @@ def test_notebook_runs_at_20_steps(run_notebook):
             if task == "recall_at_distance":  # per distance
                 assert "in_block" in cell and "16x" in cell
                 assert all(cell_keys | {"distance"} <= set(c) for c in cell.values())
+            elif task == "mqar_curve":  # per width and pair count
+                assert set(cell) == {"w32_p2", "w32_p4", "w64_p2", "w64_p4"}
+                assert all(cell_keys | {"width", "n_pairs"} <= set(c) for c in cell.values())
             elif task == "repetition":  # per temperature, and at the matched perplexity
                 assert cell["temperatures"] and "ppl" in cell["matched"]
                 assert {"mean", "ci95_low", "ci95_high", "n_seeds"} <= set(
@@ -571,3 +574,38 @@ def test_notebook_runs_at_20_steps(run_notebook):
                 assert cell_keys <= set(cell)
     assert {"hopfield", "qllm"} <= {e for e, t in probes.items() if "recall_at_distance" in t}
     assert {"gpt", "hamiltonian"} <= {e for e, t in probes.items() if "repetition" in t}
+    assert {"gpt", "context_vector-fixed"} == {e for e, t in probes.items() if "mqar_curve" in t}
+    assert metrics["mqar_curve"]["widths"] == [32, 64]
+
+
+def test_mqar_curve_runs_each_width_and_pair_count_and_tabulates_them(tmp_path, monkeypatch):
+    """Zoology's plot: one grid per width (GPT that wide, the others matched to it), the
+    pair counts as tasks; cells keyed by width and pairs; a rerun trains nothing."""
+    from physllm.probes import curve_findings, curve_matrix, curve_table, mqar_curve
+
+    kw = dict(steps=3, out_dir=tmp_path, threads=1, progress=False, log=None, n_eval=16)
+    rows = mqar_curve("context_vector-fixed", (24, 32), (1, 3), 12, 16, seeds=(0, 1), **kw)
+    assert len(rows) == 2 * 2 * 2 * 2  # widths x pairs x entries (gpt too) x seeds
+    curve = curve_matrix(rows)
+    assert set(curve) == {"gpt", "context_vector-fixed"}
+    assert set(curve["gpt"]) == {"w24_p1", "w24_p3", "w32_p1", "w32_p3"}
+    cell = curve["gpt"]["w32_p3"]
+    assert (cell["width"], cell["n_pairs"], cell["n_seeds"]) == (32, 3, 2)
+    assert curve["gpt"]["w24_p1"]["params"] < cell["params"]  # a narrower GPT
+    for w in (24, 32):  # each entry matched to GPT's parameters at each width
+        ratio = (
+            curve["context_vector-fixed"][f"w{w}_p1"]["params"] / curve["gpt"][f"w{w}_p1"]["params"]
+        )
+        assert 0.85 < ratio < 1.15
+    lines = curve_findings(curve, 3)
+    assert len(lines) == 2 and all("width 24:" in x and "width 32:" in x for x in lines)
+    table = curve_table(curve)
+    assert list(table.columns) == ["1 pairs", "3 pairs"] and ("gpt", 24) in table.index
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run ran again")
+
+    monkeypatch.setattr(probe_runner, "run_probe", no_training)
+    assert (
+        len(mqar_curve("context_vector-fixed", (24, 32), (1, 3), 12, 16, seeds=(0, 1), **kw)) == 16
+    )

@@ -229,3 +229,24 @@ __all__ = [
     "distance_findings",
     "repetition_findings",
 ]
+
+
+def curve_findings(curve: Mapping[str, Mapping[str, Mapping[str, Any]]], steps: int) -> list[str]:
+    """One sentence per entry of ``curve`` (:func:`physllm.probes.runner.curve_matrix`):
+    its MQAR accuracy at each width and pair count, and the most pairs it holds above
+    chance at each width (Zoology's question: the width a model needs)."""
+    lines = []
+    for entry, cells in curve.items():
+        parts = []
+        for width in sorted({c["width"] for c in cells.values()}):
+            mine = sorted(
+                (c for c in cells.values() if c["width"] == width), key=lambda c: c["n_pairs"]
+            )
+            points = ", ".join(f"{c['n_pairs']} pairs {cell_text(c)}" for c in mine)
+            held = [c["n_pairs"] for c in mine if _above(c)]
+            most = f"above chance up to {max(held)} pairs" if held else "above chance at none"
+            parts.append(f"width {width}: {points} ({most})")
+        lines.append(
+            f"MQAR against pairs and width, {steps} steps, row `{entry}`: " + "; ".join(parts) + "."
+        )
+    return lines

@@ -46,7 +46,7 @@ from physllm.experiments.stats import interval, verdict
 from physllm.nn import state_nbytes
 from physllm.probes.data import EVAL_SEED, ProbeData
 from physllm.probes.distance import DistanceEpisodes, has_memory, score_at_distance
-from physllm.probes.tasks import DistanceRecall, ExactMatch, Task
+from physllm.probes.tasks import MQAR, DistanceRecall, ExactMatch, Task
 from physllm.training import TrainConfig, train, train_memory
 
 RESULTS = "results.csv"
@@ -316,6 +316,65 @@ def run_grid(
         for r in rows
         if (r["entry"], r["task"]) in wanted and r["steps"] == steps and r["seed"] in seeds
     ]
+
+
+def mqar_curve(
+    archs: str | Iterable[str],
+    widths: Sequence[int],
+    pairs: Sequence[int],
+    seq_len: int,
+    vocab_size: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 300,
+    out_dir: str | os.PathLike = "runs/07_probes/mqar_curve",
+    n_eval: int = 256,
+    log: Callable[[str], None] | None = print,
+    **budget: Any,
+) -> list[dict[str, Any]]:
+    """Zoology's plot at CPU scale: MQAR accuracy of each entry against the number of
+    key-value pairs, at each model width (GPT that wide, every other entry matched to its
+    parameter count, as in :func:`probe_configs`). One :func:`run_grid` per width (its rows
+    in ``out_dir/width<W>/``, resumable), tasks labelled ``mqar_<P>pairs``; rows gain
+    ``width`` and ``n_pairs``."""
+    rows = []
+    for width in widths:
+        tasks = {
+            f"mqar_{p}pairs": MQAR(vocab_size=vocab_size, seq_len=seq_len, n_pairs=p) for p in pairs
+        }
+        width_dir = Path(out_dir) / f"width{width}"
+        budget_w = {**budget, "n_embd": width}
+        new = run_grid(tasks, archs, seeds, steps, width_dir, n_eval=n_eval, log=log, **budget_w)
+        rows += [{**r, "width": width, "n_pairs": tasks[r["task"]].n_pairs} for r in new]
+    return rows
+
+
+def curve_matrix(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`mqar_curve`'s rows as ``{entry: {"w<W>_p<P>": cell}}``, each cell
+    :func:`capability_matrix`'s plus ``width`` and ``n_pairs``."""
+    rows = list(rows)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for width in sorted({int(r["width"]) for r in rows}):
+        matrix = capability_matrix(r for r in rows if int(r["width"]) == width)
+        for entry, cells in matrix.items():
+            for cell in cells.values():
+                n_pairs = cell["settings"]["n_pairs"]
+                out.setdefault(entry, {})[f"w{width}_p{n_pairs}"] = {
+                    **cell,
+                    "width": width,
+                    "n_pairs": n_pairs,
+                }
+    return out
+
+
+def curve_table(curve: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """:func:`curve_matrix` as a table: (entry, width) x pairs, ``mean [low, high]``."""
+    table: dict[tuple[str, int], dict[str, str]] = {}
+    for entry, cells in curve.items():
+        for c in cells.values():
+            table.setdefault((entry, c["width"]), {})[f"{c['n_pairs']} pairs"] = cell_text(c)
+    frame = pd.DataFrame(table).T
+    frame.index.names = ["entry", "width"]
+    return frame[sorted(frame.columns, key=lambda c: int(c.split()[0]))]
 
 
 def _chance_high(chance: float, n_scored: int) -> float:
