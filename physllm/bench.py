@@ -236,11 +236,16 @@ def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
     return rows
 
 
-def hardware() -> str:
-    """The run's device in ``metrics.json``'s words, plus the torch version."""
-
+def hardware(cfg: BenchConfig) -> str:
+    """The run's device in ``metrics.json``'s words (the measuring processes' threads: this
+    one's unless ``cfg.threads`` sets them), plus the torch version."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return f"{device_description(device)}, torch {torch.__version__}"
+    described = device_description(device)
+    if cfg.threads and device.type == "cpu":
+        described = described.replace(
+            f"{torch.get_num_threads()} threads", f"{cfg.threads} threads"
+        )
+    return f"{described}, torch {torch.__version__}"
 
 
 def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
@@ -248,7 +253,7 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     lines = [
         f"# training step (fwd+bwd+AdamW), batch {cfg.batch_size} x block {cfg.block_size}, "
         f"{cfg.n_layer} layers, width {cfg.n_embd}, best of {cfg.repeats} interleaved rounds of {cfg.steps} steps",
-        f"# hardware: {hardware()}; ratios against {ref}",
+        f"# hardware: {hardware(cfg)}; ratios against {ref}",
         "# MFLOP/tok: training (fwd+bwd) FLOPs per token, matrix products incl. attention, "
         "counted by torch's FlopCounterMode; GFLOP/s: that times tokens/s",
         f"{'model':<28} {'params':>10} {'tokens/s':>10} {'speed x':>8} {'ms/step':>9} {'peak MB':>9} {'mem x':>7}"
@@ -399,7 +404,7 @@ def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str
     lines = [
         f"# streaming generation, batch 1: context built to each length through the cache, then "
         f"{cfg.timed_tokens} tokens decoded one at a time (tokens/s: 1 / median step); best of {cfg.repeats}",
-        f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware()}",
+        f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware(cfg)}",
         f"# peak memory: {rows[0]['peak_scope'] if rows else ''}; growth and speed vs each model's shortest length",
         f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>9} {'speed x':>8} "
         f"{'peak MB':>9} {'growth':>7} {'cache KB':>10}",
@@ -518,7 +523,7 @@ def format_length_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     lines = [
         f"# training step (fwd+bwd+AdamW) at batch {cfg.batch_size} x each length, then streaming "
         f"decode (batch 1) up to that length; best of {cfg.repeats} rounds, one process per model",
-        f"# hardware: {hardware()}; ratios against {ref} at the same length",
+        f"# hardware: {hardware(cfg)}; ratios against {ref} at the same length",
         f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>10} {'speed x':>8} "
         f"{'peak MB':>9} {'mem x':>7} {'decode/s':>9} {'decode x':>9}",
     ]

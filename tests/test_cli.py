@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -321,3 +322,12 @@ def test_bench_lengths_mode(tmp_path):
 
 def test_bench_unknown_model():
     assert_one_line_error(physllm("bench", "--models", "gpt,nosuch"), "unknown model")
+
+
+def test_bench_tables_name_the_threads_the_measuring_processes_used():
+    """`--threads 1` measures in one-thread processes: the table's hardware line says so,
+    not the parent's thread count."""
+    from physllm.bench import BenchConfig, hardware
+
+    assert "1 threads" in hardware(BenchConfig(threads=1, device="cpu"))
+    assert f"{torch.get_num_threads()} threads" in hardware(BenchConfig(threads=0, device="cpu"))
