@@ -145,6 +145,8 @@ factors = tuple(int(k) for k in str(length_factors).split(",") if k.strip())
 distance_ks = tuple(int(k) for k in str(distance_factors).split(",") if k.strip())
 temps = tuple(float(t) for t in str(temperatures).split(",") if t.strip())
 distance_steps, text_steps = distance_steps or steps, text_steps or steps
+run_kw = dict(threads=threads, device=device, progress=False)  # every run's
+probe_budget = dict(batch_size=batch_size, lr=lr, **run_kw)  # the synthetic tasks' runs
 print(f"device={device} torch={torch.__version__} threads={threads} steps={steps} seeds={seeds}")
 
 # %% [markdown]
@@ -255,11 +257,7 @@ rows = run_grid(
     length_task="mqar" if factors else "",
     length_factors=factors or (1,),
     n_eval=n_eval,
-    batch_size=batch_size,
-    lr=lr,
-    threads=threads,
-    device=device,
-    progress=False,
+    **probe_budget,
 )
 grid_s = time.perf_counter() - t0
 results = pd.DataFrame(rows)
@@ -357,11 +355,7 @@ curve_rows = mqar_curve(
     steps=steps,
     out_dir=out_dir / "mqar_curve",
     n_eval=n_eval,
-    batch_size=batch_size,
-    lr=lr,
-    threads=threads,
-    device=device,
-    progress=False,
+    **probe_budget,
 )
 curve_s = time.perf_counter() - t0
 pairs_curve = curve_matrix(curve_rows)
@@ -462,11 +456,7 @@ distance_rows = run_grid(
     distance_task="recall_at_distance",
     distance_factors=distance_ks,
     memory_steps=memory_steps,
-    batch_size=batch_size,
-    lr=lr,
-    threads=threads,
-    device=device,
-    progress=False,
+    **probe_budget,
 )
 distance_s = time.perf_counter() - t0
 distance = distance_matrix(distance_rows)
@@ -549,9 +539,7 @@ text_rows = run_repetition(
     n_layer=text_layers,
     n_head=max(1, text_embd // 32),
     n_embd=text_embd,
-    threads=threads,
-    device=device,
-    progress=False,
+    **run_kw,
 )
 text_s = time.perf_counter() - t0
 repetition = repetition_summary(text_rows)
