@@ -267,6 +267,21 @@ def test_grid_writes_results_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(probe_runner, "run_probe", no_training)
     again = run_grid(tasks, "gpt", seeds=(0, 1), length_task="mqar", length_factors=(1, 2), **kw)
     assert len(again) == len(rows)
+    monkeypatch.undo()
+    # scored at more factors, the length runs are another experiment (a longer block):
+    # they run again and their rows replace the old ones, none left twice
+    longer = run_grid(
+        tasks, "gpt", seeds=(0, 1), length_task="mqar", length_factors=(1, 2, 3), **kw
+    )
+    assert sorted(r["task"] for r in longer if r["seed"] == 0) == [
+        "mqar",
+        "mqar@1x",
+        "mqar@2x",
+        "mqar@3x",
+    ]
+    assert {r["seq_len"] for r in longer if r["task"] == "mqar@3x"} == {36}
+    on_disk = probe_runner.read_rows(tmp_path / "results.csv")
+    assert len(on_disk) == 2 * 4
 
 
 def test_run_probe_rows_carry_settings_and_state(tmp_path):

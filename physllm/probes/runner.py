@@ -298,9 +298,23 @@ def run_grid(
                     model_config=dataclasses.replace(base.model_config),
                 )
                 wanted.update((name, lab) for lab in labels)
-                key = (name, labels[0], seed, steps)
-                if any((r["entry"], r["task"], r["seed"], r["steps"]) == key for r in rows):
+                done = {
+                    r["task"]
+                    for r in rows
+                    if (r["entry"], r["seed"], r["steps"]) == (name, seed, steps)
+                }
+                if set(labels) <= done:
                     continue
+                # a run scored at other factors (a length run, its block sized for them) is
+                # another experiment: its rows give way to this one's
+                rows = [
+                    r
+                    for r in rows
+                    if not (
+                        (r["entry"], r["seed"], r["steps"]) == (name, seed, steps)
+                        and r["task"] in done & set(labels)
+                    )
+                ]
                 t0 = time.perf_counter()
                 if kind == "distance":
                     new = run_distance_probe(name, cfg, task, label, factors, n_eval, memory_steps)
