@@ -64,19 +64,27 @@ steps = 250  # optimizer steps per run
 n_seeds = 2  # seeds per cell (the report: 3 or more)
 archs = "gpt,context_vector-seed"  # leaderboard entries, comma-separated, or "all"
 vocab_size = 16  # every task's vocabulary
-mqar_len, mqar_pairs = 12, 2  # MQAR: sequence length, key-value pairs
-copy_len, copy_tokens = 12, 3  # selective copying: length, tokens to copy
-recall_len, recall_keys, recall_noise = 16, 2, 0.2  # noisy recall: length, keys, noise rate
-induction_len, induction_segment = 16, 4  # induction: length, segment repeated
+mqar_len = 12  # MQAR: sequence length
+mqar_pairs = 2  # MQAR: key-value pairs
+copy_len = 12  # selective copying: length
+copy_tokens = 3  # selective copying: tokens to copy
+recall_len = 16  # noisy recall: length
+recall_keys = 2  # noisy recall: keys
+recall_noise = 0.2  # noisy recall: noise rate
+induction_len = 16  # induction: length
+induction_segment = 4  # induction: segment repeated
 length_factors = (
     "1,2,4"  # length generalisation: MQAR trained at mqar_len, scored at these multiples
 )
 # MQAR against pairs and width (section 4, Zoology's plot): each entry matched to a GPT that wide
 curve_archs = "gpt,context_vector-fixed"
-curve_widths, curve_pairs, curve_len = "32,64", "2,4", 16  # widths, pair counts, length
+curve_widths = "32,64"  # GPT widths
+curve_pairs = "2,4"  # key-value pair counts
+curve_len = 16  # sequence length
 # recall at distance (section 5): trained at distance_len, scored at multiples of it
 distance_archs = "gpt,context_vector-fixed,qllm,hopfield"  # gpt: the bounded reference
-distance_len, distance_facts = 16, 1  # training length (fact and query inside it), facts
+distance_len = 16  # training length (fact and query inside it)
+distance_facts = 1  # facts per sample
 distance_factors = "1,2,4,8,16"  # gaps between the fact and its query, x distance_len
 distance_steps = 0  # optimizer steps (0: steps)
 memory_steps = 100  # CHopT's memory stage on the task's two-call episodes
@@ -84,7 +92,8 @@ n_eval_distance = 32  # samples per distance
 # repetition and drift (section 6): models trained on text, sampled at each temperature
 text_archs = "gpt,hamiltonian"  # leaderboard entries, or "all"
 text_steps = 0  # optimizer steps on the default corpus (0: steps)
-text_layers, text_embd = 2, 64  # the text GPT's shape (every entry matched to it)
+text_layers = 2  # the text GPT's depth (every entry matched to it)
+text_embd = 64  # the text GPT's width
 temperatures = "0.5,0.8,1.1"  # the sweep; the comparison is at one perplexity inside it
 sample_tokens = 256  # tokens per sample (one sample per prompt, four prompts)
 batch_size = 32
@@ -371,7 +380,9 @@ for ax, width in zip(axes[0], widths):
     for entry, cells in pairs_curve.items():
         points = sorted((c["n_pairs"], c["mean"]) for c in cells.values() if c["width"] == width)
         ax.plot(*zip(*points), marker="o", label=entry)
-    ax.axhline(next(iter(next(iter(pairs_curve.values())).values()))["chance"], ls="--", color="gray")
+    ax.axhline(
+        next(iter(next(iter(pairs_curve.values())).values()))["chance"], ls="--", color="gray"
+    )
     ax.set_xlabel("key-value pairs")
     ax.set_title(f"width {width}")
 axes[0][0].set_ylabel("MQAR accuracy")

@@ -179,3 +179,15 @@ def test_stored_show_source_outputs_are_todays_code(path):
         assert shown == expected, (
             f"{path.name}: stored output of {cell.source!r} is stale; re-execute it"
         )
+
+
+@pytest.mark.parametrize("path", sorted(conftest.NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_parameter_is_its_own_assignment(path):
+    """papermill and `physllm report -p` see only `name = value` lines: a knob in a tuple
+    assignment (`a, b = 1, 2`) cannot be set from the command line."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.unparse(node)
+        assert isinstance(node.targets[0], ast.Name), f"{path.name}: {ast.unparse(node)}"
