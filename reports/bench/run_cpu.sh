@@ -24,5 +24,6 @@ run decode_cpu --all --mode generate --lengths 64,256,1024 --repeats 3 --threads
 # Training (fwd+bwd+AdamW): the leaderboard's shape (block 64, batch 12), and block 256, batch 8.
 run train_cpu_block64 --all --repeats 3 --threads 1
 run train_cpu_block256 --all --block-size 256 --batch-size 8 --repeats 3 --threads 1
-# The input-gated context vector (parallel scan) against GPT at block 1024 (same width and depth).
-run train_cpu_block1024_scan --models gpt,context_vector:gates=input --block-size 1024 --batch-size 8 --repeats 3 --threads 1
+# The input-gated context vector (parallel scan) against GPT at block 1024, its hidden width
+# chosen to match GPT's parameters there (951,424; GPT's positions grow with the block).
+run train_cpu_block1024_scan --models gpt,context_vector:n_hidden=544+n_layer=1+gates=input --block-size 1024 --batch-size 8 --repeats 3 --threads 1
