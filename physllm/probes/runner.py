@@ -240,6 +240,22 @@ def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> No
     os.replace(tmp, path)
 
 
+def _clear_for(
+    rows: list[dict[str, Any]], run: tuple[str, int, int], labels: Sequence[str]
+) -> tuple[list[dict[str, Any]], bool]:
+    """Whether ``run`` (entry, seed, steps) already has a row for each of ``labels``; if not,
+    the rows without any it has of them: a run scored at other factors (a length run, its
+    block sized for them) is another experiment, and its rows give way to this one's."""
+    done = {r["task"] for r in rows if (r["entry"], r["seed"], r["steps"]) == run}
+    if set(labels) <= done:
+        return rows, True
+    stale = done & set(labels)
+    kept = [
+        r for r in rows if not ((r["entry"], r["seed"], r["steps"]) == run and r["task"] in stale)
+    ]
+    return kept, False
+
+
 def run_grid(
     tasks: Mapping[str, Task],
     archs: str | Iterable[str] = "all",
@@ -298,23 +314,9 @@ def run_grid(
                     model_config=dataclasses.replace(base.model_config),
                 )
                 wanted.update((name, lab) for lab in labels)
-                done = {
-                    r["task"]
-                    for r in rows
-                    if (r["entry"], r["seed"], r["steps"]) == (name, seed, steps)
-                }
-                if set(labels) <= done:
+                rows, finished = _clear_for(rows, (name, seed, steps), labels)
+                if finished:
                     continue
-                # a run scored at other factors (a length run, its block sized for them) is
-                # another experiment: its rows give way to this one's
-                rows = [
-                    r
-                    for r in rows
-                    if not (
-                        (r["entry"], r["seed"], r["steps"]) == (name, seed, steps)
-                        and r["task"] in done & set(labels)
-                    )
-                ]
                 t0 = time.perf_counter()
                 if kind == "distance":
                     new = run_distance_probe(name, cfg, task, label, factors, n_eval, memory_steps)
