@@ -17,6 +17,22 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_cores_between_workers() -> None:
+    """Give each pytest-xdist worker its share of the cores (the kernels it starts inherit it).
+
+    Without this each of N workers and each notebook kernel would run torch on
+    every core, and N processes fighting over the same cores run slower than one.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_cores_between_workers()
 NOTEBOOKS = REPO / "notebooks"
 SHAKESPEARE_MISSING = "TinyShakespeare not on disk (set PHYSLLM_DATA_DIR)"
 
