@@ -106,6 +106,12 @@ def interval(diffs: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def interval_cell(values: Sequence[float]) -> dict[str, Any]:
+    """:func:`interval` as a table cell: ``{mean, ci95_low, ci95_high, n_seeds}``."""
+    mean, low, high = interval(values) if len(values) else (math.nan, math.nan, math.nan)
+    return {"mean": mean, "ci95_low": low, "ci95_high": high, "n_seeds": len(values)}
+
+
 def verdict(low: float, high: float, lower_is_better: bool = True) -> str:
     """ "better"/"worse" only when [low, high] excludes 0, else "not resolved"."""
     if math.isnan(low) or math.isnan(high) or low <= 0 <= high:
@@ -143,18 +149,15 @@ def paired_gap(
     ours = per_seed(_select(both, lr=lr), entry, metric, f"entry {entry!r}")
     base = per_seed(both, baseline, metric, f"baseline {baseline!r}")
     seeds = sorted(set(ours) & set(base))
-    mean, low, high = interval([ours[s] - base[s] for s in seeds])
+    cell = interval_cell([ours[s] - base[s] for s in seeds])
     return {
         "entry": entry,
         "baseline": baseline,
         "size": size,
         "steps": steps,
         "metric": metric,
-        "mean": mean,
-        "ci95_low": low,
-        "ci95_high": high,
-        "n_seeds": len(seeds),
-        "verdict": verdict(low, high, lower_is_better),
+        **cell,
+        "verdict": verdict(cell["ci95_low"], cell["ci95_high"], lower_is_better),
     }
 
 
@@ -196,6 +199,7 @@ __all__ = [
     "format_gaps",
     "gap_table",
     "interval",
+    "interval_cell",
     "paired_gap",
     "t975",
     "verdict",

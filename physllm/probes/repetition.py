@@ -36,7 +36,7 @@ import torch
 from physllm.arch import LanguageModel
 from physllm.errors import PhysllmError
 from physllm.experiments import leaderboard as lb
-from physllm.experiments.stats import interval, verdict
+from physllm.experiments.stats import interval_cell, verdict
 from physllm.probes.runner import cell_text, read_rows, write_rows
 from physllm.sampling import (
     SamplingConfig,
@@ -254,11 +254,6 @@ def matched_perplexity(
     return out
 
 
-def _cell(values: Sequence[float]) -> dict[str, Any]:
-    mean, low, high = interval(values) if values else (math.nan, math.nan, math.nan)
-    return {"mean": mean, "ci95_low": low, "ci95_high": high, "n_seeds": len(values)}
-
-
 def repetition_summary(
     rows: Iterable[Mapping[str, Any]],
     ppl: float | None = None,
@@ -283,13 +278,13 @@ def repetition_summary(
         temps = []
         for t in sorted({float(r["temperature"]) for r in mine}):
             at_t = [r for r in mine if float(r["temperature"]) == t]
-            point = {"temperature": t, "ppl": _cell([float(r["ppl"]) for r in at_t])}
-            point.update({m: _cell([float(r[m]) for r in at_t]) for m in metrics})
+            point = {"temperature": t, "ppl": interval_cell([float(r["ppl"]) for r in at_t])}
+            point.update({m: interval_cell([float(r[m]) for r in at_t]) for m in metrics})
             temps.append(point)
         seeds = sorted({int(r["seed"]) for r in mine})
         here = {"ppl": matched[0]["ppl"]}
         for m in metrics:
-            here[m] = _cell([at[entry, s][m] for s in seeds if at[entry, s][m] is not None])
+            here[m] = interval_cell([at[entry, s][m] for s in seeds if at[entry, s][m] is not None])
         gap = {}
         if entry != baseline:
             for m in metrics:
@@ -300,7 +295,7 @@ def repetition_summary(
                     and at[entry, s][m] is not None
                     and at[baseline, s][m] is not None
                 ]
-                cell = _cell(diffs)
+                cell = interval_cell(diffs)
                 lower = not m.startswith("distinct")
                 cell["verdict"] = verdict(
                     cell["ci95_low"], cell["ci95_high"], lower_is_better=lower

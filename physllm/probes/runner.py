@@ -42,7 +42,7 @@ import torch
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
 from physllm.experiments import leaderboard as lb
-from physllm.experiments.stats import interval, verdict
+from physllm.experiments.stats import interval, interval_cell, verdict
 from physllm.nn import state_nbytes
 from physllm.probes.data import EVAL_SEED, ProbeData
 from physllm.probes.distance import DistanceEpisodes, has_memory, score_at_distance
@@ -408,12 +408,8 @@ def capability_matrix(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
         cells.setdefault((r["entry"], r["task"]), []).append(r)
     matrix: dict[str, dict[str, dict[str, Any]]] = {}
     for (entry, task), mine in cells.items():
-        mean, low, high = interval([float(r["accuracy"]) for r in mine])
         matrix.setdefault(entry, {})[task] = {
-            "mean": mean,
-            "ci95_low": low,
-            "ci95_high": high,
-            "n_seeds": len(mine),
+            **interval_cell([float(r["accuracy"]) for r in mine]),
             "seeds": sorted(int(r["seed"]) for r in mine),
             "chance": float(mine[0]["chance"]),
             # what a guesser could score on this many answers (95%, normal approximation)
