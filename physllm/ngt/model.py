@@ -85,7 +85,16 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.gpt.model import GPT, GPTConfig
-from physllm.nn import MLP, Derived, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
+from physllm.nn import (
+    MLP,
+    Derived,
+    KVCache,
+    LayerNorm,
+    band_causal_mask,
+    init_gpt2_weights,
+    layer_norm,
+    mlp_step,
+)
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -561,11 +570,6 @@ class GravityAttention(nn.Module):
         return s.softmax(dim=-1)
 
 
-def layer_norm(module: LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` without the module call's overhead (decoding steps)."""
-    return F.layer_norm(x, module.weight.shape, module.weight, module.bias, 1e-5)
-
-
 class NGTBlock(nn.Module):
     """Identical to GPT's pre-LN block except that attention reads coordinates, which it moves."""
 
@@ -607,10 +611,7 @@ class NGTBlock(nn.Module):
         """:meth:`forward` for one new position (B, 1, .) after those in ``cache``, in eval
         mode, through :meth:`GravityAttention.step`, without the modules' call overhead."""
         o = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, constants)
-        x = x + o
-        mlp = self.mlp
-        h = F.gelu(F.linear(layer_norm(self.ln_2, x), mlp.c_fc.weight, mlp.c_fc.bias))
-        x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
+        x = mlp_step(x + o, self.ln_2, self.mlp)
         z = layer_norm(self.ln_z, z + F.linear(o, self.coord_next.weight, self.coord_next.bias))
         return x, z
 
