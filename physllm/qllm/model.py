@@ -571,6 +571,10 @@ class QLLM(LanguageModel):
     # tokens that read later positions of their segment, and what they compute reaches
     # only the next segment (as m_{k+1}), never a byte of their own: every setting caches
     # exactly, none needs the recompute fallback.
+    #
+    # A one-byte step in eval mode runs GPT's one-query path (``Block.step``) on constants
+    # derived once per state (``Block.decode_constants``): q, k, v as one product, with a
+    # phase that is the same at every position folded into it.
 
     def _new_caches(self, batch: int, capacity: int) -> list[KVCache]:
         """One empty :class:`~physllm.nn.KVCache` per block, ``capacity`` positions each."""
