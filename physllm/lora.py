@@ -101,6 +101,14 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}"
 
 
+def effective_weight(linear: nn.Linear) -> torch.Tensor:
+    """The weight ``linear`` applies in eval mode: W, or for a :class:`LoRALinear`
+    W + (alpha / r) B A (what merging would store)."""
+    if isinstance(linear, LoRALinear):
+        return linear.weight + linear.delta_weight().to(linear.weight.dtype)
+    return linear.weight
+
+
 def _matches(name: str, targets: Iterable[str]) -> bool:
     """A target matches a module's last name component exactly, or its full dotted
     name as a glob pattern (``"blocks.0.*"``, ``"*.self_attn.q_proj"``)."""
@@ -190,6 +198,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 __all__ = [
     "LoRALinear",
     "apply_lora",
+    "effective_weight",
     "is_lora_name",
     "lora_parameter_counts",
     "lora_state_dict",

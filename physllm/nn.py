@@ -28,6 +28,9 @@ __all__ = [
     "RollingKVCache",
     "band_causal_mask",
     "init_gpt2_weights",
+    "layer_norm",
+    "mlp_step",
+    "one_query_attention",
 ]
 
 
@@ -41,6 +44,11 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def layer_norm(module: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` without the module call's overhead (decoding steps)."""
+    return F.layer_norm(x, module.weight.shape, module.weight, module.bias, 1e-5)
 
 
 class MLP(nn.Module):
@@ -61,6 +69,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+def mlp_step(x: torch.Tensor, ln: LayerNorm, mlp: MLP) -> torch.Tensor:
+    """``x + mlp(ln(x))`` in eval mode as functional calls: the second half of a pre-LN
+    block's decoding step (GPT, QLLM, NGT), where module calls cost as much as the math."""
+    h = F.gelu(F.linear(layer_norm(ln, x), mlp.c_fc.weight, mlp.c_fc.bias))
+    return x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
 
 
 class KVCache:
@@ -260,16 +275,30 @@ class CausalSelfAttention(nn.Module):
 
     def step(self, x: torch.Tensor, cache: KVCache | RollingKVCache) -> torch.Tensor:
         """:meth:`forward`'s output for one new position x (B, 1, C) after those in ``cache``
-        (extended in place), in eval mode, in about half the ops: a lone query sees every
-        key the cache returns (a window's ring holds only those it may see), so there is no
-        mask, and with T = 1 the heads (B, nh, 1, hs) lie in memory as (B, 1, C), so they
-        need no transposes or copies, in or out."""
-        B, _, C = x.shape
-        qkv = F.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, 1, 3C): q, k, v
-        q, k, v = qkv.view(B, 3, self.n_head, 1, C // self.n_head).unbind(1)  # (B, nh, 1, hs)
-        k, v = cache.extend(k, v)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
-        return F.linear(y.reshape(B, 1, C), self.c_proj.weight, self.c_proj.bias)
+        (extended in place), in eval mode, through :func:`one_query_attention`."""
+        y = one_query_attention(x, self.c_attn.weight, self.c_attn.bias, self.n_head, cache)
+        return F.linear(y, self.c_proj.weight, self.c_proj.bias)
+
+
+def one_query_attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    b_qkv: torch.Tensor | None,
+    n_head: int,
+    cache: KVCache | RollingKVCache,
+) -> torch.Tensor:
+    """Causal attention for one new position x (B, 1, C) after those in ``cache`` (extended
+    in place), before the output projection: (B, 1, C). ``w_qkv`` (3C, C), ``b_qkv`` project
+    to q, k, v side by side. About half the ops of the general path: a lone query sees every
+    key the cache returns (a window's ring holds only those it may see), so there is no
+    mask, and with T = 1 the heads (B, nh, 1, hs) lie in memory as (B, 1, C), so they need
+    no transposes or copies, in or out."""
+    B, _, C = x.shape
+    qkv = F.linear(x, w_qkv, b_qkv)  # (B, 1, 3C): q, k, v
+    q, k, v = qkv.view(B, 3, n_head, 1, C // n_head).unbind(1)  # (B, nh, 1, hs)
+    k, v = cache.extend(k, v)
+    y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
+    return y.reshape(B, 1, C)
 
 
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:

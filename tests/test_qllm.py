@@ -637,6 +637,45 @@ def test_cached_decoding_equals_the_uncached_forward(kw, prefill, chunk):
     torch.testing.assert_close(got, expected[:, [e - 1 for e in ends]], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kw", CACHED_SETTINGS, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_one_byte_steps_equal_the_general_path(kw):
+    """A one-byte step in eval mode (``Block.step``: q, k, v as one product, a phase the same
+    at every position folded into it, LoRA merged) gives the logits of the general path
+    (taken in train mode, dropout 0), byte by byte past block_size, with non-trivial phases
+    and adapters; and every layer of every such step takes it."""
+    import physllm.qllm.model as qllm_model
+
+    model = tiny(**kw)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):  # zero at init: the merge would go untested
+                p.normal_(0, 0.1)
+    idx = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(10))
+    fast = one_query = 0
+
+    def counted(*args):
+        nonlocal fast
+        fast += 1
+        return one_query(*args)
+
+    def stream(train: bool) -> torch.Tensor:
+        model.train(train)
+        state, rows = None, []
+        for t in range(idx.size(1)):
+            logits, state = model.decode_step(idx[:, t : t + 1], state)
+            rows.append(logits)
+        return torch.stack(rows, 1)
+
+    one_query = qllm_model.one_query_attention
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qllm_model, "one_query_attention", counted)
+        general = stream(train=True)
+        assert fast == 0
+        steps = stream(train=False)
+    torch.testing.assert_close(steps, general, atol=1e-5, rtol=0)
+    assert fast >= model.config.n_layer * 20  # the first byte and re-encodings aside
+
+
 @pytest.mark.parametrize("kw", [dict(globals="recurrent"), dict(globals="seed")])
 def test_a_cached_step_attends_with_one_query(kw):
     """After the prefill every attention call of a step has one query (the new byte) over

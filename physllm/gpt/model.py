@@ -37,6 +37,8 @@ from physllm.nn import (
     LayerNorm,
     RollingKVCache,
     init_gpt2_weights,
+    layer_norm,
+    mlp_step,
 )
 from physllm.validation import NON_NEGATIVE
 
@@ -78,10 +80,8 @@ class Block(nn.Module):
         """:meth:`forward` for one new position x (B, 1, C) in eval mode (decoding): the same
         math, the attention through its one-query path and the rest as functional calls, so
         GPT's step gets the same trimming as the other models' (the bench compares them)."""
-        ln_1, ln_2, fc, proj = self.ln_1, self.ln_2, self.mlp.c_fc, self.mlp.c_proj
-        x = x + self.attn.step(F.layer_norm(x, (x.size(-1),), ln_1.weight, ln_1.bias, 1e-5), cache)
-        h = F.layer_norm(x, (x.size(-1),), ln_2.weight, ln_2.bias, 1e-5)
-        return x + F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+        x = x + self.attn.step(layer_norm(self.ln_1, x), cache)
+        return mlp_step(x, self.ln_2, self.mlp)
 
 
 class GPT(LanguageModel):

@@ -85,7 +85,16 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.gpt.model import GPT, GPTConfig
-from physllm.nn import MLP, Derived, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
+from physllm.nn import (
+    MLP,
+    Derived,
+    KVCache,
+    LayerNorm,
+    band_causal_mask,
+    init_gpt2_weights,
+    layer_norm,
+    mlp_step,
+)
 from physllm.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -294,6 +303,7 @@ class SeedStep(NamedTuple):
     bias: torch.Tensor  # (1, H, 1, 1)
     radius: torch.Tensor
     r2: torch.Tensor  # R^2
+    r2_eps: torch.Tensor  # R^2 + eps: the hard cutoff on d2 + eps
     eps: torch.Tensor  # dist_eps as a 0-dim tensor: a Python scalar costs a conversion per op
     minus_two: torch.Tensor
     q_mid: torch.Tensor  # (B, H, 1, key_dim - c - 1): [(0,) 1]
@@ -422,6 +432,7 @@ class GravityAttention(nn.Module):
                 bias=self.bias.view(1, H, 1, 1),
                 radius=self.radius,
                 r2=self.radius**2,
+                r2_eps=self.radius**2 + self.dist_eps,
                 eps=w.new_tensor(self.dist_eps),
                 minus_two=w.new_tensor(-2.0),
                 q_mid=q_mid,
@@ -472,10 +483,10 @@ class GravityAttention(nn.Module):
             q = torch.cat([const.two_gamma * u, const.q_pad], dim=-1)
             if const.v_pad.size(-1):
                 v = torch.cat([v, const.v_pad], dim=-1)
-        else:  # k"_i = [u_i, (m_i,) |u_i|^2, 1], q"_i = [-2 u_i, (0,) 1, |u_i|^2]
+        else:  # k"_i = [u_i, (m_i,) |u_i|^2, 1], q"_i = [-2 u_i, (0,) 1, |u_i|^2 + eps]
             k = [u, sq, const.one] if self.mass_in != "logits" else [u, mass, sq, const.one]
             k = torch.cat(k, dim=-1)
-            q = torch.cat([const.minus_two * u, const.q_mid, sq], dim=-1)
+            q = torch.cat([const.minus_two * u, const.q_mid, sq + const.eps], dim=-1)
         cache.k.narrow(2, cache.length, 1).copy_(k)
         cache.v.narrow(2, cache.length, 1).copy_(v)
         cache.length += 1
@@ -498,17 +509,19 @@ class GravityAttention(nn.Module):
         """The seed kernel's scores (B, H, 1, S) of one query q" against the cached keys k"
         (B, H, S, key_dim): :meth:`attention_weights`' row before the softmax."""
         keys_t = keys.transpose(-1, -2)  # (B, H, key_dim, S)
-        # d2_j = q"_i . k"_j = |u_i|^2 + |u_j|^2 - 2 u_i . u_j, clamped as pairwise_d2
-        d2 = (q @ keys_t).clamp_min_(0.0)
+        # d2_j + eps = q"_i . k"_j = |u_i|^2 + |u_j|^2 - 2 u_i . u_j + eps, with d2_j clamped
+        # at 0 as pairwise_d2 does: eps in the query saves an op over the whole row
+        d2_eps = (q @ keys_t).clamp_min_(self.dist_eps)
         # s_j = m_i m_j (-gamma / (d2_j + eps) + b)   (seed_scores)
-        s = torch.addcdiv(const.bias, const.neg_gamma, d2 + const.eps)
-        if self.mass_in == "logits":  # m_j: row c of the keys
-            s = (mass * keys_t.narrow(-2, self.head_coord, 1)) * s
+        s = torch.addcdiv(const.bias, const.neg_gamma, d2_eps)
+        if self.mass_in == "logits":  # m_j: row c of the keys; in place, no new row
+            s = s.mul_(keys_t.narrow(-2, self.head_coord, 1)).mul_(mass)
+        if self.cutoff == "hard":  # d2_j > R^2
+            return s.masked_fill_(d2_eps > const.r2_eps, float("-inf"))
         if self.cutoff == "soft":
-            return s * F.relu(1.0 - d2 / const.r2)
-        if self.cutoff == "hard":
-            return s.masked_fill_(d2 > const.r2, float("-inf"))
+            return s * F.relu(1.0 - (d2_eps - const.eps) / const.r2)
         if self.cutoff == "smooth":
+            d2 = d2_eps - const.eps
             return s + cutoff_term(d2, const.radius, self.cutoff, self.cutoff_width)
         return s
 
@@ -561,11 +574,6 @@ class GravityAttention(nn.Module):
         return s.softmax(dim=-1)
 
 
-def layer_norm(module: LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` without the module call's overhead (decoding steps)."""
-    return F.layer_norm(x, module.weight.shape, module.weight, module.bias, 1e-5)
-
-
 class NGTBlock(nn.Module):
     """Identical to GPT's pre-LN block except that attention reads coordinates, which it moves."""
 
@@ -607,10 +615,7 @@ class NGTBlock(nn.Module):
         """:meth:`forward` for one new position (B, 1, .) after those in ``cache``, in eval
         mode, through :meth:`GravityAttention.step`, without the modules' call overhead."""
         o = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, constants)
-        x = x + o
-        mlp = self.mlp
-        h = F.gelu(F.linear(layer_norm(self.ln_2, x), mlp.c_fc.weight, mlp.c_fc.bias))
-        x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
+        x = mlp_step(x + o, self.ln_2, self.mlp)
         z = layer_norm(self.ln_z, z + F.linear(o, self.coord_next.weight, self.coord_next.bias))
         return x, z
 

@@ -107,8 +107,18 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
-from physllm.lora import apply_lora, mark_only_lora_trainable
-from physllm.nn import MLP, KVCache, LayerNorm, band_causal_mask, init_gpt2_weights
+from physllm.lora import apply_lora, effective_weight, mark_only_lora_trainable
+from physllm.nn import (
+    MLP,
+    Derived,
+    KVCache,
+    LayerNorm,
+    band_causal_mask,
+    init_gpt2_weights,
+    layer_norm,
+    mlp_step,
+    one_query_attention,
+)
 from physllm.validation import (
     FRACTION,
     NON_NEGATIVE,
@@ -344,6 +354,31 @@ class Block(nn.Module):
         x = x + self.mlp(self.ln_2(x))
         return x
 
+    def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]:
+        """What :meth:`step` reads from the parameters: q, k, v's weights side by side
+        (3C, C) and their biases, o's weight, and whether the phase is folded into them.
+        A phase the same at every position is a linear map h -> h R^T (R^T: the phase of
+        the identity's rows) feeding linear layers, so q = W (R h) = (W R) h exactly; a
+        per-position one is applied at each step. LoRA updates are merged (eval: no dropout)."""
+        a = self.attn
+        w = torch.cat([effective_weight(a.q), effective_weight(a.k), effective_weight(a.v)])
+        b = None if a.q.bias is None else torch.cat([a.q.bias, a.k.bias, a.v.bias])
+        fold = not (isinstance(self.phase, PhaseRotation) and self.phase.theta.dim() == 2)
+        if fold:
+            w = w @ self.phase(torch.eye(w.size(1), dtype=w.dtype, device=w.device)).T
+        return w, b, effective_weight(a.o), fold
+
+    def step(self, x: torch.Tensor, cache: KVCache, offset: int, constants: tuple) -> torch.Tensor:
+        """:meth:`forward` for one new position x (B, 1, C) at window position ``offset``,
+        after those in ``cache`` (extended in place), in eval mode: GPT's one-query path
+        (:func:`~physllm.nn.one_query_attention`) on :meth:`decode_constants`."""
+        w_qkv, b_qkv, w_o, folded = constants
+        h = layer_norm(self.ln_1, x)
+        if not folded:
+            h = self.phase(h, offset)
+        y = one_query_attention(h, w_qkv, b_qkv, self.attn.n_head, cache)
+        return mlp_step(x + F.linear(y, w_o, self.attn.o.bias), self.ln_2, self.mlp)
+
 
 def window_mask(n_global: int, n_bytes: int, write: bool, device=None) -> torch.Tensor | None:
     """Who reads whom in ``[read globals (G) | bytes (S) | write globals (G if write)]``
@@ -434,8 +469,7 @@ class QLLM(LanguageModel):
 
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Bytes ``idx`` (B, s) at segment positions start .. start + s - 1 -> (B, s, C)."""
-        pos = torch.arange(start, start + idx.size(1), device=idx.device)
-        emb = self.wte(idx) + self.wpe(pos)  # (B, s, C)
+        emb = self.wte(idx) + self.wpe.weight[start : start + idx.size(1)]  # (B, s, C)
         if self.config.phase_at == "embeddings":
             emb = self.phase(emb, start)  # the bytes only: the globals are prepended after it
         return emb
@@ -537,6 +571,10 @@ class QLLM(LanguageModel):
     # tokens that read later positions of their segment, and what they compute reaches
     # only the next segment (as m_{k+1}), never a byte of their own: every setting caches
     # exactly, none needs the recompute fallback.
+    #
+    # A one-byte step in eval mode runs GPT's one-query path (``Block.step``) on constants
+    # derived once per state (``Block.decode_constants``): q, k, v as one product, with a
+    # phase that is the same at every position folded into it.
 
     def _new_caches(self, batch: int, capacity: int) -> list[KVCache]:
         """One empty :class:`~physllm.nn.KVCache` per block, ``capacity`` positions each."""
@@ -551,9 +589,15 @@ class QLLM(LanguageModel):
         offset: int,
         store: bool = True,
         causal: bool = True,
+        derived: Derived | None = None,
     ) -> torch.Tensor:
         """x (B, L, C) at window positions offset .. offset + L - 1 through every block,
-        each reading (and with ``store`` extending) its cache. -> (B, L, C)."""
+        each reading (and with ``store`` extending) its cache. -> (B, L, C). One stored
+        position with ``derived`` (eval mode) takes the blocks' one-query path."""
+        if derived is not None and store and x.size(1) == 1:
+            for block, cache, constants in zip(self.blocks, caches, derived.values, strict=True):
+                x = block.step(x, cache, offset, constants)
+            return x
         for block, cache in zip(self.blocks, caches, strict=True):
             x = block(x, None, cache, offset, store, causal)
         return x
@@ -580,7 +624,9 @@ class QLLM(LanguageModel):
         if state is None:
             memory = self.initial_memory(B)
             state = {"memory": memory, "caches": self._open_segment(memory, B), "n": 0}
+            state["derived"] = self._derived()
         memory, caches, n = state["memory"], state["caches"], state["n"]
+        derived = None if self.training else state["derived"]
         done = 0
         while done < T:
             if n == self.S:  # the open segment is full and a byte follows: close it
@@ -589,10 +635,10 @@ class QLLM(LanguageModel):
                 caches, n = self._open_segment(memory, B), 0
             take = min(self.S - n, T - done)
             x = self.drop(self.embed(idx[:, done : done + take], n))
-            x = self._run_cached(x, caches, self.G + n)  # bytes at positions G + n ..
+            x = self._run_cached(x, caches, self.G + n, derived=derived)  # at G + n ..
             n, done = n + take, done + take
-        logits = self.lm_head(self.ln_f(x[:, -1]))
-        return logits, {"memory": memory, "caches": caches, "n": n}
+        logits = self._logits(x[:, -1])
+        return logits, {"memory": memory, "caches": caches, "n": n, "derived": state["derived"]}
 
     def _decode_flat(self, idx: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         """Seed globals or none: one window [globals | bytes], causal, positions absolute: a
@@ -605,17 +651,27 @@ class QLLM(LanguageModel):
         total = idx.size(1) + (0 if state is None else state["pos"])
         if state is None or total > block:
             history = history[:, -block:]
-            caches = self._new_caches(idx.size(0), G + block)
+            caches, derived = self._new_caches(idx.size(0), G + block), self._derived()
             x = self.embed(history)
             if G:
                 x = torch.cat([self.initial_memory(idx.size(0)), x], dim=1)
             x = self._run_cached(self.drop(x), caches, 0)
         else:
-            caches = state["caches"]
+            caches, derived = state["caches"], state["derived"]
             x = self.drop(self.embed(idx, state["pos"]))
-            x = self._run_cached(x, caches, G + state["pos"])
-        logits = self.lm_head(self.ln_f(x[:, -1]))
-        return logits, {"tokens": history[:, -block:], "pos": min(total, block), "caches": caches}
+            step = None if self.training else derived
+            x = self._run_cached(x, caches, G + state["pos"], derived=step)
+        state = {"tokens": history[:, -block:], "pos": min(total, block), "caches": caches}
+        return self._logits(x[:, -1]), {**state, "derived": derived}
+
+    def _derived(self) -> Derived:
+        """What one-byte steps read from the parameters: each block's
+        :meth:`Block.decode_constants`, computed once per decoding state."""
+        return Derived([block.decode_constants() for block in self.blocks])
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states x (B, C) -> logits (B, V), as functional calls."""
+        return F.linear(layer_norm(self.ln_f, x), self.lm_head.weight)
 
     @torch.no_grad()
     def decode_step(
