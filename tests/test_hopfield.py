@@ -611,11 +611,11 @@ def decode_all(model, idx: torch.Tensor, prefill: int, chunk: int) -> tuple[torc
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(),
+        dict(),  # pool: content-pooled trigrams
         dict(n_layer=2, mem_layer=0, combine="concat", n_updates=2),  # blocks after the read
-        dict(key_window=1, combine="add"),
-        dict(key_encoder="pool"),  # content-pooled keys and queries
-        dict(key_encoder="pool", key_window=1, key_ngram=1, n_layer=2, mem_layer=0),
+        dict(key_window=1, key_ngram=1, combine="add"),
+        dict(key_encoder="conv"),  # weights per offset
+        dict(key_encoder="conv", key_window=1, n_layer=2, mem_layer=0),
     ],
 )
 @pytest.mark.parametrize("facts", [False, True], ids=["bank-empty", "facts-written"])
@@ -720,6 +720,10 @@ def test_registry_presets_and_checkpoint(tmp_path):
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
     with pytest.raises(ValueError):
         HopfieldConfig(combine="multiply")
+    for bad in (dict(key_encoder="attention"), dict(key_window=2, key_ngram=3)):
+        with pytest.raises(ValueError):
+            HopfieldConfig(**bad)
+    HopfieldConfig(key_encoder="conv", key_window=2, key_ngram=3)  # conv has no n-grams
 
 
 def test_notebook_runs(run_notebook):

@@ -90,8 +90,10 @@ class HopfieldConfig(TransformerShape):
     # the memory layer
     mem_heads: int = 4
     mem_head_dim: int = 32
-    key_window: int = 12  # hidden states per key: " NAME is abc" fits
-    key_encoder: str = "conv"  # conv: weights per offset | pool: content-addressed pooling
+    key_window: int = 16  # hidden states per key: " NAME has code abc" fits
+    # pool: content-addressed pooling, one key for a name at any offset (held-out wordings);
+    # conv: weights per offset (a name where no training wording put it is not matched)
+    key_encoder: str = "pool"
     key_ngram: int = 3  # pool: each pooled item is the last key_ngram states (order in a name)
     n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
     beta_init: float = 0.5  # per head; unit-RMS keys: an exact match scores beta * d_head = 16
