@@ -13,19 +13,22 @@ pair
 so a later call, its context cleared, that finds itself in a similar
 context (``the code of bolek is``) retrieves what followed (the code).
 ``key_encoder`` says what W_k (and W_q) is. ``conv``: a causal convolution,
-a weight matrix per offset in the window. ``pool``: per head h,
+a weight matrix per offset in the window. ``pool`` (the default): per head h,
+over n-gram items f_s = G [h_{s-n+1} ... h_s] (n = ``key_ngram``),
 
-    W_k [h_{s-w+1} ... h_s] = P_h sum_i a_{s,i} h_{s-i} + R_h h_s,
-    a_{s,i} = softmax_i(u_h . h_{s-i} + b_h)      (i = 0 .. w-1)
+    W_k [h_{s-w+1} ... h_s] = P_h sum_i a_{s,i} f_{s-i} + R_h f_s,
+    a_{s,i} = softmax_i(u_h . f_{s-i} + b_h)      (i = 0 .. w-n)
 
 content-addressed pooling whose weights never see the offset i: a name
 written 6 tokens before the code ("and NAME gets CODE") and asked 2 before
-("code of NAME; ") pools to the same vector, where the conv meets the two
-offsets with different weights (and a wording puts a name at an offset
-training never used). R_h h_s keeps the current token: which character of
-the answer comes next. The hidden states are LayerNorm-ed first. The read
-is the modern Hopfield update of :mod:`physllm.hopfield.functional`, per
-head h with its own inverse temperature beta_h:
+("code of NAME; ") adds the same n-grams to both (only those across the
+name's edges and the wording's own words differ), where the conv meets the two offsets with
+different weights and a wording that puts a name at an offset no training
+wording used is not matched. R_h f_s keeps the current n-gram: which
+character of the answer comes next. The hidden states are LayerNorm-ed
+first. The read is the modern Hopfield update of
+:mod:`physllm.hopfield.functional`, per head h with its own inverse
+temperature beta_h:
 
     q_t   = W_q [h_{t-w+1} ... h_t]                   state pattern
     xi   <- K softmax(beta_h K^T xi)  (n_updates times; energy never rises)
