@@ -68,7 +68,8 @@ memory_steps = None  # stage 2a steps (None: the preset's memory_steps, or `step
 paraphrase_steps = None  # stage 2b steps on the training templates (None: memory_steps)
 n_updates = 1  # Hopfield updates per read (1: exactly attention)
 combine = "gated"  # add | gated | concat
-key_window = 12  # hidden states each key and query sees
+key_window = 16  # hidden states each key and query sees
+key_encoder = "pool"  # pool: content-pooled trigrams, any offset | conv: weights per offset
 eval_facts = 16  # facts written in call 1 of the recall tables
 recall_seeds = 3  # seeds of the memory stage and of the facts drawn (each one retrains stage 2)
 recall_trials = 2  # call-1/call-2 trials per seed and task (eval_facts questions each)
@@ -234,11 +235,18 @@ show_source(hopfield_fn.retrieve)
 
 # %% [markdown]
 # The memory layer (`physllm/hopfield/model.py`) sits after the backbone's
-# last block. A call **writes** one slot per token $s$: the key is a linear
-# map of the last `key_window` hidden states (what the context looked like),
-# the value the embedding of the *next* token (what came after), so a later
-# call in a similar context retrieves what followed. Keys and queries are
-# unit-RMS per head, so $\beta_h$ alone sets how sharp each head is.
+# last block. A call **writes** one slot per token $s$: the key is a map of
+# the last `key_window` hidden states (what the context looked like), the
+# value the embedding of the *next* token (what came after), so a later call
+# in a similar context retrieves what followed. Keys and queries are unit-RMS
+# per head, so $\beta_h$ alone sets how sharp each head is. The map
+# (`key_encoder`) is **pool** by default: each head scores the window's
+# trigrams by content, $a_i = \operatorname{softmax}_i(u_h \cdot f_{s-i})$, and
+# keys $P_h \sum_i a_i f_{s-i} + R_h f_s$. No weight depends on the offset $i$,
+# so a name two characters before the code ("code of NAME; ") and six before
+# ("and NAME gets CODE") give one key; the alternative, **conv**, has a
+# weight matrix per offset and never matches a name at an offset no training
+# wording used.
 
 # %%
 show_source(HopfieldMemory.entries)
@@ -302,12 +310,12 @@ show_source(KNNLM.log_probs)
 overrides = {"steps": steps} if steps is not None else {}
 cfg = make_config("hopfield", "cpu", corpus=corpus, tokenizer=tokenizer, device=device, seed=seed, threads=threads,
                   out_dir=str(out_dir / "backbone"), n_updates=n_updates, combine=combine,
-                  key_window=key_window, **overrides)
+                  key_window=key_window, key_encoder=key_encoder, **overrides)
 mcfg = cfg.model_config
 if memory_steps is None:
     memory_steps = steps if steps is not None else mcfg.memory_steps
 print({k: getattr(cfg, k) for k in ("corpus", "tokenizer", "steps", "batch_size")}, "memory_steps", memory_steps)
-print({k: getattr(mcfg, k) for k in ("backbone", "n_layer", "n_embd", "mem_heads", "mem_head_dim", "key_window", "n_updates", "combine", "n_slots")})
+print({k: getattr(mcfg, k) for k in ("backbone", "n_layer", "n_embd", "mem_heads", "mem_head_dim", "key_window", "key_encoder", "n_updates", "combine", "n_slots")})
 
 # %%
 # NBVAL_IGNORE_OUTPUT

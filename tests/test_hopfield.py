@@ -13,7 +13,7 @@ from physllm.errors import PhysllmError
 from physllm.hopfield import functional as hopfield_fn
 from physllm.hopfield.analysis import seed_summary
 from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
-from physllm.hopfield.model import HopfieldConfig, HopfieldLM
+from physllm.hopfield.model import CausalWindow, HopfieldConfig, HopfieldLM, PooledWindow
 from physllm.hopfield.tasks import (
     FactsTask,
     NarrativeQATask,
@@ -149,6 +149,35 @@ def test_long_call_hidden_matches_windows():
     assert h.shape == (2, 100, 32)
     torch.testing.assert_close(h[:, :32], model.backbone(x[:, :32])[1])
     torch.testing.assert_close(h[:, 64:80], model.backbone(x[:, 48:80])[1][:, 16:])
+
+
+def offset_keys(enc, name: torch.Tensor, other: torch.Tensor, filler: torch.Tensor) -> tuple:
+    """Distances of ``enc``'s key at the last of 12 positions: the name ending 3 positions
+    before it vs 5 before (the rest filler), and the name vs another name, both 3 before."""
+
+    def key(who: torch.Tensor, offset: int) -> torch.Tensor:
+        rows = [filler] * (7 - offset) + list(who) + [filler] * offset
+        return enc(torch.stack(rows).unsqueeze(0))[0, -1]
+
+    return (key(name, 3) - key(name, 5)).norm(), (key(name, 3) - key(other, 3)).norm()
+
+
+@pytest.mark.parametrize("ngram", [1, 3])
+def test_pooled_key_of_a_name_is_one_at_two_offsets_and_the_conv_key_is_not(ngram):
+    """A name 3 or 5 positions back, the rest of the window alike (at least ngram - 1 filler
+    each side, so the window holds the same n-grams), pools to one key; another name to
+    another. The conv keys the name by offset: moved, it is about as far from itself as
+    from another name."""
+    torch.manual_seed(0)
+    C, w = 16, 12
+    pool, conv = PooledWindow(C, 2, 8, w, ngram), CausalWindow(C, 16, w)
+    with torch.no_grad():
+        pool.score.weight.normal_()  # a trained scorer: not the uniform mean it starts as
+    name, other, filler = torch.randn(5, C), torch.randn(5, C), torch.randn(C)
+    moved, another = offset_keys(pool, name, other, filler)
+    assert moved < 1e-5 < 0.1 < another
+    moved, another = offset_keys(conv, name, other, filler)
+    assert moved > 0.5 * another
 
 
 @pytest.mark.parametrize("combine", ["add", "gated", "concat"])
@@ -582,9 +611,11 @@ def decode_all(model, idx: torch.Tensor, prefill: int, chunk: int) -> tuple[torc
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(),
+        dict(),  # pool: content-pooled trigrams
         dict(n_layer=2, mem_layer=0, combine="concat", n_updates=2),  # blocks after the read
-        dict(key_window=1, combine="add"),
+        dict(key_window=1, key_ngram=1, combine="add"),
+        dict(key_encoder="conv"),  # weights per offset
+        dict(key_encoder="conv", key_window=1, n_layer=2, mem_layer=0),
     ],
 )
 @pytest.mark.parametrize("facts", [False, True], ids=["bank-empty", "facts-written"])
@@ -689,6 +720,10 @@ def test_registry_presets_and_checkpoint(tmp_path):
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
     with pytest.raises(ValueError):
         HopfieldConfig(combine="multiply")
+    for bad in (dict(key_encoder="attention"), dict(key_window=2, key_ngram=3)):
+        with pytest.raises(ValueError):
+            HopfieldConfig(**bad)
+    HopfieldConfig(key_encoder="conv", key_window=2, key_ngram=3)  # conv has no n-grams
 
 
 def test_notebook_runs(run_notebook):

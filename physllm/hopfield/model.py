@@ -11,9 +11,24 @@ pair
     value_s = W_v e(x_{s+1})             what came next (its token embedding)
 
 so a later call, its context cleared, that finds itself in a similar
-context (``the code of bolek is``) retrieves what followed (the code). The
-read is the modern Hopfield update of :mod:`physllm.hopfield.functional`,
-per head h with its own inverse temperature beta_h:
+context (``the code of bolek is``) retrieves what followed (the code).
+``key_encoder`` says what W_k (and W_q) is. ``conv``: a causal convolution,
+a weight matrix per offset in the window. ``pool`` (the default): per head h,
+over n-gram items f_s = G [h_{s-n+1} ... h_s] (n = ``key_ngram``),
+
+    W_k [h_{s-w+1} ... h_s] = P_h sum_i a_{s,i} f_{s-i} + R_h f_s,
+    a_{s,i} = softmax_i(u_h . f_{s-i} + b_h)      (i = 0 .. w-n)
+
+content-addressed pooling whose weights never see the offset i: a name
+written 6 tokens before the code ("and NAME gets CODE") and asked 2 before
+("code of NAME; ") adds the same n-grams to both (only those across the
+name's edges and the wording's own words differ), where the conv meets the two offsets with
+different weights and a wording that puts a name at an offset no training
+wording used is not matched. R_h f_s keeps the current n-gram: which
+character of the answer comes next. The hidden states are LayerNorm-ed
+first. The read is the modern Hopfield update of
+:mod:`physllm.hopfield.functional`, per head h with its own inverse
+temperature beta_h:
 
     q_t   = W_q [h_{t-w+1} ... h_t]                   state pattern
     xi   <- K softmax(beta_h K^T xi)  (n_updates times; energy never rises)
@@ -78,7 +93,11 @@ class HopfieldConfig(TransformerShape):
     # the memory layer
     mem_heads: int = 4
     mem_head_dim: int = 32
-    key_window: int = 12  # hidden states per key: " NAME is abc" fits
+    key_window: int = 16  # hidden states per key: " NAME has code abc" fits
+    # pool: content-addressed pooling, one key for a name at any offset (held-out wordings);
+    # conv: weights per offset (a name where no training wording put it is not matched)
+    key_encoder: str = "pool"
+    key_ngram: int = 3  # pool: each pooled item is the last key_ngram states (order in a name)
     n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
     beta_init: float = 0.5  # per head; unit-RMS keys: an exact match scores beta * d_head = 16
     combine: str = "gated"  # add | gated | concat
@@ -100,6 +119,8 @@ class HopfieldConfig(TransformerShape):
         "mem_heads": POSITIVE,
         "mem_head_dim": POSITIVE,
         "key_window": POSITIVE,
+        "key_encoder": one_of("conv", "pool"),
+        "key_ngram": POSITIVE,
         "n_updates": POSITIVE,
         "beta_init": POSITIVE_FLOAT,  # stored as log(beta)
         "combine": one_of("add", "gated", "concat"),
@@ -113,6 +134,10 @@ class HopfieldConfig(TransformerShape):
     }
 
     def check(self) -> None:
+        require(
+            self.key_encoder != "pool" or self.key_ngram <= self.key_window,
+            f"--key-ngram {self.key_ngram} must fit the key window (--key-window {self.key_window})",
+        )
         if self.backbone != "gpt":
             return  # an hf: backbone's sizes are known once it is loaded (HopfieldMemory checks)
         super().check()
@@ -251,8 +276,20 @@ def build_backbone(config: HopfieldConfig) -> nn.Module:
 # --------------------------------------------------------------------------- memory
 
 
-class CausalWindow(nn.Module):
-    """A linear map of the last ``w`` vectors: a causal conv1d (B, T, C) -> (B, T, out)."""
+class Window(nn.Module):
+    """A map of the last ``window`` vectors at each position; ``tail`` keeps a decode's past."""
+
+    window: int
+
+    def tail(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """The w - 1 latest inputs (B, w - 1, C) once x (B, T, C) follows ``past``: the
+        ``past`` of the next step."""
+        return torch.cat([past, x], dim=1)[:, x.size(1) :]
+
+
+class CausalWindow(Window):
+    """A linear map of the last ``w`` vectors: a causal conv1d (B, T, C) -> (B, T, out).
+    Its weights are per offset: a name seen 4 tokens back and one 7 back meet different ones."""
 
     def __init__(self, n_in: int, n_out: int, window: int):
         super().__init__()
@@ -269,10 +306,50 @@ class CausalWindow(nn.Module):
             x = torch.cat([past, x], dim=1).transpose(1, 2)
         return self.conv(x).transpose(1, 2)
 
-    def tail(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
-        """The w - 1 latest inputs (B, w - 1, C) once x (B, T, C) follows ``past``: the
-        ``past`` of the next step."""
-        return torch.cat([past, x], dim=1)[:, x.size(1) :]
+
+class PooledWindow(Window):
+    """Content-addressed pooling of the last ``w`` positions, per head, plus the current one:
+    (B, T, C) -> (B, T, heads * d). Items are n-grams: f_t = G [x_{t-n+1} ... x_t] (a causal
+    conv of kernel n), so an item says which characters come in which order;
+
+        a_{t,i} = softmax_i(u_h . f_{t-i} + b_h)          i = 0 .. w-n, per head h
+        y_t,h   = P_h sum_i a_{t,i} f_{t-i} + R_h f_t
+
+    No weight depends on the offset i, so the same name four or seven tokens back pools to
+    the same vector; R_h f_t says where in the answer the position is (its last n tokens).
+    """
+
+    def __init__(self, n_in: int, heads: int, d: int, window: int, ngram: int = 3):
+        super().__init__()
+        self.window, self.heads, self.d, self.ngram = window, heads, d, ngram
+        self.items = CausalWindow(n_in, n_in, ngram)  # G
+        self.score = nn.Linear(n_in, heads)  # u_h, b_h
+        nn.init.zeros_(self.score.weight)  # starts as the window's mean
+        self.pool = nn.Linear(n_in, heads * d, bias=False)  # P
+        self.here = nn.Linear(n_in, heads * d, bias=False)  # R
+        for lin in (self.pool, self.here):
+            nn.init.normal_(lin.weight, std=1.0 / math.sqrt(n_in))
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, heads * d). ``past`` (B, w - 1, C): the w - 1 inputs before
+        x (a decoding step's); None: zeros, the start of a sequence (as the conv pads)."""
+        B, T, _ = x.shape
+        H, d, n = self.heads, self.d, self.window - self.ngram + 1  # n items per window
+        if past is None:
+            past = x.new_zeros(B, self.window - 1, x.size(2))
+        xs = torch.cat([past, x], dim=1)  # (B, w - 1 + T, C)
+        f = self.items.conv(xs.transpose(1, 2)).transpose(1, 2)  # (B, n - 1 + T, C)
+        a = torch.softmax(self.score(f).unfold(1, n, 1), dim=-1)  # (B, T, H, n)
+        v = self.pool(f).unfold(1, n, 1).view(B, T, H, d, n)  # project first: n x cheaper
+        pooled = torch.einsum("bthn,bthdn->bthd", a, v)
+        return (pooled + self.here(f[:, -T:]).view(B, T, H, d)).reshape(B, T, H * d)
+
+
+def key_encoder(kind: str, n_in: int, heads: int, d: int, window: int, ngram: int) -> Window:
+    """The key/query map of a window of hidden states: ``conv`` | ``pool``."""
+    if kind == "pool":
+        return PooledWindow(n_in, heads, d, window, ngram)
+    return CausalWindow(n_in, heads * d, window)
 
 
 class HopfieldMemory(nn.Module):
@@ -288,8 +365,9 @@ class HopfieldMemory(nn.Module):
         self.H, self.dk, self.dv = H, dk, n_embd // H
         self.n_updates, self.combine = config.n_updates, config.combine
         self.norm = nn.LayerNorm(n_embd)
-        self.write_key = CausalWindow(n_embd, H * dk, config.key_window)  # W_k
-        self.read_query = CausalWindow(n_embd, H * dk, config.key_window)  # W_q
+        encoder = (config.key_encoder, n_embd, H, dk, config.key_window, config.key_ngram)
+        self.write_key = key_encoder(*encoder)  # W_k
+        self.read_query = key_encoder(*encoder)  # W_q
         # The query starts as the key: equal contexts match from step 0 (auto-association).
         self.read_query.load_state_dict(self.write_key.state_dict())
         self.write_value = nn.Linear(n_embd, n_embd, bias=False)  # W_v
