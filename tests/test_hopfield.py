@@ -436,6 +436,33 @@ def test_seed_summary_uses_the_student_t_interval():
     assert row["questions"] == 24 and row["per_seed"] == [0.5, 0.75, 1.0]
 
 
+
+def test_recall_findings_say_the_goal_from_the_numbers():
+    from physllm.experiments.stats import interval
+    from physllm.hopfield.analysis import recall_findings
+
+    def seeds(memory: float, cache: float) -> list[dict]:
+        readers = {"memory": memory, "ngram_cache": cache, "knn_lm": 0.1, "no_memory": 0.0}
+        return [{r: {"exact_match": v + d, "questions": 16, "n_facts": 16} for r, v in readers.items()}
+                for d in (-0.02, 0.0, 0.02)]  # fmt: skip
+
+    def findings(heldout: dict[str, tuple[float, float]]) -> str:
+        tasks = {"same_template": seeds(0.98, 0.98), **{t: seeds(*v) for t, v in heldout.items()}}
+        per_seed = [{t: rows[i] for t, rows in tasks.items()} for i in range(3)]
+        curve = [{"n_facts": 16, "exact_match": 0.95}, {"n_facts": 32, "exact_match": 0.5}]
+        text = recall_findings(seed_summary(per_seed, interval), {"no eviction": curve}, (2.3, 2.5, 100))
+        assert "up to 16 facts" in text and "2.300 with the bank empty, 2.500 holding 100" in text
+        return text
+
+    passing = {t: (0.9, 0.02) for t in ("heldout_ask", "heldout_write", "heldout_both")}
+    assert "**heldout_write**: memory 90% [85, 95]" in findings(passing)
+    assert "<= 5%): reached." in findings(passing)
+    low_write = {**passing, "heldout_write": (0.42, 0.02)}
+    assert "not reached on heldout_write." in findings(low_write)
+    cache_high = {**passing, "heldout_both": (0.9, 0.2)}  # a lookup table passing fails the goal
+    assert "not reached on heldout_both." in findings(cache_high)
+
+
 # --------------------------------------------------------------------------- HF backbone
 
 

@@ -178,6 +178,67 @@ def summary_table(summary: dict[str, dict[str, dict]], metric: str = "exact_matc
     return pd.DataFrame({t: {k: cell(r) for k, r in rows.items()} for t, rows in summary.items()}).T
 
 
+HELDOUT_SETTINGS = ("heldout_ask", "heldout_write", "heldout_both")
+
+
+def _pct(r: dict) -> str:
+    """``mean% [low, high]`` of a :func:`seed_summary` row's exact match."""
+    return f"{100 * r['exact_match']:.0f}% [{100 * r['ci95_low']:.0f}, {100 * r['ci95_high']:.0f}]"
+
+
+def recall_findings(
+    summary: dict[str, dict[str, dict]],
+    capacity: dict[str, list[dict]],
+    lm_loss: tuple[float, float, int],
+    goal: float = 0.8,
+    cache_limit: float = 0.05,
+) -> str:
+    """Markdown bullets generated from this run's numbers: section 5's recall (a
+    :func:`seed_summary`), the capacity curves (``{"no eviction": rows, "FIFO": rows}``
+    of :func:`~physllm.hopfield.tasks.capacity_curve`) and ``lm_loss`` (val loss with the
+    bank empty, with n facts, n). The issue's goal is checked on every held-out setting:
+    the memory's mean exact match >= ``goal`` while the n-gram cache's is <= ``cache_limit``."""
+    same = summary["same_template"]
+    n = same["memory"]["n_seeds"]
+    lines = [
+        f"Exact match over {n} seeds, mean [Student-t 95% interval], "
+        f"{same['memory']['questions']} questions per reader and task:",
+        f"- **same wording**: memory {_pct(same['memory'])}, n-gram cache "
+        f"{_pct(same['ngram_cache'])}, kNN-LM {_pct(same['knn_lm'])}, no memory "
+        f"{_pct(same['no_memory'])}.",
+    ]
+    for t in HELDOUT_SETTINGS:
+        rows = summary[t]
+        lines.append(
+            f"- **{t}**: memory {_pct(rows['memory'])}, n-gram cache {_pct(rows['ngram_cache'])}, "
+            f"kNN-LM {_pct(rows['knn_lm'])}, no memory {_pct(rows['no_memory'])}."
+        )
+    short = [
+        t
+        for t in HELDOUT_SETTINGS
+        if summary[t]["memory"]["exact_match"] < goal
+        or summary[t]["ngram_cache"]["exact_match"] > cache_limit
+    ]
+    lines.append(
+        f"- **Goal** (>= {goal:.0%} exact match on every held-out setting, the n-gram cache "
+        f"<= {cache_limit:.0%}): "
+        + ("reached." if not short else "not reached on " + ", ".join(short) + ".")
+    )
+    for name, rows in capacity.items():
+        held = [r["n_facts"] for r in rows if r["exact_match"] >= 0.9]
+        points = ", ".join(f"{r['n_facts']}: {100 * r['exact_match']:.0f}%" for r in rows)
+        lines.append(
+            f"- **capacity, {name}** (facts: exact match): {points}; >= 90% up to "
+            f"{max(held, default=0)} facts."
+        )
+    empty, full, facts = lm_loss
+    lines.append(
+        f"- **ordinary text**: validation loss {empty:.3f} with the bank empty, {full:.3f} "
+        f"holding {facts} facts ({full - empty:+.3f} nats per token)."
+    )
+    return "\n".join(lines)
+
+
 STORY_BASELINES = ("ngram_cache", "ngram_words", "knn_lm")
 
 
@@ -224,11 +285,13 @@ def story_conclusion(
 
 
 __all__ = [
+    "HELDOUT_SETTINGS",
     "STORY_BASELINES",
     "SEED_METRICS",
     "energy_descent",
     "plot_capacity_curve",
     "plot_energy_descent",
+    "recall_findings",
     "recall_table",
     "retrieval_vs_beta",
     "seed_summary",
