@@ -371,7 +371,9 @@ def run_generation_bench(cfg: BenchConfig, child=_generation_child) -> list[dict
     """Every model at every length, each in a fresh process; best tokens/s of ``repeats``.
 
     Rows also carry each model's growth from its shortest length:
-    ``mem_growth`` (peak memory ratio) and ``speed_ratio`` (tokens/s ratio).
+    ``mem_growth`` (peak memory ratio) and ``speed_ratio`` (tokens/s ratio), and
+    ``reference_ratio``: tokens/s over gpt's (or the first model's) at the same length,
+    measured in the same interleaved rounds.
     """
     cfg = generation_config(cfg)
     for spec in cfg.models:
@@ -389,30 +391,36 @@ def run_generation_bench(cfg: BenchConfig, child=_generation_child) -> list[dict
                         row.update({k: prev[k] for k in ("tokens_per_sec", "ms_per_token")})
                 best[(spec, length)] = row
     rows = []
+    ref = "gpt" if "gpt" in cfg.models else cfg.models[0]
     for spec in cfg.models:
         first = best[(spec, lengths[0])]
         for length in lengths:
             row = best[(spec, length)]
             row["mem_growth"] = row["peak_mem_mb"] / first["peak_mem_mb"]
             row["speed_ratio"] = row["tokens_per_sec"] / first["tokens_per_sec"]
+            row["reference"] = ref
+            row["reference_ratio"] = row["tokens_per_sec"] / best[(ref, length)]["tokens_per_sec"]
             rows.append(row)
     return rows
 
 
 def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     cfg = generation_config(cfg)
+    ref = rows[0]["reference"] if rows else "gpt"
     lines = [
         f"# streaming generation, batch 1: context built to each length through the cache, then "
         f"{cfg.timed_tokens} tokens decoded one at a time (tokens/s: 1 / median step); best of {cfg.repeats}",
         f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware(cfg)}",
-        f"# peak memory: {rows[0]['peak_scope'] if rows else ''}; growth and speed vs each model's shortest length",
-        f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>9} {'speed x':>8} "
+        f"# peak memory: {rows[0]['peak_scope'] if rows else ''}; growth and speed vs each model's "
+        f"shortest length; x {ref}: tokens/s over {ref}'s at the same length",
+        f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>9} {'x ' + ref:>8} {'speed x':>8} "
         f"{'peak MB':>9} {'growth':>7} {'cache KB':>10}",
     ]
     for r in rows:
         lines.append(
             f"{r.get('label') or r['model']:<28} {r['length']:>7} {r['params']:>10,} {r['tokens_per_sec']:>9,.0f} "
-            f"{r['speed_ratio']:>8.2f} {r['peak_mem_mb']:>9.1f} {r['mem_growth']:>7.3f} {r['state_kb']:>10,.1f}"
+            f"{r['reference_ratio']:>8.2f} {r['speed_ratio']:>8.2f} {r['peak_mem_mb']:>9.1f} "
+            f"{r['mem_growth']:>7.3f} {r['state_kb']:>10,.1f}"
         )
     return "\n".join(lines)
 
