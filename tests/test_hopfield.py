@@ -15,16 +15,19 @@ from physllm.hopfield.analysis import seed_summary
 from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
 from physllm.hopfield.model import CausalWindow, HopfieldConfig, HopfieldLM, PooledWindow
 from physllm.hopfield.tasks import (
+    HELDOUT_PHRASES,
     FactsTask,
     NarrativeQATask,
     TemplateSplit,
     bank_of,
     capacity_curve,
+    generated_templates,
     is_heldout,
     load_narrativeqa_records,
     narrativeqa_eval,
     recall,
     token_f1,
+    uses_heldout_wording,
 )
 from physllm.models import build_model
 from physllm.sampling import generate
@@ -337,7 +340,7 @@ def test_memory_reader_writes_the_bank_and_no_memory_does_not():
     assert not torch.allclose(reader.answer_nll(prompt, code), without)
 
 
-WIDE = sorted(set(CHARS) | set(",;!"))  # the paraphrase templates' punctuation too
+WIDE = sorted(set(CHARS) | set(",;!&'-"))  # the paraphrase templates' punctuation too
 
 
 def wide_encode(text: str) -> list[int]:
@@ -392,6 +395,37 @@ def test_template_split_keeps_heldout_templates_out_of_training_and_in_evaluatio
         lines = [line for text in spy.written for line in text.splitlines(keepends=True)]
         assert _templates_used(lines, every_fact) == set(facts_from), setting
         assert _templates_used(spy.asked, every_question) == set(questions_from), setting
+
+
+def test_generated_templates_never_use_a_heldout_wording_and_are_reproducible():
+    split = TemplateSplit()
+    heldout = split.templates("fact", True) + split.templates("question", True)
+    assert all(uses_heldout_wording(t) for t in heldout)  # the check catches each one
+    shakespeare = set("abcdefghijklmnopqrstuvwxyz :-&'!?.\n")  # chars TinyShakespeare has
+    for kind in ("fact", "question"):
+        drawn = generated_templates(kind, 200, seed=3)
+        assert len(set(drawn)) == 200
+        assert drawn == generated_templates(kind, 200, seed=3)  # reproducible from the seed
+        assert drawn != generated_templates(kind, 200, seed=4)
+        assert drawn[:50] == generated_templates(kind, 50, seed=3)
+        for t in drawn:
+            assert t not in heldout and not any(p in t for p in HELDOUT_PHRASES), t
+            assert t.count("{name}") == 1 and t.count("{code}") == (kind == "fact"), t
+            after = t.split("{name}")[1].split("{code}")[0]
+            assert len(after) <= 10 and after.endswith(" "), t  # the name stays in the key window
+            assert set(t.replace("{name}", "").replace("{code}", "")) <= shakespeare, t
+    with pytest.raises(PhysllmError, match="kind"):
+        generated_templates("story", 4)
+    # a task on them still scores exactly the code after each question
+    task = FactsTask(
+        wide_encode,
+        fact=generated_templates("fact", 32, seed=3),
+        question=generated_templates("question", 32, seed=3),
+    )
+    ep = task.episode(4, 5, random.Random(0))
+    codes = [c for facts in ep.items for _, c in facts]
+    for target in ep.read_targets:
+        assert wide_decode(target[target >= 0].tolist()) in codes
 
 
 def test_capacity_without_eviction_sizes_the_bank_to_hold_every_fact():
@@ -759,7 +793,8 @@ def test_notebook_runs(run_notebook):
     _, out_dir = run_notebook("05_hopfield", steps=20, recall_trials=2, lm_facts=10)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["model"] == "hopfield" and metrics["steps"] == 20
-    assert metrics["memory_steps"] == metrics["paraphrase_steps"] == 20  # `steps` sets stage 2 too
+    assert metrics["memory_steps"] == 20  # `steps` sets stage 2 too
+    assert metrics["paraphrase_steps"] == 80 and metrics["paraphrase_wordings"] == 64
     # Twenty steps learn too little for recall to be asserted here (the recall test
     # above does that on a tiny model); what must hold is that each number is the
     # measurement it is named after: 3 seeds x 2 trials x 16 facts per reader and task.

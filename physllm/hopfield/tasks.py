@@ -13,7 +13,9 @@ the answer is (``read_targets``, -1 elsewhere). Nothing of call 1 is in call
 
   :class:`TemplateSplit` writes and asks the same facts in several wordings
   (:data:`FACT_TEMPLATES`, :data:`QUESTION_TEMPLATES`), some for training and the
-  rest held out, so evaluation can use wordings training never saw.
+  rest held out, so evaluation can use wordings training never saw;
+  :func:`generated_templates` draws many more training wordings (random words
+  and marks around the name), none with a held-out template's connector.
 * :class:`NarrativeQATask`: the story summary is call 1, "Question: ...
   Answer:" call 2 (the GPU preset; records from :func:`load_narrativeqa_records`).
 
@@ -231,6 +233,86 @@ class TemplateSplit:
         ask_out = setting in ("heldout_ask", "heldout_both")
         fact, question = self.templates("fact", write_out), self.templates("question", ask_out)
         return FactsTask(encode, fact=fact, question=question, **kw)
+
+
+# Generated wordings: stage 2b can train on many fact and question wordings whose only
+# constant part is the name before the code, so the memory's key learns to rest on the
+# name and not on one template's connector. None of them may use a held-out template's
+# connector (checked by :func:`generated_templates`), so held-out stays unseen.
+HELDOUT_PHRASES: tuple[str, ...] = (
+    "gets",
+    ", code",
+    "which code has",
+    "code of {name}; ",
+    "and {name}",  # held-out fact 4's word before the name, too
+)
+WORDING_WORDS: tuple[str, ...] = (
+    "a", "an", "as", "at", "be", "by", "do", "for", "go", "if", "in", "is", "it",
+    "key", "my", "no", "now", "on", "or", "our", "so", "the", "to", "up", "we", "yes",
+    "you", "all", "any", "but", "can", "new", "one", "own", "say", "see", "set", "tag",
+    "use", "was", "way", "got", "pin", "word", "name", "mark", "sign", "note", "here",
+    "then", "this", "that", "with", "from", "will", "take", "keep", "give", "call",
+)  # fmt: skip
+# Marks in every char vocabulary of the corpora (TinyShakespeare has no "=", "/" or ">").
+FACT_MARKS: tuple[str, ...] = ("", ":", " -", " &", "'s", " --")
+QUESTION_MARKS: tuple[str, ...] = ("?", "!", ":", " -", " &", "")
+
+
+def _wording_word(rng: random.Random) -> str:
+    """A short English word, or (a third of the time) a random 2-4 letter string."""
+    if rng.random() < 1 / 3:
+        return "".join(rng.choice(CODE_LETTERS) for _ in range(rng.randint(2, 4)))
+    return rng.choice(WORDING_WORDS)
+
+
+def _words(rng: random.Random, low: int, high: int) -> list[str]:
+    return [_wording_word(rng) for _ in range(rng.randint(low, high))]
+
+
+def _generated_fact(rng: random.Random) -> str:
+    prefix = "".join(w + " " for w in _words(rng, 0, 2))
+    connector = rng.choice(FACT_MARKS) + "".join(" " + w for w in _words(rng, 0, 2))
+    return f"{prefix}{{name}}{connector} {{code}}.\n"
+
+
+def _generated_question(rng: random.Random) -> str:
+    prefix = "".join(w + " " for w in _words(rng, 0, 3))
+    ending = "".join(" " + w for w in _words(rng, 0, 1)) + rng.choice(QUESTION_MARKS)
+    return f"{prefix}{{name}}{ending} "
+
+
+def uses_heldout_wording(template: str) -> bool:
+    """True where ``template`` is a held-out template or holds one's connector."""
+    heldout = TemplateSplit()
+    if template in heldout.templates("fact", True) + heldout.templates("question", True):
+        return True
+    return any(phrase in template for phrase in HELDOUT_PHRASES)
+
+
+def generated_templates(
+    kind: str, n: int, seed: int = 0, max_connector: int = 10
+) -> tuple[str, ...]:
+    """``n`` distinct procedurally generated fact (``kind="fact"``) or question
+    templates, reproducible from ``seed``: optional prefix words, ``{name}``, a
+    connector of punctuation and words (facts: then `` {code}.``), all drawn from
+    :data:`WORDING_WORDS` or random letters. Never a held-out template and never one
+    of :data:`HELDOUT_PHRASES` (:func:`uses_heldout_wording`). The text between the
+    name and the code (the question's end) is at most ``max_connector`` characters,
+    as in the hand-written templates, so the name stays inside the key window."""
+    if kind not in ("fact", "question"):
+        raise PhysllmError(f"template kind must be 'fact' or 'question', got {kind!r}")
+    make = _generated_fact if kind == "fact" else _generated_question
+    rng, found = random.Random(f"{kind}:{seed}"), {}
+    for _ in range(100 * n + 1000):
+        if len(found) == n:
+            break
+        t = make(rng)
+        after = t.split("{name}")[1].split("{code}")[0]  # connector: inside the key window
+        if len(after) <= max_connector and not uses_heldout_wording(t):
+            found.setdefault(t, None)
+    if len(found) < n:
+        raise PhysllmError(f"could not generate {n} distinct {kind} templates")
+    return tuple(found)
 
 
 # --------------------------------------------------------------------------- NarrativeQA
@@ -536,6 +618,9 @@ __all__ = [
     "Episode",
     "FactsTask",
     "TemplateSplit",
+    "HELDOUT_PHRASES",
+    "generated_templates",
+    "uses_heldout_wording",
     "bank_of",
     "compare_readers",
     "fresh_memory",
