@@ -374,7 +374,9 @@ def test_bench_cli_generate_mode():
     lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith("#")]
     assert len(lines) == 5 and "growth" in lines[0]  # header + 2 models x 2 lengths
     assert lines[0].split()[4:6] == ["x", "gpt"]  # tokens/s over gpt's at the same length
-    table = {(c[0], c[1]): (float(c[3].replace(",", "")), float(c[4])) for c in map(str.split, lines[1:])}
+    table = {
+        (c[0], c[1]): (float(c[3].replace(",", "")), float(c[4])) for c in map(str.split, lines[1:])
+    }
     for length in ("64", "256"):
         gpt, cv = table["gpt", length], table["context_vector:gates=input", length]
         assert gpt[1] == 1.0 and cv[1] == pytest.approx(cv[0] / gpt[0], abs=0.01 + 1 / gpt[0])

@@ -470,7 +470,6 @@ def test_seed_summary_uses_the_student_t_interval():
     assert row["questions"] == 24 and row["per_seed"] == [0.5, 0.75, 1.0]
 
 
-
 def test_recall_findings_say_the_goal_from_the_numbers():
     from physllm.experiments.stats import interval
     from physllm.hopfield.analysis import recall_findings
@@ -484,7 +483,9 @@ def test_recall_findings_say_the_goal_from_the_numbers():
         tasks = {"same_template": seeds(0.98, 0.98), **{t: seeds(*v) for t, v in heldout.items()}}
         per_seed = [{t: rows[i] for t, rows in tasks.items()} for i in range(3)]
         curve = [{"n_facts": 16, "exact_match": 0.95}, {"n_facts": 32, "exact_match": 0.5}]
-        text = recall_findings(seed_summary(per_seed, interval), {"no eviction": curve}, (2.3, 2.5, 100))
+        text = recall_findings(
+            seed_summary(per_seed, interval), {"no eviction": curve}, (2.3, 2.5, 100)
+        )
         assert "up to 16 facts" in text and "2.300 with the bank empty, 2.500 holding 100" in text
         return text
 
