@@ -281,12 +281,13 @@ def _generated_question(rng: random.Random) -> str:
     return f"{prefix}{{name}}{ending} "
 
 
+# the default split's held-out fact and question templates, once (the generator asks often)
+_HELDOUT_TEMPLATES = sum((TemplateSplit().templates(k, True) for k in ("fact", "question")), ())
+
+
 def uses_heldout_wording(template: str) -> bool:
     """True where ``template`` is a held-out template or holds one's connector."""
-    heldout = TemplateSplit()
-    if template in heldout.templates("fact", True) + heldout.templates("question", True):
-        return True
-    return any(phrase in template for phrase in HELDOUT_PHRASES)
+    return template in _HELDOUT_TEMPLATES or any(p in template for p in HELDOUT_PHRASES)
 
 
 def generated_templates(
