@@ -79,6 +79,7 @@ def uncached_logits(model, x, t, steer=None):
 KINDS_CACHED = {
     **KINDS,
     "symplectic-substeps": dict(substeps=2),
+    "symplectic-position": dict(integrator="position", substeps=2),
     "seed-eos": dict(variant="seed", eos_id=3),
 }
 
@@ -434,13 +435,17 @@ def test_fork_state_copies_rows_and_leaves_the_original():
 @pytest.mark.parametrize("mode", ["direct", "conservative"])
 @pytest.mark.parametrize("substeps, mass, bias", [(1, 1.0, False), (3, 0.5, True)])
 @pytest.mark.parametrize("steered", [False, True])
-def test_single_token_steps_equal_the_general_cached_path(mode, substeps, mass, bias, steered):
+@pytest.mark.parametrize("integrator", ["velocity", "position"])
+def test_single_token_steps_equal_the_general_cached_path(
+    mode, substeps, mass, bias, steered, integrator
+):
     """A one-token decoding step runs SymplecticLayer.step (the attention's single-query step,
     the local kernel and dt's factors computed with the state); it gives the layers' general
     forward on the same cache, to float rounding."""
     from physllm.hamiltonian.model import SymplecticLayer
 
     kw = dict(mode=mode, substeps=substeps, mass=mass, bias=bias, decay_kernel=4)
+    kw["integrator"] = integrator
     model = tiny(**kw).eval()
     with torch.no_grad():  # away from the init: per-channel decays, unequal step sizes
         for i, layer in enumerate(model.layers):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from physllm.hamiltonian.integrators import (
+    drift_kicks,
     energy_drift_vs_dt,
     force_from_potential,
     harmonic_exact,
@@ -17,6 +18,7 @@ from physllm.hamiltonian.integrators import (
     kinetic_energy,
     leapfrog_step,
     loglog_slope,
+    position_verlet_step,
     relative_energy_error,
     reversibility_error,
 )
@@ -63,14 +65,18 @@ def model_system(seed: int = 0):
 SYSTEMS = {"oscillator": oscillator, "model": model_system}
 
 
+SYMPLECTIC = ("leapfrog", "position_verlet")  # velocity Verlet, and drift-kick-drift
+
+
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_leapfrog_energy_bounded_euler_grows(system):
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_leapfrog_energy_bounded_euler_grows(system, method):
     q0, p0, V, F = SYSTEMS[system]()
     errs = {}
-    for method in ("leapfrog", "euler"):
-        qs, ps = integrate(q0, p0, F, 0.05, 1000, method)
-        errs[method] = relative_energy_error(qs, ps, V).flatten(1).max(-1).values  # worst token
-    lf, eu = errs["leapfrog"], errs["euler"]
+    for m in (method, "euler"):
+        qs, ps = integrate(q0, p0, F, 0.05, 1000, m)
+        errs[m] = relative_energy_error(qs, ps, V).flatten(1).max(-1).values  # worst token
+    lf, eu = errs[method], errs["euler"]
     # bounded: the second half's worst error is within 1.5x of the first half's
     assert lf[501:].max() <= 1.5 * lf[1:501].max()
     # Euler's grows
@@ -81,19 +87,21 @@ def test_leapfrog_energy_bounded_euler_grows(system):
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_leapfrog_error_is_second_order(system):
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_leapfrog_error_is_second_order(system, method):
     q0, p0, V, F = SYSTEMS[system]()
-    drift = energy_drift_vs_dt(q0, p0, V, DTS, t_final=2.0, force=F)
-    slope = loglog_slope(DTS, drift["leapfrog"])
+    drift = energy_drift_vs_dt(q0, p0, V, DTS, t_final=2.0, methods=(method, "euler"), force=F)
+    slope = loglog_slope(DTS, drift[method])
     assert 1.8 <= slope <= 2.2, slope
     # Euler is first order: its error falls only about linearly with dt
     assert loglog_slope(DTS, drift["euler"]) < 1.3
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_leapfrog_is_reversible(system):
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_leapfrog_is_reversible(system, method):
     q0, p0, _, F = SYSTEMS[system]()
-    assert reversibility_error(q0, p0, F, 0.05, 200, "leapfrog") < 1e-6
+    assert reversibility_error(q0, p0, F, 0.05, 200, method) < 1e-6
     # Euler is not: backward Euler steps with -dt do not undo forward ones
     assert reversibility_error(q0, p0, F, 0.05, 200, "euler") > 1e-4
 
@@ -119,20 +127,46 @@ def test_force_is_minus_gradient():
     assert math.isclose(fd.item(), -F(q0)[0, 3, 5].item(), rel_tol=1e-5, abs_tol=1e-8)
 
 
-def test_model_layer_is_one_leapfrog_step():
-    """A conservative layer's forward equals leapfrog on its own potential (fixed context)."""
+@pytest.mark.parametrize(
+    "integrator, step", [("velocity", leapfrog_step), ("position", position_verlet_step)]
+)
+def test_model_layer_is_one_leapfrog_step(integrator, step):
+    """A conservative layer's forward equals its integrator's step on its own potential
+    (fixed context)."""
     q0, p0, _, _ = model_system()
     torch.manual_seed(0)
     cfg = HamiltonianConfig(
-        vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16, mode="conservative"
-    )
+        vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16, mode="conservative",
+        integrator=integrator,
+    )  # fmt: skip
     layer = HamiltonianLM(cfg).double().layers[0]
     with torch.no_grad():
         c = layer.context(q0)
         q1, p1 = layer(q0, p0)
     F = force_from_potential(lambda q: layer.potential(q, c))
-    q2, p2 = leapfrog_step(q0, p0, F, float(layer.dt.detach()))
+    q2, p2 = step(q0, p0, F, float(layer.dt.detach()))
     assert torch.allclose(q1, q2) and torch.allclose(p1, p2)
+
+
+def test_position_verlet_merges_half_drifts_and_evaluates_the_force_once_per_step():
+    """drift_kicks(n) is n position-Verlet steps (adjacent half drifts merged), with n force
+    evaluations; velocity Verlet with a step's own force needs two per step."""
+    q0, p0, _, F = oscillator()
+    calls = []
+
+    def counted(q):
+        calls.append(1)
+        return F(q)
+
+    q1, p1 = q0, p0
+    for _ in range(5):
+        q1, p1 = position_verlet_step(q1, p1, F, 0.1)
+    q2, p2 = drift_kicks(q0, p0, counted, 0.1, 0.05, 5)
+    torch.testing.assert_close((q2, p2), (q1, p1), atol=1e-12, rtol=0)
+    assert len(calls) == 5
+    calls.clear()
+    leapfrog_step(q0, p0, counted, 0.1)
+    assert len(calls) == 2
 
 
 def test_local_influence_decays_as_learned_exponential():

@@ -17,6 +17,17 @@ Leapfrog (velocity Verlet) splits one step of size dt into kick-drift-kick:
     q_1     = q_0     + dt p_{1/2} / m    drift
     p_1     = p_{1/2} + dt/2 F(q_1)       half kick
 
+Position Verlet is the same splitting the other way round, drift-kick-drift:
+
+    q_{1/2} = q_0     + dt/2 p_0 / m      half drift
+    p_1     = p_0     + dt F(q_{1/2})     kick
+    q_1     = q_{1/2} + dt/2 p_1 / m      half drift
+
+one force evaluation per step. Velocity Verlet also needs only one per step
+when the force is the same at every step (the closing kick's force opens the
+next step); position Verlet needs one even when every step has its own force
+(a model's layers), since a drift costs no force at all.
+
 Each sub-step is the exact flow of a part of H (kinetic or potential), and
 exact flows are symplectic, so their composition is too: the map preserves
 phase-space volume and exactly conserves a "shadow" Hamiltonian
@@ -93,6 +104,17 @@ def leapfrog_step(
     return q_new, p_new
 
 
+def position_verlet_step(
+    q: torch.Tensor,
+    p: torch.Tensor,
+    force: Force,
+    dt: float | torch.Tensor,
+    mass: float | torch.Tensor = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position-Verlet step: half drift, kick, half drift."""
+    return drift_kicks(q, p, force, dt, 0.5 * dt / mass, 1)
+
+
 def leapfrog_steps(
     q: torch.Tensor,
     p: torch.Tensor,
@@ -130,6 +152,25 @@ def leapfrog_kicks(
     return q, p
 
 
+def drift_kicks(
+    q: torch.Tensor,
+    p: torch.Tensor,
+    force: Force,
+    kick: float | torch.Tensor,
+    half_drift: float | torch.Tensor,
+    n_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_steps`` position-Verlet steps from their factors, kick = dt and half_drift =
+    dt / 2m: a step's closing half drift and the next one's opening half drift merge into
+    one drift, so the force is evaluated n times."""
+    q = _axpy(q, half_drift, p)  # q_{1/2} = q + dt/2 p / m
+    for i in range(n_steps):
+        p = _axpy(p, kick, force(q))  # p_1 = p + dt F(q_{1/2})
+        # q_1 = q_{1/2} + dt/2 p_1 / m, then the next step's half drift with the same p_1
+        q = _axpy(q, half_drift if i == n_steps - 1 else 2 * half_drift, p)
+    return q, p
+
+
 def euler_step(
     q: torch.Tensor,
     p: torch.Tensor,
@@ -142,7 +183,7 @@ def euler_step(
     return q + dt * p / mass, p + dt * force(q)
 
 
-STEPS = {"leapfrog": leapfrog_step, "euler": euler_step}
+STEPS = {"leapfrog": leapfrog_step, "position_verlet": position_verlet_step, "euler": euler_step}
 
 
 def integrate(

@@ -27,7 +27,18 @@ potential (autograd), so that H is defined and conserved by the exact flow:
 
     V_t(q_t) = kappa |q_t|^2 / 2 + v . gelu(W_1 (LN(q_t) + c_t))      F_t = -dV_t/dq_t
 
-(the confining kappa |q|^2 / 2 keeps trajectories bounded). Logits read out
+(the confining kappa |q|^2 / 2 keeps trajectories bounded).
+
+The step is velocity Verlet (``integrator="velocity"``, kick-drift-kick) or
+position Verlet (``"position"``, drift-kick-drift). Both are second-order,
+symplectic and time-reversible; they differ in cost. Each layer has its own
+potential V_l, so velocity Verlet's closing kick (V_l at q_{l+1}) cannot be
+reused as the next layer's opening kick (V_{l+1}): two force evaluations per
+layer, 20 d^2 weights per token to a GPT block's 12 d^2. Position Verlet kicks
+once, at the half-drifted position q + dt/2 p/m, so a layer costs what a GPT
+block costs (attention + one MLP) and adjacent half drifts cost nothing.
+
+Logits read out
 where each token is heading, q + tau p, through the tied embedding:
 
     logits_t = E . LN(q_t^L + tau p_t^L)
@@ -57,7 +68,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
-from physllm.hamiltonian.integrators import force_from_potential, leapfrog_kicks, leapfrog_steps
+from physllm.hamiltonian.integrators import (
+    drift_kicks,
+    force_from_potential,
+    leapfrog_kicks,
+    leapfrog_steps,
+)
 from physllm.nn import CausalSelfAttention, Derived, KVCache, init_gpt2_weights
 from physllm.validation import (
     NON_NEGATIVE,
@@ -78,6 +94,8 @@ class HamiltonianConfig(TransformerShape):
     mlp_ratio: int = 4  # hidden width of the force / potential network, in units of n_embd
     dt: float = 1.0  # initial step size of every layer
     substeps: int = 1  # leapfrog steps of dt / k per layer, the context held: error ~ 1/k^2
+    # velocity (kick-drift-kick: 2 force evaluations per layer) | position (drift-kick-drift: 1)
+    integrator: str = "velocity"
     learn_dt: bool = True
     mass: float = 1.0
     decay_kernel: int = 16  # length K of the local exp(-lambda k) kernel
@@ -94,6 +112,7 @@ class HamiltonianConfig(TransformerShape):
     field_rules = {
         "variant": one_of("symplectic", "seed"),
         "mode": one_of("direct", "conservative"),
+        "integrator": one_of("velocity", "position"),
         "mlp_ratio": POSITIVE,
         "dt": POSITIVE_FLOAT,  # a leapfrog step forward in time
         "substeps": POSITIVE,
@@ -211,12 +230,14 @@ class DecayConv(nn.Module):
 
 class SymplecticLayer(nn.Module):
     """One leapfrog step of H = |p|^2/2m + V(q; c), the context c fixed during the step
-    (``substeps`` = k: k steps of dt / k, the same time at 1/k^2 of the energy error)."""
+    (``substeps`` = k: k steps of dt / k, the same time at 1/k^2 of the energy error);
+    velocity Verlet (kick-drift-kick) or position Verlet (drift-kick-drift)."""
 
     def __init__(self, config: HamiltonianConfig):
         super().__init__()
         C, H = config.n_embd, config.mlp_ratio * config.n_embd
         self.mode, self.mass, self.substeps = config.mode, config.mass, config.substeps
+        self.integrator = config.integrator
         self.ln_ctx = nn.LayerNorm(C, bias=config.bias)
         self.guide = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
         self.local = DecayConv(C, config.decay_kernel, config.decay_init)
@@ -270,13 +291,19 @@ class SymplecticLayer(nn.Module):
             f = self.force(x, c)
             return f if steer is None else f + steer  # steering: a constant extra force
 
-        return leapfrog_steps(q, p, force, self.dt / self.substeps, self.substeps, self.mass)
+        dt = self.dt / self.substeps
+        if self.integrator == "position":
+            return drift_kicks(q, p, force, dt, 0.5 * dt / self.mass, self.substeps)
+        return leapfrog_steps(q, p, force, dt, self.substeps, self.mass)
 
     def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What :meth:`step` reads from the parameters alone, computed once per decoding
-        state: the local kernel as window weights (K, C), the half kick dt/2k and the
-        drift dt/(k m) of k substeps."""
+        state: the local kernel as window weights (K, C) and the integrator's two factors
+        for k substeps: velocity Verlet's half kick dt/2k and drift dt/(k m), or position
+        Verlet's kick dt/k and half drift dt/(2 k m)."""
         dt = self.dt / self.substeps
+        if self.integrator == "position":
+            return self.local.window_weights(), dt, 0.5 * dt / self.mass
         return self.local.window_weights(), 0.5 * dt, dt / self.mass
 
     def step(
@@ -290,12 +317,12 @@ class SymplecticLayer(nn.Module):
         """:meth:`forward` for one new position (B, 1, C) after those in ``cache``, in eval
         mode: the same numbers in fewer ops (``constants`` from :meth:`decode_constants`).
 
-        Per token and layer this is 2 + 2(k + 1) matrix products (k substeps): the guide's
-        c_attn and c_proj, then the force's c_fc and c_proj at each of its k + 1
-        evaluations. GPT's block is 4 (c_attn, c_proj, c_fc, c_proj), so at k = 1 a layer
-        multiplies by 6 matrices to GPT's 4, and by 20 d^2 weights to GPT's 12 d^2: the
-        leapfrog's second force evaluation is the mechanism's own cost."""
-        w_local, half_dt, drift = constants
+        Per token and layer, velocity Verlet is 2 + 2(k + 1) matrix products (k substeps):
+        the guide's c_attn and c_proj, then the force's c_fc and c_proj at each of its
+        k + 1 evaluations. GPT's block is 4 (c_attn, c_proj, c_fc, c_proj), so at k = 1 a
+        layer multiplies by 6 matrices to GPT's 4, and by 20 d^2 weights to GPT's 12 d^2.
+        Position Verlet evaluates the force k times: 4 products at k = 1, GPT's count."""
+        w_local, first, second = constants
         x = layer_norm(self.ln_ctx, q)
         local = (cache.conv_input(x) * w_local).sum(1, keepdim=True)  # sum_k w_k x_{t-k}
         c = self.guide.step(x, cache.kv) + local
@@ -312,7 +339,9 @@ class SymplecticLayer(nn.Module):
                 f = self.force(y, c)
                 return f if steer is None else f + steer
 
-        return leapfrog_kicks(q, p, force, half_dt, drift, self.substeps)
+        if self.integrator == "position":
+            return drift_kicks(q, p, force, first, second, self.substeps)
+        return leapfrog_kicks(q, p, force, first, second, self.substeps)
 
 
 # --------------------------------------------------------------------------- seed parts
@@ -555,9 +584,9 @@ class HamiltonianLM(LanguageModel):
         before the first call: the cached positions were computed with it).
 
         One token in eval mode goes through :meth:`SymplecticLayer.step` (the symplectic
-        variant), reading the constants :meth:`new_cache` computed from the parameters. Its
-        floor is the leapfrog's second force evaluation: 6 matrix products per layer to
-        GPT's 4 (SymplecticLayer.step), and a LayerNorm, a GELU and the local kernel more.
+        variant), reading the constants :meth:`new_cache` computed from the parameters:
+        velocity Verlet multiplies by 6 matrices per layer to GPT's 4 (its second force
+        evaluation), position Verlet by 4; both add a LayerNorm and the local kernel.
         """
         state = dict(state or {})
         block, pos = self.config.block_size, state.get("pos", 0)
