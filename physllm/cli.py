@@ -9,6 +9,8 @@ Core commands (this module, :mod:`physllm.reporting` for report):
 - ``corpora``  list corpora and what is cached
 - ``sweep``    run a grid of training runs from a TOML spec into one results.csv
   (:mod:`physllm.experiments.sweep`; resumable: finished runs are skipped)
+- ``choose``   pick between two forms of a leaderboard entry by validation loss at equal
+  wall-clock, over seeds (:mod:`physllm.experiments.choices`)
 - ``report``   run notebooks with papermill into reports/ and rebuild the index
 - ``plan``     estimate a run's parameters, memory, FLOPs and time on common GPUs before
   training (:mod:`physllm.plan`; the ``train`` flags)
@@ -31,7 +33,9 @@ import dataclasses
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -51,9 +55,11 @@ from physllm.bench import (
     run_generation_bench,
     run_length_bench,
 )
-from physllm.data import cache_dir, list_corpora
-from physllm.env import resolve_device
+from physllm.data import cache_dir, list_corpora, resolve_default_corpus
+from physllm.env import device_description, resolve_device, set_threads
 from physllm.errors import PhysllmError
+from physllm.experiments.choices import equal_time_choice, form_configs, write_choice
+from physllm.experiments.gaps import DEFAULT_LRS
 from physllm.experiments.leaderboard import bench_all_config
 from physllm.experiments.sweep import load_specs, run_stages
 from physllm.models import ARCHITECTURES, MODELS, get_model_classes
@@ -62,6 +68,7 @@ from physllm.plan import DEFAULT_MFU, format_plan, plan, vocab_size_of, with_voc
 from physllm.reporting import cmd_report
 from physllm.sampling import SamplingConfig, TextStream, stream_generate
 from physllm.training import TrainConfig, load_checkpoint, make_config, train
+from physllm.training.trainer import git_sha
 from physllm.validation import NON_NEGATIVE, POSITIVE, check_fields, check_values, in_range
 
 # --------------------------------------------------------------------------- train
@@ -309,6 +316,67 @@ def cmd_sweep(argv: Sequence[str]) -> None:
     run_stages(specs, dry_run=args.dry_run, retry_failed=args.retry_failed)
 
 
+# --------------------------------------------------------------------------- choose
+
+
+def choose_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="physllm choose",
+        description=(
+            "Train a leaderboard entry in two forms (one config field, two values) by the "
+            "evidence protocol, and keep the candidate only if its validation loss at equal "
+            "wall-clock is better over seeds; writes OUT/choice.json and OUT/choice.txt."
+        ),
+    )
+    parser.add_argument("entry", help="a leaderboard entry, e.g. hamiltonian")
+    parser.add_argument("--field", required=True, help="the model config field, e.g. integrator")
+    parser.add_argument("--reference", required=True, help="the field's value now")
+    parser.add_argument("--candidate", required=True, help="the value to try")
+    parser.add_argument("--preset", default="cpu", help="the leaderboard recipe (cpu or gpu)")
+    parser.add_argument("--steps", type=int, default=400, help="the reference's budget")
+    parser.add_argument("--n-embd", type=int, default=None, help="the size (GPT's width)")
+    parser.add_argument("--seeds", default="1,2,3", help="the seeds stage's seeds")
+    parser.add_argument("--lrs", default=",".join(f"{r:g}" for r in DEFAULT_LRS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--runs-dir", default=None, help="default: runs/choices/ENTRY_FIELD")
+    parser.add_argument("--out", default=None, help="default: reports/choices/ENTRY_FIELD")
+    return parser
+
+
+def cmd_choose(argv: Sequence[str]) -> None:
+    args = choose_parser().parse_args(argv)
+    if args.steps < 10:
+        raise PhysllmError(f"--steps must be at least 10, got {args.steps}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise PhysllmError(
+            f"--seeds must be integers separated by commas, got {args.seeds!r}"
+        ) from None
+    if len(seeds) < 3:
+        raise PhysllmError(f"a choice needs at least 3 seeds, got {args.seeds!r}")
+    budget = {"steps": args.steps, "progress": False, "tensorboard": False}
+    if args.n_embd:
+        budget["n_embd"] = args.n_embd
+    values = (args.reference, args.candidate)
+    configs = form_configs(args.entry, args.field, values, args.preset, **budget)
+    name = f"{args.entry}_{args.field}"
+    runs = args.runs_dir or f"runs/choices/{name}"
+    result = equal_time_choice(configs, args.lrs, seeds, runs, threads=args.threads)
+    what = {"entry": args.entry, "field": args.field, "reference": args.reference}
+    what.update(candidate=args.candidate, preset=args.preset, steps=args.steps, size=args.n_embd)
+    set_threads(args.threads or 0)  # so the description names the runs' threads
+    what.update(
+        corpus=resolve_default_corpus()
+        if configs["reference"].corpus == "default"
+        else configs["reference"].corpus,
+        hardware=device_description(resolve_device(configs["reference"].device)),
+        git_sha=git_sha(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    print(write_choice(result, what, Path(args.out or f"reports/choices/{name}")))
+
+
 # --------------------------------------------------------------------------- architecture commands
 
 
@@ -355,6 +423,7 @@ CORE: dict[str, tuple[CoreCommand, str]] = {
     "corpora": (cmd_corpora, "list corpora and cache state"),
     "sweep": (cmd_sweep, "run a grid of training runs from a spec into results.csv"),
     "plan": (cmd_plan, "estimate a run's memory and time on common GPUs before training"),
+    "choose": (cmd_choose, "pick between two forms of an entry by loss at equal wall-clock"),
     "report": (cmd_report, "run notebooks with papermill into reports/ and rebuild the index"),
 }
 
