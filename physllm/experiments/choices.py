@@ -10,8 +10,8 @@ answer follows the evidence protocol (DESIGN.md section 8,
 
 1. **learning-rate stage**: the reference form and the candidate, each at every rate of
    ``lrs``, one seed, ``steps`` steps, every run its own process;
-2. **speed**: each form's training tokens/s, the mean over those runs (the same machine,
-   the same budget, run one after the other), gives the candidate's steps at equal
+2. **speed**: each form's training tokens/s, the median over those runs (the same
+   machine, the same budget, run one after the other), gives the candidate's steps at equal
    wall-clock, ``steps_equal_time = round(steps * tok/s_candidate / tok/s_reference)``;
 3. **seeds stage**: new seeds at each form's picked rate: the reference at ``steps``, the
    candidate at ``steps`` (equal steps) and at ``steps_equal_time`` (equal time);
@@ -68,12 +68,14 @@ def form_configs(
     return configs
 
 
-def mean_speed(rows: Sequence[Mapping[str, Any]], name: str) -> float:
-    """The mean training tokens/s of ``name``'s finished runs."""
-    speeds = [float(r["train_tokens_per_sec"]) for r in rows if r["entry"] == name]
+def median_speed(rows: Sequence[Mapping[str, Any]], name: str) -> float:
+    """The median training tokens/s of ``name``'s finished runs: one run slowed by
+    something else on the machine does not move it."""
+    speeds = sorted(float(r["train_tokens_per_sec"]) for r in rows if r["entry"] == name)
     if not speeds:
         raise PhysllmError(f"no finished runs of {name!r} to measure its speed from")
-    return sum(speeds) / len(speeds)
+    mid = len(speeds) // 2
+    return speeds[mid] if len(speeds) % 2 else (speeds[mid - 1] + speeds[mid]) / 2
 
 
 def paired(rows: Sequence[Mapping[str, Any]], a: str, b: str, metric: str) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def equal_time_choice(
     )["failed"]  # fmt: skip
     lr_rows = [r for r in read_results(paths["lr"]) if r["status"] == "ok"]
     best = {name: pick_lr(lr_rows, name, SIZE) for name in configs}
-    speed = {name: mean_speed(lr_rows, name) for name in configs}
+    speed = {name: median_speed(lr_rows, name) for name in configs}
     equal_steps = max(1, round(steps * speed[CANDIDATE] / speed[REFERENCE]))
     final = {**configs, EQUAL_TIME: dataclasses.replace(configs[CANDIDATE], steps=equal_steps)}
     best[EQUAL_TIME] = best[CANDIDATE]  # the rule picks at the shortest budget
