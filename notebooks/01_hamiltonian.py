@@ -163,6 +163,18 @@ print(corpus_notice(corpus))
 # error oscillates, **bounded, at $O(\Delta t^2)$ for all time**. Running the
 # step with $-\Delta t$ undoes it exactly (the map is time-reversible).
 #
+# **Position Verlet** is the same splitting the other way round, drift-kick-drift:
+# $q_{1/2} = q_0 + \tfrac{\Delta t}{2} p_0/m$, $p_1 = p_0 + \Delta t\,F(q_{1/2})$,
+# $q_1 = q_{1/2} + \tfrac{\Delta t}{2} p_1/m$: also exact flows composed, so also
+# symplectic, second order and reversible (the tests check all three for both). It
+# differs in cost. In the model every layer has its *own* potential $V_l$, so velocity
+# Verlet's closing kick ($V_l$ at $q_{l+1}$) cannot open the next layer ($V_{l+1}$):
+# two force evaluations per layer. Position Verlet kicks once per layer, so a layer
+# costs what a GPT block costs (`integrator="position"`). Which one the leaderboard
+# trains is decided by `python -m physllm choose` (validation loss at equal
+# wall-clock over seeds, `reports/choices/`); this notebook's runs use
+# `HamiltonianConfig`'s default.
+#
 # **Explicit Euler** updates both from the old point,
 # $q_1 = q_0 + \Delta t\,p_0/m$, $p_1 = p_0 + \Delta t\,F(q_0)$. On the
 # oscillator $V = k q^2/2$ its Jacobian
