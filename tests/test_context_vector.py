@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from physllm.bench import BenchConfig, measure_generation
 from physllm.context_vector.fused import HiddenGatedLoop
 from physllm.context_vector.model import (
+    SCAN_CHUNK,
     ContextLayer,
     ContextVectorConfig,
     ContextVectorModel,
     LinearScan,
+    chunked_scan,
     linear_scan,
     sequential_scan,
 )
@@ -51,10 +53,23 @@ def test_parallel_scan_equals_the_sequential_loop(T):
     assert (linear_scan(a, b, c0) - sequential_scan(a, b, c0)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("T", [1, 2, 50, 300])
+@pytest.mark.parametrize("T, chunk", [(5, 8), (64, 8), (100, 8), (1000, 64), (513, 64)])
+def test_chunked_scan_equals_the_sequential_loop(T, chunk):
+    """Chunks in parallel, the state carried across them: the loop's states, whole chunks
+    or a ragged last one, with gates near 1 (long memory) and near 0 (products underflow)."""
+    torch.manual_seed(T)
+    for a in (0.9 + 0.1 * torch.rand(2, T, 4), 0.01 * torch.rand(2, T, 4)):
+        b, c0 = torch.randn(2, T, 4), torch.randn(2, 4)
+        expected = sequential_scan(a, b, c0)
+        assert (chunked_scan(a, b, c0, chunk) - expected).abs().max() < 1e-4
+    assert SCAN_CHUNK * 8 <= 1000  # the 1000-step cases above go through the chunks
+
+
+@pytest.mark.parametrize("T", [1, 2, 50, 300, 600])
 def test_scan_gradients_equal_the_loop(T):
     """The model's scan (LinearScan: the gradient as a scan backwards in time) and autograd
-    through linear_scan give the loop's gradients, for a, b and the initial state."""
+    through linear_scan give the loop's gradients, for a, b and the initial state (at 600
+    steps through the chunked scan, forward and backward)."""
     torch.manual_seed(T)
     a = torch.rand(2, T, 4, requires_grad=True)
     b = torch.randn(2, T, 4, requires_grad=True)

@@ -105,7 +105,46 @@ class ContextVectorConfig(ModelConfig):
 # --------------------------------------------------------------------------- the scan
 
 
+SCAN_CHUNK = 64  # positions per chunk of the chunked scan (measured best of 32-256 on CPU)
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """All states of c_t = a_t * c_{t-1} + b_t, with c_{-1} = c0: a, b (B, T, C); c0 (B, C)
+    -> c (B, T, C). Up to 8 chunks' length, :func:`hillis_steele_scan` over all T; beyond,
+    :func:`chunked_scan` (its log2 T rounds each sweep all T: T log T work, and the passes
+    over memory grow with it)."""
+    if a.size(1) < 8 * SCAN_CHUNK:
+        return hillis_steele_scan(a, b, c0)
+    return chunked_scan(a, b, c0, SCAN_CHUNK)
+
+
+def chunked_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor, chunk: int) -> torch.Tensor:
+    """:func:`linear_scan` chunk by chunk: within each chunk of K positions in parallel,
+    across chunks by the carried state. Unrolling the recurrence inside chunk j,
+
+        c_t = s_t + P_t * c_in,   s = the chunk's scan from a zero state,
+                                  P_t = a_{first} * ... * a_t (cumulative product),
+
+    with c_in the last state of chunk j - 1. All chunks' s and P come at once (the chunks
+    as a batch), then T / K fused multiply-adds carry the state: T log K work instead of
+    T log T. Products of gates may underflow to 0 over a chunk, which is then their true
+    value to float precision; nothing is divided by them."""
+    B, T, C = a.shape
+    pad = (-T) % chunk  # a = 1, b = 0 past the end: the state passes through unchanged
+    a = F.pad(a, (0, 0, 0, pad), value=1.0).view(B, -1, chunk, C)  # (B, n, K, C)
+    b = F.pad(b, (0, 0, 0, pad)).view(B, -1, chunk, C)
+    n = a.size(1)
+    flat = (B * n, chunk, C)
+    s = hillis_steele_scan(a.reshape(flat), b.reshape(flat), a.new_zeros(B * n, C))
+    s, P = s.view(B, n, chunk, C), torch.cumprod(a, dim=2)
+    carry, chunks = c0, []
+    for j in range(n):
+        chunks.append(torch.addcmul(s[:, j], P[:, j], carry.unsqueeze(1)))  # s + P * c_in
+        carry = chunks[-1][:, -1]
+    return torch.stack(chunks, dim=1).view(B, n * chunk, C)[:, :T]
+
+
+def hillis_steele_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     """All states of c_t = a_t * c_{t-1} + b_t, with c_{-1} = c0, by a parallel scan.
 
     a, b (B, T, C); c0 (B, C) -> c (B, T, C). Two steps compose into one,
