@@ -5,6 +5,7 @@ reference unless the candidate is resolved better at equal time."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -140,3 +141,18 @@ def test_bad_choices_are_one_clear_line_and_exit_2(flags, message, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and message in err[-1]
     assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
+
+
+def test_the_leaderboard_uses_every_committed_choice():
+    """Each choice in reports/choices/*/choice.json is what its leaderboard entry trains:
+    the candidate's value when it won at equal wall-clock, else the reference's."""
+    from tests.conftest import REPO
+
+    found = sorted((REPO / "reports" / "choices").glob("*/choice.json"))
+    assert found, "no committed choice"
+    entries = {e.name: e for e in select_entries("all")}
+    for path in found:
+        choice = json.loads(path.read_text())
+        kept = choice[choice["choice"]]  # the value of the form chosen
+        configs = build_configs(choice["preset"], 256, [entries[choice["entry"]]])
+        assert str(getattr(configs[choice["entry"]].model_config, choice["field"])) == kept, path
