@@ -149,7 +149,14 @@ print(corpus_notice(corpus if preset == "cpu" else get_preset("context_vector", 
 # $(a_1, b_1) \circ (a_2, b_2) = (a_2 a_1,\; a_2 b_1 + b_2)$, and this
 # composition is associative, so all $T$ prefixes come out of a parallel
 # (Hillis–Steele) scan in $\lceil \log_2 T \rceil$ vectorised rounds instead
-# of $T$ sequential steps. A LayerNorm on $c_t$ would break the linearity,
+# of $T$ sequential steps. Each round sweeps all $T$ positions ($T \log T$ work),
+# so past 8 chunks of 64 the scan runs chunk by chunk: within each chunk in
+# parallel from a zero state, giving $s_t$ and the gates' running product $P_t$,
+# then $c_t = s_t + P_t\, c_{\mathrm{in}}$ carries the state across chunks
+# ($T \log 64$ work). This variant is the one the leaderboard trains: at equal
+# wall-clock its validation loss is lower than the hidden-gated loop's
+# (`reports/choices/context_vector_gates_cpu`, `python -m physllm choose`).
+# A LayerNorm on $c_t$ would break the linearity,
 # so this variant carries the raw state (bounded anyway: $|c_t| \le
 # \max|\delta| / (1 - \max f)$) and normalises what the FNN *reads*:
 # $h_t = \mathrm{FNN}([x_t;\, \mathrm{LN}(c_{t-1})])$.

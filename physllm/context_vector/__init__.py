@@ -28,7 +28,9 @@ ARCH = Architecture(
             "context_vector-fixed",
             "context_vector",
             "fixed form (LayerNorm'ed input, residual GELU FNN, tanh delta)",
-            {"form": "fixed", "gates": "hidden"},
+            # input-read gates (the parallel scan): lower validation loss than hidden-read
+            # gates at equal wall-clock (reports/choices/context_vector_gates_cpu)
+            {"form": "fixed", "gates": "input"},
             match="n_hidden",
             own_shape=True,
             per_preset={"gpu": {"n_layer": 4}},

@@ -16,8 +16,7 @@ ARCH = Architecture(
         Entry(
             "hamiltonian",
             "hamiltonian",
-            "leapfrog-shaped layers (position Verlet), non-conservative force (mode direct: "
-            "no energy exists)",
+            "leapfrog-shaped layers, non-conservative force (mode direct: no energy exists)",
             # position Verlet: lower validation loss than velocity Verlet at equal wall-clock
             # (reports/choices/hamiltonian_integrator_cpu, `python -m physllm choose`)
             {"integrator": "position"},
