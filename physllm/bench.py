@@ -54,6 +54,7 @@ class BenchConfig:
     lengths: str = "1024,8192,65536"  # generate, lengths: context lengths
     timed_tokens: int = 256  # generate, lengths: tokens decoded one at a time and timed
     prefill_chunk: int = 1024  # generate: tokens per decode_step call while building the context
+    compile: bool = False  # train: torch.compile each model (compiled in the untimed warmup)
 
     field_rules = {
         "batch_size": POSITIVE,
@@ -153,14 +154,15 @@ def _measure_training(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     y = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+    run = torch.compile(model) if cfg.compile else model
 
     def step() -> None:
-        _, loss = model(x, y)
+        _, loss = run(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(cfg.warmup):
+    for _ in range(max(cfg.warmup, 1 if cfg.compile else 0)):  # compiling is not timed
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -252,7 +254,8 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     ref = rows[0]["reference"] if rows else "gpt"
     lines = [
         f"# training step (fwd+bwd+AdamW), batch {cfg.batch_size} x block {cfg.block_size}, "
-        f"{cfg.n_layer} layers, width {cfg.n_embd}, best of {cfg.repeats} interleaved rounds of {cfg.steps} steps",
+        f"{cfg.n_layer} layers, width {cfg.n_embd}, best of {cfg.repeats} interleaved rounds of {cfg.steps} steps"
+        + (", every model torch.compile'd (compiled in the untimed warmup)" if cfg.compile else ""),
         f"# hardware: {hardware(cfg)}; ratios against {ref}",
         "# MFLOP/tok: training (fwd+bwd) FLOPs per token, matrix products incl. attention, "
         "counted by torch's FlopCounterMode; GFLOP/s: that times tokens/s",

@@ -331,3 +331,32 @@ def test_bench_tables_name_the_threads_the_measuring_processes_used():
 
     assert "1 threads" in hardware(BenchConfig(threads=1, device="cpu"))
     assert f"{torch.get_num_threads()} threads" in hardware(BenchConfig(threads=0, device="cpu"))
+
+
+def test_bench_compile_times_the_compiled_model_after_compiling_it(monkeypatch):
+    """--compile wraps each model in torch.compile before the untimed warmup (a recording
+    stand-in here: compiling for real takes half a minute), and the table says so."""
+    import torch
+
+    from physllm.bench import BenchConfig, format_table, measure_training
+
+    compiled, calls = [], []
+
+    def fake_compile(model):
+        compiled.append(type(model).__name__)
+
+        def run(*args):
+            calls.append(1)
+            return model(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    shape = dict(block_size=16, batch_size=2, n_layer=1, n_head=2, n_embd=16, steps=2, repeats=1)
+    cfg = BenchConfig(models=["gpt"], warmup=0, compile=True, **shape)
+    row = measure_training("gpt", cfg)
+    assert compiled == ["GPT"] and len(calls) == 1 + 2  # one untimed step, then the timed two
+    assert row["tokens_per_sec"] > 0
+    row.update(speed_ratio=1.0, mem_ratio=1.0, reference="gpt")
+    assert "torch.compile'd" in format_table([row], cfg)
+    assert "torch.compile'd" not in format_table([row], BenchConfig(models=["gpt"], **shape))

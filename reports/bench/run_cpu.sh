@@ -27,3 +27,6 @@ run train_cpu_block256 --all --block-size 256 --batch-size 8 --repeats 3 --threa
 # The input-gated context vector (parallel scan) against GPT at block 1024, its hidden width
 # chosen to match GPT's parameters there (951,424; GPT's positions grow with the block).
 run train_cpu_block1024_scan --models gpt,context_vector:n_hidden=544+n_layer=1+gates=input --block-size 1024 --batch-size 8 --repeats 3 --threads 1
+# torch.compile on CPU (inductor, C++): the models whose training speed issue 17 asks about,
+# each compiled in its untimed warmup (30-90 s per process), against a compiled GPT.
+run train_cpu_block256_compile --models gpt,hamiltonian:integrator=position,qllm:n_global=8+segment_len=32 --block-size 256 --batch-size 8 --repeats 2 --threads 1 --compile
