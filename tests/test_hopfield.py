@@ -13,7 +13,14 @@ from physllm.errors import PhysllmError
 from physllm.hopfield import functional as hopfield_fn
 from physllm.hopfield.analysis import seed_summary
 from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
-from physllm.hopfield.model import CausalWindow, HopfieldConfig, HopfieldLM, PooledWindow
+from physllm.hopfield.model import (
+    CausalWindow,
+    HopfieldConfig,
+    HopfieldLM,
+    MemoryBank,
+    MemoryState,
+    PooledWindow,
+)
 from physllm.hopfield.tasks import (
     HELDOUT_PHRASES,
     FactsTask,
@@ -89,6 +96,45 @@ def test_noisy_pattern_retrieves_stored_pattern_with_large_beta():
 
 
 # --------------------------------------------------------------------------- memory bank
+
+
+def test_a_bias_term_keeps_the_energy_descent_and_tilts_the_read():
+    gen = torch.Generator().manual_seed(1)
+    stored = torch.randn(1, 2, 30, 8, generator=gen, dtype=torch.float64)
+    state = torch.randn(1, 2, 4, 8, generator=gen, dtype=torch.float64)
+    bias = torch.linspace(0, 3, 30, dtype=torch.float64).view(1, 1, 1, 30)
+    _, assoc, E = hopfield_fn.retrieve(state, stored, 0.3, 6, bias=bias)
+    assert (E[1:] - E[:-1] <= 1e-9).all()  # CCCP with a linear term: still a descent
+    _, plain, _ = hopfield_fn.retrieve(state, stored, 0.3, 1)
+    late = slice(15, None)  # the bias favours the later half
+    assert assoc[..., late].sum(-1).mean() > plain[..., late].sum(-1).mean()
+
+
+def test_recency_makes_the_latest_of_two_equal_writes_win():
+    """A stale fact and its update with the same key: the read returns the update's value
+    once gamma > 0 (from a constructed state and from the bank), an even mix at gamma = 0."""
+    layer = tiny_model().memory_layer
+    H, dk, dv = layer.H, layer.dk, layer.dv
+    key = torch.randn(1, H, 1, dk).expand(1, H, 2, dk)
+    values = torch.stack([torch.full((dv,), -1.0), torch.full((dv,), 1.0)]).expand(1, H, 2, dv)
+    mem = MemoryState(
+        key, values, torch.ones(1, 2, dtype=torch.bool), order=torch.tensor([[0.0, 40.0]])
+    )
+    h = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        layer.recency.zero_()
+        _, even = layer.read(h, mem)
+        layer.recency.fill_(20.0)
+        _, tilted = layer.read(h, mem)
+    assert torch.allclose(even["association"], torch.full_like(even["association"], 0.5), atol=1e-5)
+    assert (tilted["association"][..., 1] > 0.99).all()  # the later write
+    bank = MemoryBank(8, H, dk, dv)
+    bank.write(MemoryState(key[:, :, :1], values[:, :, :1], torch.ones(1, 1, dtype=torch.bool)))
+    bank.write(MemoryState(key[:, :, 1:], values[:, :, 1:], torch.ones(1, 1, dtype=torch.bool)))
+    state = bank.state()
+    assert state.order.tolist() == [[0, 1]]  # the bank's write order is the state's order
+    assert layer.recency_bias(state)[..., 1].gt(layer.recency_bias(state)[..., 0]).all()
+    assert tiny_model(recency=False).memory_layer.recency_bias(state) is None
 
 
 def test_writes_persist_across_calls_and_reset_empties():
