@@ -101,8 +101,9 @@ class HopfieldConfig(TransformerShape):
     n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
     beta_init: float = 0.5  # per head; unit-RMS keys: an exact match scores beta * d_head = 16
     combine: str = "gated"  # add | gated | concat
-    # a learned recency term per head in the read's logits: the latest of equal matches wins
-    recency: bool = True
+    # a learned recency term per head in the read's logits (the latest of equal matches wins);
+    # off by default: on stories it learned gamma ~ 0 and changed no result (notebook 05)
+    recency: bool = False
     mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
     n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
