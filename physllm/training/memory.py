@@ -103,22 +103,24 @@ def train_gate(
     steps: int,
     bank_facts: int = 100,
     batch_size: int = 8,
-    lr: float = 1e-2,
+    lr: float = 3e-3,
     seed: int = 0,
-    only_gate: bool = True,
+    only_gate: bool = False,
 ) -> list[dict[str, Any]]:
-    """Teach the read gate to close when nothing in the bank matches; returns the history.
+    """Stage 2d: teach the memory to stay out of ordinary text when nothing in the bank
+    matches; returns the history.
 
     Each step writes ``bank_facts`` unrelated facts of ``task`` (training names) into a
-    per-step memory and takes the sum of two losses, with only the gate trainable:
+    per-step memory and takes the sum of two losses, with the memory layer trainable
+    (``only_gate``: the gate alone) and the backbone frozen:
 
         L = CE(ordinary text | bank of unrelated facts) + CE(call 2's answers | its call 1)
 
     The first term is what a filled bank costs ordinary text (section 8 of notebook 05):
-    it pushes g = sigmoid(w_g [h; W_o r]) toward 0 when the read brings nothing the text
-    needs. The second keeps the gate open where the read is the answer. Keys, values and
-    betas stay as they are, so what the memory retrieves does not change, only how much
-    of it reaches the hidden state.
+    it pushes g = sigmoid(w_g [h; W_o r]) toward 0, or the read toward nothing, when the
+    bank holds nothing the text needs. The second keeps the read where it is the answer.
+    The gate alone is a linear function of [h; W_o r] and cannot tell the two apart well
+    (it closes on the answers too); the whole layer can.
     """
     gate = getattr(model.memory_layer, "gate", None)
     if gate is None:
