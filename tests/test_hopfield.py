@@ -883,6 +883,18 @@ def test_notebook_runs(run_notebook):
     assert metrics["model"] == "hopfield" and metrics["steps"] == 20
     assert metrics["memory_steps"] == 20  # `steps` sets stage 2 too
     assert metrics["paraphrase_steps"] == 40 and metrics["paraphrase_wordings"] == 64
+    gate = metrics["gate_stage"]  # stage 2d: its own steps, its loss with the bank full
+    assert (
+        gate["steps"] == 20
+        and gate["bank_facts"] == 10
+        and metrics["lm_loss_bank_100_facts_after_gate"] > 0
+    )
+    assert set(gate["recall_exact_match"]) == {
+        "same_template",
+        "heldout_ask",
+        "heldout_write",
+        "heldout_both",
+    }
     # Twenty steps learn too little for recall to be asserted here (the recall test
     # above does that on a tiny model); what must hold is that each number is the
     # measurement it is named after: 3 seeds x 2 trials x 16 facts per reader and task.
