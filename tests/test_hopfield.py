@@ -13,7 +13,14 @@ from physllm.errors import PhysllmError
 from physllm.hopfield import functional as hopfield_fn
 from physllm.hopfield.analysis import seed_summary
 from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
-from physllm.hopfield.model import CausalWindow, HopfieldConfig, HopfieldLM, PooledWindow
+from physllm.hopfield.model import (
+    CausalWindow,
+    HopfieldConfig,
+    HopfieldLM,
+    MemoryBank,
+    MemoryState,
+    PooledWindow,
+)
 from physllm.hopfield.tasks import (
     HELDOUT_PHRASES,
     FactsTask,
@@ -32,6 +39,7 @@ from physllm.hopfield.tasks import (
 from physllm.models import build_model
 from physllm.sampling import generate
 from physllm.training import train_memory
+from physllm.training.memory import train_gate
 
 from .conftest import SpyReader
 
@@ -89,6 +97,45 @@ def test_noisy_pattern_retrieves_stored_pattern_with_large_beta():
 
 
 # --------------------------------------------------------------------------- memory bank
+
+
+def test_a_bias_term_keeps_the_energy_descent_and_tilts_the_read():
+    gen = torch.Generator().manual_seed(1)
+    stored = torch.randn(1, 2, 30, 8, generator=gen, dtype=torch.float64)
+    state = torch.randn(1, 2, 4, 8, generator=gen, dtype=torch.float64)
+    bias = torch.linspace(0, 3, 30, dtype=torch.float64).view(1, 1, 1, 30)
+    _, assoc, E = hopfield_fn.retrieve(state, stored, 0.3, 6, bias=bias)
+    assert (E[1:] - E[:-1] <= 1e-9).all()  # CCCP with a linear term: still a descent
+    _, plain, _ = hopfield_fn.retrieve(state, stored, 0.3, 1)
+    late = slice(15, None)  # the bias favours the later half
+    assert assoc[..., late].sum(-1).mean() > plain[..., late].sum(-1).mean()
+
+
+def test_recency_makes_the_latest_of_two_equal_writes_win():
+    """A stale fact and its update with the same key: the read returns the update's value
+    once gamma > 0 (from a constructed state and from the bank), an even mix at gamma = 0."""
+    layer = tiny_model(recency=True).memory_layer
+    H, dk, dv = layer.H, layer.dk, layer.dv
+    key = torch.randn(1, H, 1, dk).expand(1, H, 2, dk)
+    values = torch.stack([torch.full((dv,), -1.0), torch.full((dv,), 1.0)]).expand(1, H, 2, dv)
+    mem = MemoryState(
+        key, values, torch.ones(1, 2, dtype=torch.bool), order=torch.tensor([[0.0, 40.0]])
+    )
+    h = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        layer.recency.zero_()
+        _, even = layer.read(h, mem)
+        layer.recency.fill_(20.0)
+        _, tilted = layer.read(h, mem)
+    assert torch.allclose(even["association"], torch.full_like(even["association"], 0.5), atol=1e-5)
+    assert (tilted["association"][..., 1] > 0.99).all()  # the later write
+    bank = MemoryBank(8, H, dk, dv)
+    bank.write(MemoryState(key[:, :, :1], values[:, :, :1], torch.ones(1, 1, dtype=torch.bool)))
+    bank.write(MemoryState(key[:, :, 1:], values[:, :, 1:], torch.ones(1, 1, dtype=torch.bool)))
+    state = bank.state()
+    assert state.order.tolist() == [[0, 1]]  # the bank's write order is the state's order
+    assert layer.recency_bias(state)[..., 1].gt(layer.recency_bias(state)[..., 0]).all()
+    assert tiny_model().memory_layer.recency_bias(state) is None  # off by default
 
 
 def test_writes_persist_across_calls_and_reset_empties():
@@ -284,6 +331,46 @@ def test_memory_training_learns_recall_and_reset_drops_it():
     assert with_memory["char_accuracy"] > without["char_accuracy"] + 0.3, (with_memory, without)
     assert without["exact_match"] < 0.05
     assert len(model.memory) == 0  # recall resets after itself
+
+
+class _Text:
+    """A stand-in for TokenData: random windows of one fixed text (what get_batch returns)."""
+
+    def __init__(self, text: str):
+        self.ids = torch.tensor(encode(text))
+
+    def get_batch(self, split, batch_size, block_size, generator):
+        ix = torch.randint(len(self.ids) - block_size - 1, (batch_size,), generator=generator)
+        rows = torch.stack([self.ids[i : i + block_size + 1] for i in ix.tolist()])
+        return rows[:, :-1], rows[:, 1:]
+
+
+def test_train_gate_lowers_the_cost_of_a_filled_bank_on_ordinary_text():
+    """Stage 2d: a bank of unrelated facts costs ordinary text less after it, the backbone
+    is untouched and every parameter's requires_grad comes back as it was."""
+    torch.manual_seed(0)
+    model, task = tiny_model(), FactsTask(encode)
+    train_memory(model, task, steps=30, batch_size=8, max_facts=4, progress=False)
+    text = _Text("the river was cold that morning. a dog barked far away. " * 20)
+    x, y = text.get_batch("train", 16, 32, torch.Generator().manual_seed(1))
+    bank = model.entries_for(
+        torch.tensor([encode(task.write_text(task.facts(20, random.Random(2))))])
+    )
+
+    def cost() -> float:
+        with torch.no_grad():
+            return model(x, y, memory=bank)[1].item()
+
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    before = cost()
+    hist = train_gate(
+        model, text, task, steps=40, bank_facts=20, batch_size=8, lr=1e-2, only_gate=False
+    )
+    assert cost() < before - 0.05, (before, cost())
+    assert hist[-1]["text_loss"] < hist[0]["text_loss"]
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert flags == [p.requires_grad for p in model.parameters()]
 
 
 # --------------------------------------------------------------------------- baselines
@@ -796,6 +883,18 @@ def test_notebook_runs(run_notebook):
     assert metrics["model"] == "hopfield" and metrics["steps"] == 20
     assert metrics["memory_steps"] == 20  # `steps` sets stage 2 too
     assert metrics["paraphrase_steps"] == 40 and metrics["paraphrase_wordings"] == 64
+    gate = metrics["gate_stage"]  # stage 2d: its own steps, its loss with the bank full
+    assert (
+        gate["steps"] == 20
+        and gate["bank_facts"] == 10
+        and metrics["lm_loss_bank_100_facts_after_gate"] > 0
+    )
+    assert set(gate["recall_exact_match"]) == {
+        "same_template",
+        "heldout_ask",
+        "heldout_write",
+        "heldout_both",
+    }
     # Twenty steps learn too little for recall to be asserted here (the recall test
     # above does that on a tiny model); what must hold is that each number is the
     # measurement it is named after: 3 seeds x 2 trials x 16 facts per reader and task.

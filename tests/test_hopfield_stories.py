@@ -23,6 +23,8 @@ from physllm.hopfield.stories import (
     _score,
     compare_story_readers,
     draw_stories,
+    generated_story_templates,
+    heldout_bigrams,
     lookup_baselines,
     ngram_cache_answer,
     parse_story,
@@ -33,6 +35,7 @@ from physllm.hopfield.stories import (
     story_variants,
     template_ids,
     templates,
+    uses_heldout_frame,
     uses_heldout_template,
     uses_train_template,
 )
@@ -96,6 +99,44 @@ def test_training_never_uses_heldout_templates_and_evaluation_never_training_one
     for story in stories(task, 10):
         assert not uses_heldout_template(story.write_text)
         assert not any(uses_train_template(p) for p, _ in story.questions)
+
+
+def test_generated_story_wordings_never_hold_a_piece_of_a_heldout_frame():
+    """The rule of stage 2c's generated wordings: single words of held-out templates may
+    appear, two adjacent tokens of a held-out frame (that no training template has) never."""
+    heldout = [t for t in TEMPLATES if t.split == "heldout"]
+    assert all(uses_heldout_frame(t.text) for t in heldout)  # the rule bites on every one
+    assert not any(uses_heldout_frame(t.text) for t in TEMPLATES if t.split == "train")
+    assert ("belongs", "to") in heldout_bigrams() and ("?", "the") in heldout_bigrams()
+    words = set()
+    for attr, kind in itertools.product(VALUES, ("write", "update", "ask")):
+        made = generated_story_templates(attr, kind, 64)
+        assert len({t.text for t in made}) == 64 and made == generated_story_templates(
+            attr, kind, 64
+        )
+        for t in made:
+            assert not uses_heldout_frame(t.text), t.text
+            assert not template_ids(t.fill("mara", VALUES[attr][0])) and not template_ids(
+                t.fill("mara")
+            )
+            assert len(t.fill("mara", max(VALUES[attr], key=len))) <= 44
+            words |= set(t.text.split())
+    assert {"thing", "belongs", "place"} <= words  # single held-out cue words do appear
+
+
+def test_generated_wordings_are_drawn_in_training_stories_only():
+    rng = random.Random(0)
+    task = StoryTask(n_entities=3, interference=True, wordings=16)
+    drawn = [task.story(rng) for _ in range(20)]
+    lines = [line for s in drawn for line in s.write_text.split("\n") if line]
+    assert any(not template_ids(line) for line in lines)  # generated lines are used
+    assert not any(
+        uses_heldout_template(s.write_text) or uses_heldout_frame(s.write_text) for s in drawn
+    )
+    held = StoryTask(n_entities=3, templates="heldout", wordings=16)
+    for s in stories(held, 10):  # a held-out story: the table's templates only
+        assert all(template_ids(line) for line in s.write_text.split("\n") if line)
+        assert all(solve(s.write_text, p) == a for p, a in s.questions)
 
 
 # --------------------------------------------------------------------------- readers

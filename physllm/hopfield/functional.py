@@ -20,10 +20,20 @@ step is attention with xi as the query and X as both keys and values; a
 separate value matrix V read with the final weights gives the usual
 key/value memory: out = V softmax(beta X^T xi).
 
+A *bias* b_i per stored pattern (``bias``, e.g. a recency term: how late x_i was
+written) adds a linear term inside the log-sum-exp,
+
+    E(xi) = -1/beta log sum_i exp(beta x_i^T xi + b_i) + 1/2 xi^T xi,
+
+still a concave function of xi (the lse of an affine map) plus a convex one, so the
+same CCCP step xi_new = X softmax(beta X^T xi + b) still never increases E: the bias
+only tilts which minimum a probe falls into (with b_i = gamma t_i, toward later
+patterns when two match equally well).
+
 Shapes: stored patterns (B, H, S, d) for S slots and H heads; state patterns
 (B, H, Q, d) for Q probes; ``beta`` a float or (H,); ``mask`` (B, S), True
 where a slot holds a memory. A batch of 1 in the stored patterns broadcasts
-over the probes' batch.
+over the probes' batch. ``bias`` broadcasts against the logits (B, H, Q, S), e.g. (B, H, 1, S).
 """
 
 from __future__ import annotations
@@ -43,9 +53,12 @@ def similarity(
     stored_pattern: torch.Tensor,
     beta: torch.Tensor | float,
     mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """beta X^T xi: (B, H, Q, S) logits over slots; -inf where the slot is empty."""
+    """beta X^T xi (+ b): (B, H, Q, S) logits over slots; -inf where the slot is empty."""
     scores = _beta(beta, 4) * (state_pattern @ stored_pattern.transpose(-2, -1))
+    if bias is not None:
+        scores = scores + bias
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     return scores
@@ -56,9 +69,10 @@ def get_association_matrix(
     stored_pattern: torch.Tensor,
     beta: torch.Tensor | float,
     mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(beta X^T xi): (B, H, Q, S), each probe's weights over the slots."""
-    return similarity(state_pattern, stored_pattern, beta, mask).softmax(dim=-1)
+    """softmax(beta X^T xi + b): (B, H, Q, S), each probe's weights over the slots."""
+    return similarity(state_pattern, stored_pattern, beta, mask, bias).softmax(dim=-1)
 
 
 def energy(
@@ -66,9 +80,10 @@ def energy(
     stored_pattern: torch.Tensor,
     beta: torch.Tensor | float,
     mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """E(xi) = -lse(beta, X^T xi) + |xi|^2 / 2 for every probe: (B, H, Q)."""
-    scores = similarity(state_pattern, stored_pattern, beta, mask)
+    """E(xi) = -lse(beta, X^T xi + b / beta) + |xi|^2 / 2 for every probe: (B, H, Q)."""
+    scores = similarity(state_pattern, stored_pattern, beta, mask, bias)
     # lse(beta, z) = log sum exp(beta z) / beta
     lse = torch.logsumexp(scores, dim=-1) / _beta(beta, 3)
     return -lse + 0.5 * state_pattern.pow(2).sum(-1)
@@ -79,9 +94,10 @@ def update(
     stored_pattern: torch.Tensor,
     beta: torch.Tensor | float,
     mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One CCCP step: xi_new = X softmax(beta X^T xi), shape of ``state_pattern``."""
-    p = get_association_matrix(state_pattern, stored_pattern, beta, mask)  # (B, H, Q, S)
+    """One CCCP step: xi_new = X softmax(beta X^T xi + b), shape of ``state_pattern``."""
+    p = get_association_matrix(state_pattern, stored_pattern, beta, mask, bias)  # (B, H, Q, S)
     return p @ stored_pattern  # (B, H, Q, d)
 
 
@@ -92,6 +108,7 @@ def retrieve(
     update_steps_max: int = 1,
     mask: torch.Tensor | None = None,
     pattern_projection: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the update ``update_steps_max`` (>= 1) times and read with the last weights.
 
@@ -100,16 +117,17 @@ def retrieve(
     ``pattern_projection`` (values, (B, H, S, d_v)) read with the last
     weights, or the new state X softmax(...) when no values are given;
     ``association`` (B, H, Q, S) those weights; ``energies`` (steps + 1, B,
-    H, Q) the energy of the probe and of the state after each step.
+    H, Q) the energy of the probe and of the state after each step. ``bias`` (broadcasts
+    to (B, H, Q, S)): b_i added to every logit (see the module docstring).
     """
     if update_steps_max < 1:
         raise ValueError(f"update_steps_max must be >= 1, got {update_steps_max}")
     xi = state_pattern
-    energies = [energy(xi, stored_pattern, beta, mask)]
+    energies = [energy(xi, stored_pattern, beta, mask, bias)]
     for _ in range(update_steps_max):
-        association = get_association_matrix(xi, stored_pattern, beta, mask)  # (B, H, Q, S)
-        xi = association @ stored_pattern  # xi <- X softmax(beta X^T xi)
-        energies.append(energy(xi, stored_pattern, beta, mask))
+        association = get_association_matrix(xi, stored_pattern, beta, mask, bias)  # (B, H, Q, S)
+        xi = association @ stored_pattern  # xi <- X softmax(beta X^T xi + b)
+        energies.append(energy(xi, stored_pattern, beta, mask, bias))
     values = stored_pattern if pattern_projection is None else pattern_projection
     return association @ values, association, torch.stack(energies)
 

@@ -101,6 +101,9 @@ class HopfieldConfig(TransformerShape):
     n_updates: int = 1  # Hopfield steps per read; 1 is exactly attention
     beta_init: float = 0.5  # per head; unit-RMS keys: an exact match scores beta * d_head = 16
     combine: str = "gated"  # add | gated | concat
+    # a learned recency term per head in the read's logits (the latest of equal matches wins);
+    # off by default: on stories it learned gamma ~ 0 and changed no result (notebook 05)
+    recency: bool = False
     mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
     n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
@@ -151,13 +154,18 @@ class HopfieldConfig(TransformerShape):
 
 class MemoryState(NamedTuple):
     """Stored patterns as the read sees them: keys (B, H, S, dk), values (B, H, S, dv), valid (B, S);
-    ``slots`` (S,): the bank's slot of each (a bank's state), None for per-episode memories."""
+    ``slots`` (S,): the bank's slot of each (a bank's state), None for per-episode memories;
+    ``order`` (B, S): when each was written (tokens; later is larger), None: no recency."""
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: torch.Tensor
     slots: torch.Tensor | None = None
+    order: torch.Tensor | None = None
 
+
+# Write order is counted in tokens; recency's gamma_h is per this many (a char backbone's block).
+RECENCY_SCALE = 64.0
 
 # A decoding step's memory read: (h (B, T, C) of the positions fed now, fresh) -> h'. ``fresh``
 # is True when the backbone encodes its context from scratch (first step, or past the block).
@@ -373,6 +381,8 @@ class HopfieldMemory(nn.Module):
         self.write_value = nn.Linear(n_embd, n_embd, bias=False)  # W_v
         self.out = nn.Linear(n_embd, n_embd, bias=False)  # W_o
         self.log_beta = nn.Parameter(torch.full((H,), math.log(config.beta_init)))
+        # gamma_h: logit added per RECENCY_SCALE tokens of write order; 0: no recency at first
+        self.recency = nn.Parameter(torch.zeros(H)) if config.recency else None
         if config.combine == "gated":
             self.gate = nn.Linear(2 * n_embd, 1)
         elif config.combine == "concat":
@@ -401,7 +411,18 @@ class HopfieldMemory(nn.Module):
         values = self._heads(self.write_value(next_emb), self.dv)  # (B, H, T-1, dv), unit RMS
         if valid is None:
             valid = torch.ones(B, T - 1, dtype=torch.bool, device=h.device)
-        return MemoryState(keys, values, valid)
+        order = torch.arange(T - 1, device=h.device, dtype=h.dtype).expand(B, T - 1)
+        return MemoryState(keys, values, valid, order=order)
+
+    def recency_bias(self, memory: MemoryState) -> torch.Tensor | None:
+        """b_i = gamma_h (t_i - max_j t_j) / RECENCY_SCALE: (B, H, 1, S), or None (no term).
+        t_i is the write order, so a later pattern gains gamma_h per RECENCY_SCALE tokens;
+        shifting by the latest write changes no softmax and keeps the logits small."""
+        if self.recency is None or memory.order is None:
+            return None
+        t = memory.order.to(self.recency.dtype)  # (B, S)
+        t = (t - t.max(dim=-1, keepdim=True).values) / RECENCY_SCALE
+        return self.recency.view(1, -1, 1, 1) * t[:, None, None, :]
 
     def state_pattern(self, h: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
         """The probes a read starts from: h (B, T, C) -> q (B, H, T, dk). ``past`` (B, w - 1,
@@ -427,8 +448,9 @@ class HopfieldMemory(nn.Module):
             .transpose(1, 2)
             .reshape(Bm, self.H, -1, self.dk)
         )
+        bias = self.recency_bias(memory)  # (Bm, H, 1, S) or None
         r, assoc, energies = hopfield_fn.retrieve(
-            q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values
+            q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values, bias
         )
         r = r.view(Bm, self.H, Bq // Bm, T, self.dv).permute(0, 2, 3, 1, 4).reshape(Bq, T, C)
         m = self.out(r)  # (B', T, C)
@@ -485,6 +507,7 @@ class MemoryBank(nn.Module):
             self.values[slots].transpose(0, 1).unsqueeze(0),  # (1, H, S', dv)
             torch.ones(1, slots.numel(), dtype=torch.bool, device=slots.device),  # (1, S')
             slots,
+            self.age[slots].unsqueeze(0),  # (1, S'): write order, for the recency term
         )
 
     @torch.no_grad()

@@ -182,6 +182,97 @@ def uses_train_template(text: str) -> bool:
     return any(tid.split("/")[2] == "train" for tid in template_ids(text))
 
 
+# --------------------------------------------------------------------------- generated wordings
+
+# Stage 2c can train on many generated wordings per attribute and kind (like stage 2b's
+# ``generated_templates`` for facts), so the memory learns the frame-free signal: the
+# name, a word that says which attribute, and the value after it. The rule that keeps
+# the held-out templates unseen: a generated wording may use any *single* word, a cue
+# word of a held-out template included ("thing", "belongs", "place": a paraphrase
+# reuses known words in a new frame), but never two adjacent tokens (words, marks, the
+# name or the value slot) that stand together in a held-out template and in no training
+# one (:func:`heldout_bigrams`): no piece of a held-out frame is ever trained on.
+CUE_WORDS: dict[str, tuple[str, ...]] = {
+    "has": ("has", "have", "carries", "carrying", "keeps", "holds", "holding", "owns", "got",
+            "took", "bought", "found", "thing", "object", "item", "bag", "belongs", "swapped",
+            "traded", "picked"),
+    "in": ("in", "at", "by", "near", "place", "where", "found", "find", "stays", "waits",
+           "sits", "moved", "went", "walked", "left", "lives", "spot", "be"),
+    "colour": ("wears", "wear", "wearing", "dressed", "dresses", "coat", "colour", "dyed",
+               "switched", "changed", "shade", "likes", "clothes"),
+}  # fmt: skip
+_ARTICLES = {"has": ("a ", "the ", "one "), "in": ("the ", "a ", ""), "colour": ("",)}
+_FILLERS = ("then", "later", "so", "and", "yes", "also", "still", "once", "soon", "today",
+            "it", "is", "was", "to", "of", "all", "now")  # fmt: skip
+_ASKS = ("what", "which", "who", "tell", "say", "name", "guess", "and")
+_MARKS = ("?", ":", "", " -", ".")
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\{name\}|\{value\}|[a-z]+|[^a-z\s]", text)
+
+
+@functools.cache
+def heldout_bigrams() -> frozenset[tuple[str, str]]:
+    """Adjacent token pairs of the held-out templates that no training template has."""
+
+    def pairs(split: str) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for t in TEMPLATES:
+            if t.split == split:
+                w = _tokens(t.text)
+                out |= set(zip(w, w[1:]))
+        return out
+
+    return frozenset(pairs("heldout") - pairs("train"))
+
+
+def uses_heldout_frame(text: str) -> bool:
+    """Whether a wording holds a piece of a held-out frame (:func:`heldout_bigrams`)."""
+    w = _tokens(text)
+    return bool(set(zip(w, w[1:])) & heldout_bigrams())
+
+
+def _generated_story(rng: random.Random, attribute: str, kind: str) -> str:
+    cues, art = CUE_WORDS[attribute], rng.choice(_ARTICLES[attribute])
+    words = rng.sample(cues, rng.randint(1, 2))
+    if rng.random() < 0.3:
+        words.insert(rng.randint(0, len(words)), rng.choice(_FILLERS))
+    if kind == "ask" and rng.random() < 0.7:  # a question: the cue before and after the name
+        cut = rng.randint(0, len(words))
+        before = " ".join([rng.choice(_ASKS), *words[:cut]])
+        after = "".join(" " + w for w in words[cut:])
+        return f"{before} {{name}}{after}{rng.choice(_MARKS[:4])} {art}{{value}}."
+    prefix = "".join(w + " " for w in rng.sample(_FILLERS, rng.randint(0, 1)))
+    mark = rng.choice(_MARKS[:4]) if kind == "ask" else ""
+    return f"{prefix}{{name}} {' '.join(words)}{mark} {art}{{value}}."
+
+
+@functools.cache
+def generated_story_templates(
+    attribute: str, kind: str, n: int, seed: int = 0
+) -> tuple[Template, ...]:
+    """``n`` distinct generated templates (split ``"generated"``) of one attribute and
+    kind: a few of :data:`CUE_WORDS` (and filler words, question words, a mark) around
+    the name, then the value. Never a held-out frame (:func:`uses_heldout_frame`), never
+    a line a table template matches, and a question row fits 44 characters."""
+    if attribute not in ATTRIBUTES or kind not in ("write", "update", "ask"):
+        raise PhysllmError(f"no generated wordings for {attribute!r}/{kind!r}")
+    rng, found = random.Random(f"{attribute}:{kind}:{seed}"), {}
+    longest = max(map(len, VALUES[attribute]))
+    for _ in range(100 * n + 1000):
+        if len(found) == n:
+            break
+        text = _generated_story(rng, attribute, kind)
+        line = text.format(name="mara", value=VALUES[attribute][0])
+        fits = len(text.format(name="mara", value="x" * longest)) <= 44
+        if fits and not uses_heldout_frame(text) and not _matches(line):
+            found.setdefault(text, None)
+    if len(found) < n:
+        raise PhysllmError(f"could not generate {n} distinct {attribute}/{kind} wordings")
+    return tuple(Template(attribute, kind, "generated", i, t) for i, t in enumerate(found))
+
+
 # --------------------------------------------------------------------------- distractors
 
 DISTRACTOR_POOL = (
@@ -249,7 +340,9 @@ class StoryTask:
     unrelated sentences from ``distractor_source`` ("pool" or "pydoc") follow the
     story. ``interference``: near-duplicate name pairs and ``updates`` updates.
     ``questions`` > 0 asks that many (updated attributes first), else every
-    (entity, attribute) pair; the count is the same in every episode.
+    (entity, attribute) pair; the count is the same in every episode. ``wordings``:
+    generated wordings (:func:`generated_story_templates`) added to the training
+    templates of each attribute and kind (training stories only; never held out).
     """
 
     n_entities: int = 3
@@ -263,6 +356,7 @@ class StoryTask:
     interference: bool = False
     updates: int = 2
     questions: int = 0
+    wordings: int = 0
 
     def __post_init__(self) -> None:
         self.attributes = tuple(self.attributes)
@@ -274,13 +368,20 @@ class StoryTask:
             f"ask_templates must be None or one of {SPLITS}": self.ask_templates not in (None, *SPLITS),
             "ask must be 'question' or 'cloze'": self.ask not in ("question", "cloze"),
             "distractor_source must be 'pool' or 'pydoc'": self.distractor_source not in ("pool", "pydoc"),
-            "distractors, updates and questions must be >= 0": min(self.distractors, self.updates, self.questions) < 0,
+            "distractors, updates, questions and wordings must be >= 0":
+                min(self.distractors, self.updates, self.questions, self.wordings) < 0,
         }  # fmt: skip
         for message, failed in checks.items():
             if failed:
                 raise PhysllmError(f"StoryTask: {message}")
 
     # ------------------------------------------------------------------ drawing
+
+    def _templates(self, attribute: str, kind: str, split: str) -> tuple[Template, ...]:
+        """The table's templates of ``split``; the training split adds ``wordings`` generated ones."""
+        extra = split == "train" and self.wordings
+        found = templates(attribute, kind, split)
+        return found + generated_story_templates(attribute, kind, self.wordings) if extra else found
 
     def _name(self, rng: random.Random, taken: list[str]) -> str:
         """A CVCV name of this split, at least two letters away from every taken one
@@ -327,13 +428,13 @@ class StoryTask:
             for name, value in zip(names, self._values(names, attr, rng))
         ]
         rng.shuffle(facts)
-        lines = [(f, rng.choice(templates(f[1], "write", split))) for f in facts]
+        lines = [(f, rng.choice(self._templates(f[1], "write", split))) for f in facts]
         for _ in range(self.updates if self.interference else 0):
             name, attr, _ = rng.choice(facts)
             last = max(i for i, (f, _) in enumerate(lines) if f[:2] == (name, attr))
             seen = {f[2] for f, _ in lines if f[:2] == (name, attr)}  # an update is news
             value = rng.choice([v for v in VALUES[attr] if v not in seen] or VALUES[attr])
-            update = ((name, attr, value), rng.choice(templates(attr, "update", split)))
+            update = ((name, attr, value), rng.choice(self._templates(attr, "update", split)))
             lines.insert(rng.randint(last + 1, len(lines)), update)
         return lines
 
@@ -366,7 +467,9 @@ class StoryTask:
         questions = []
         for name, attr in asked:
             value, written = latest[(name, attr)]
-            template = written if self.ask == "cloze" else rng.choice(templates(attr, "ask", split))
+            template = (
+                written if self.ask == "cloze" else rng.choice(self._templates(attr, "ask", split))
+            )
             questions.append((template.fill(name), value))
         return Story("\n".join(text) + "\n", questions, [f for f, _ in lines], asked)
 

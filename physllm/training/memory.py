@@ -96,6 +96,72 @@ def train_memory(
     return history
 
 
+def train_gate(
+    model,
+    data,
+    task,
+    steps: int,
+    bank_facts: int = 100,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+    only_gate: bool = False,
+) -> list[dict[str, Any]]:
+    """Stage 2d: teach the memory to stay out of ordinary text when nothing in the bank
+    matches; returns the history.
+
+    Each step writes ``bank_facts`` unrelated facts of ``task`` (training names) into a
+    per-step memory and takes the sum of two losses, with the memory layer trainable
+    (``only_gate``: the gate alone) and the backbone frozen:
+
+        L = CE(ordinary text | bank of unrelated facts) + CE(call 2's answers | its call 1)
+
+    The first term is what a filled bank costs ordinary text (section 8 of notebook 05):
+    it pushes g = sigmoid(w_g [h; W_o r]) toward 0, or the read toward nothing, when the
+    bank holds nothing the text needs. The second keeps the read where it is the answer.
+    The gate alone is a linear function of [h; W_o r] and cannot tell the two apart well
+    (it closes on the answers too); the whole layer can.
+    """
+    gate = getattr(model.memory_layer, "gate", None)
+    if gate is None:
+        raise ValueError("train_gate needs combine='gated'")
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list((gate if only_gate else model.memory_layer).parameters())
+    for p in params:
+        p.requires_grad_(True)
+    cfg = memory_schedule(steps, lr, seed)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    history, t0 = [], time.perf_counter()
+    model.train()
+    try:
+        for step in range(steps):
+            set_lr(optimizer, lr_at(step, cfg))
+            facts = task.facts(bank_facts, rng, "train")
+            with torch.no_grad():
+                bank = model.entries_for(
+                    torch.tensor([task.encode(task.write_text(facts, rng))], device=device)
+                )
+            x, y = data.get_batch("train", batch_size, model.config.block_size, gen)
+            _, text_loss = model(x.to(device), y.to(device), memory=bank)
+            facts_loss = episode_loss(model, draw_episode(task, batch_size, 16, rng))
+            (text_loss + facts_loss).backward()
+            optimizer_step(optimizer, scaler, params, cfg.grad_clip)
+            if step % 10 == 0 or step == steps - 1:
+                history.append({"step": step + 1, "text_loss": text_loss.item(), "facts_loss": facts_loss.item(),
+                                "train_loss": (text_loss + facts_loss).item(),
+                                "time_s": round(time.perf_counter() - t0, 3)})  # fmt: skip
+    finally:
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+    model.eval()
+    return history
+
+
 def run_narrativeqa(
     model, tokenizer, steps: int, lr: float, batch_size: int, n_eval: int = 200, seed: int = 0
 ) -> dict:
