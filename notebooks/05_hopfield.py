@@ -114,14 +114,16 @@ from physllm.hopfield.analysis import (
     story_conclusion,
     summary_table,
 )
-from physllm.hopfield.baselines import KNNLM, NGramCache
+from physllm.hopfield.baselines import KNNLM, MemoryReader, NGramCache
 from physllm.hopfield.model import HopfieldLM, HopfieldMemory, MemoryBank
 from physllm.hopfield.stories import (
     ATTRIBUTES,
+    ERROR_KINDS,
     StoryEpisodes,
     StoryTask,
     compare_story_readers,
     generated_story_templates,
+    story_errors,
     story_variants,
     uses_heldout_frame,
 )
@@ -677,12 +679,14 @@ for name, story_task in story_tasks.items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 story_stage = {**stage, "batch_size": story_batch, "max_facts": story_entities}
-story_per_seed, story_histories = [], []
+story_per_seed, story_histories, story_error_seeds = [], [], []
 for m, s in zip(seed_models, seeds):
     story_model = copy.deepcopy(m)
     story_histories.append(train_memory(story_model, StoryEpisodes(story_train, tok), story_steps,
                                         **{**story_stage, "seed": s}, progress=False))
     story_per_seed.append(compare_story_readers(readers(story_model, ngram_n), story_tasks, tok, story_episodes, s))
+    story_error_seeds.append({v: story_errors(MemoryReader(story_model), story_tasks[v], tok, story_episodes, s)
+                              for v in story_tasks if v != "train"})
 story_summary = seed_summary(story_per_seed, interval)
 print(f"stage 2c: {story_steps} steps per seed, loss {story_histories[0][0]['train_loss']:.3f} -> "
       + ", ".join(f"{h[-1]['train_loss']:.3f}" for h in story_histories) + " (seeds)")
@@ -701,6 +705,20 @@ assert all(len({x["questions"] for x in row.values()}) == 1 for row in story_sum
 # %%
 # NBVAL_IGNORE_OUTPUT
 print(story_conclusion(story_summary, headline="heldout_ask"))
+
+# %% [markdown]
+# **What a wrong answer is.** The memory's greedy answers to the same questions, each
+# put in one of `ERROR_KINDS` (`story_errors`, the first label that fits): the latest
+# value (right); an earlier value of the same person and attribute (stale: an update
+# lost); a value of the same person's other attribute; the same attribute of another
+# person; a value the story never wrote; no value at all. Shares of all questions,
+# mean over the seeds.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+story_error_shares = {v: {k: sum(e[v][k] for e in story_error_seeds) / len(story_error_seeds) for k in ERROR_KINDS}
+                      for v in story_error_seeds[0]}
+pd.DataFrame(story_error_shares).T.round(3)
 
 # %% [markdown]
 # ## 10. GPU preset: NarrativeQA with the summary in memory only
@@ -798,6 +816,7 @@ path = write_metrics(
     },
     recall_findings=findings,
     stories_conclusion=story_conclusion(story_summary, headline="heldout_ask"),
+    stories_errors={"shares": story_error_shares, "per_seed": story_error_seeds, "reader": "memory"},
     narrativeqa=narrativeqa,
 )
 print("wrote", path.name)
@@ -841,10 +860,10 @@ Markdown(findings + "\n\n" + gate_line + "\n\n" + story_conclusion(story_summary
 #   interference between learned keys, not eviction (training saw at most
 #   `memory_facts` facts per episode); FIFO adds eviction past the facts that fit, at
 #   the dotted bound.
-# * **Stories**: where they fall short, it is the answer's *first* character, the
-#   choice of which fact to read: given the right first character the memory spells the
-#   rest of the word almost always (teacher-forced), and most wrong first characters are
-#   the same attribute of *another person* or another attribute of the right one. A read
+# * **Stories**: where they fall short, it is the choice of which fact to read, not
+#   the spelling: most wrong answers are the same attribute of *another person* or
+#   another attribute of the right one (the table "What a wrong answer is"; a stale
+#   value only where updates were written). A read
 #   adds up similarity over the whole pooled key, so "mara" and "has" count separately;
 #   nothing in the layer binds the name to the attribute, and three people share every
 #   attribute's cue words. The two remedies tried here do not change that: generated

@@ -895,6 +895,12 @@ def test_notebook_runs(run_notebook):
         "heldout_write",
         "heldout_both",
     }
+    errors = metrics["stories_errors"]  # what each wrong story answer is, per variant
+    assert set(errors["shares"]) == set(metrics["stories"]) - {"train"}
+    for variant, shares in errors["shares"].items():
+        assert sum(shares.values()) == pytest.approx(1.0)
+        right = metrics["stories"][variant]["memory"]["exact_match"]
+        assert shares["right"] == pytest.approx(right, abs=1e-9)  # the same greedy answers
     # Twenty steps learn too little for recall to be asserted here (the recall test
     # above does that on a tiny model); what must hold is that each number is the
     # measurement it is named after: 3 seeds x 2 trials x 16 facts per reader and task.

@@ -309,3 +309,63 @@ def test_heldout_story_variants_never_use_a_training_template():
         if held_story:
             names = {f[0] for text in spy.written for f in parse_story(text)}
             assert names and all(is_heldout(n) for n in names)
+
+
+class ScriptedReader:
+    """Answers each question from the story it was given by ``policy(story, index)``."""
+
+    def __init__(self, task, episodes, seed, policy):
+        rng = random.Random(seed)
+        self.stories = {s.write_text: s for s in (task.story(rng) for _ in range(episodes))}
+        self.policy, self.story = policy, None
+
+    def reset(self):
+        self.story = None
+
+    def write(self, ids):
+        self.story = self.stories["".join(CHARS[i] for i in ids[0].tolist())]
+
+    def answer(self, prompts, n):
+        prompt = "".join(CHARS[i] for i in prompts[0].tolist())
+        index = [p for p, _ in self.story.questions].index(prompt)
+        text = (self.policy(self.story, index) + ".").ljust(n)[:n]
+        return torch.tensor([encode(text)])
+
+
+class CharCodec:
+    encode = staticmethod(encode)
+
+    @staticmethod
+    def decode(ids):
+        return "".join(CHARS[i] for i in ids)
+
+
+def test_story_errors_name_what_a_wrong_answer_is():
+    """Readers that always pick the latest value, an earlier one, another attribute of the
+    person, the attribute of another person, a value the story never wrote, or no value
+    each get all of their answers under that label, in stories with updates."""
+    from physllm.hopfield.stories import ERROR_KINDS, classify_answer, story_errors
+
+    task = StoryTask(n_entities=3, interference=True, updates=2, questions=1)  # updated pairs
+
+    def pick(kind):
+        def policy(story, i):
+            name, attr = story.asked[i]
+            facts = story.facts
+            return {
+                "right": lambda: [f[2] for f in facts if f[:2] == (name, attr)][-1],
+                "stale": lambda: [f[2] for f in facts if f[:2] == (name, attr)][0],
+                "other_attribute": lambda: next(f[2] for f in facts if f[0] == name and f[1] != attr),
+                "other_person": lambda: next(f[2] for f in facts if f[0] != name and f[1] == attr),
+                "not_in_story": lambda: next(v for v in VALUES[attr] if v not in {f[2] for f in facts}),
+                "not_a_value": lambda: "zzz",
+            }[kind]()  # fmt: skip
+
+        return policy
+
+    for kind in ERROR_KINDS:
+        reader = ScriptedReader(task, 6, 3, pick(kind))
+        shares = story_errors(reader, task, CharCodec, episodes=6, seed=3)
+        assert shares == {k: float(k == kind) for k in ERROR_KINDS}, kind
+    story = task.story(random.Random(0))
+    assert classify_answer(story, 0, story.questions[0][1]) == "right"

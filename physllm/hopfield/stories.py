@@ -736,6 +736,54 @@ def compare_story_readers(
     return out
 
 
+# What a wrong answer is, in the order the labels are tried (the first that fits).
+ERROR_KINDS = ("right", "stale", "other_attribute", "other_person", "not_in_story", "not_a_value")
+
+
+def classify_answer(story: Story, index: int, word: str) -> str:
+    """Which of :data:`ERROR_KINDS` ``word`` is for question ``index`` of ``story``: the
+    latest value asked (right), an earlier value of the same person and attribute (stale,
+    an update lost), a value of the same person's other attribute, the same attribute of
+    another person, a value of the attribute that the story never wrote, or not a value."""
+    name, attr = story.asked[index]
+    latest = {f[:2]: f[2] for f in story.facts}
+    if word == latest[(name, attr)]:
+        return "right"
+    if any(f[:2] == (name, attr) and f[2] == word for f in story.facts):
+        return "stale"
+    if any(f[0] == name and f[1] != attr and f[2] == word for f in story.facts):
+        return "other_attribute"
+    if any(f[0] != name and f[1] == attr and f[2] == word for f in story.facts):
+        return "other_person"
+    return "not_in_story" if word in VALUES[attr] else "not_a_value"
+
+
+@torch.no_grad()
+def story_errors(
+    reader: Reader, task: StoryTask, tokenizer: Any, episodes: int = 4, seed: int = 0
+) -> dict[str, float]:
+    """The share of each of :data:`ERROR_KINDS` among ``reader``'s greedy answers to the
+    questions :func:`compare_story_readers` asks (the same stories: ``seed``), each a story
+    written in call 1 and a question asked from an empty context in call 2. Why a reader
+    fails: the wrong person (names not bound to their facts), the wrong attribute, a
+    stale value (the latest update not winning), or no value at all."""
+    encode, decode = _encoder(tokenizer), tokenizer.decode
+    rng, device = random.Random(seed), _device(reader)
+    stories = [task.story(rng) for _ in range(episodes)]  # draw_stories' stories, with facts
+    longest = max(len(encode(v)) for values in VALUES.values() for v in values) + 1
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    for story in stories:
+        reader.reset()
+        reader.write(torch.tensor([encode(story.write_text)], device=device))
+        for i, (prompt, _) in enumerate(story.questions):
+            ids = reader.answer(torch.tensor([encode(prompt)], device=device), longest)
+            word = decode(ids[0].tolist()).split(".")[0]  # "right" iff answer + "." exactly
+            counts[classify_answer(story, i, word)] += 1
+    reader.reset()
+    total = sum(counts.values())
+    return {kind: n / total for kind, n in counts.items()}
+
+
 @torch.no_grad()
 def story_recall(
     model,
@@ -769,6 +817,7 @@ def story_recall(
 
 __all__ = [
     "ATTRIBUTES",
+    "ERROR_KINDS",
     "DISTRACTOR_POOL",
     "TEMPLATES",
     "STORY_VARIANTS",
@@ -784,7 +833,9 @@ __all__ = [
     "parse_story",
     "pydoc_sentences",
     "solve",
+    "classify_answer",
     "story_episode",
+    "story_errors",
     "story_recall",
     "story_variants",
     "template_ids",
