@@ -153,9 +153,10 @@ print(corpus_notice(corpus if preset == "cpu" else get_preset("context_vector", 
 # so past 8 chunks of 64 the scan runs chunk by chunk: within each chunk in
 # parallel from a zero state, giving $s_t$ and the gates' running product $P_t$,
 # then $c_t = s_t + P_t\, c_{\mathrm{in}}$ carries the state across chunks
-# ($T \log 64$ work). This variant is the one the leaderboard trains: at equal
-# wall-clock its validation loss is lower than the hidden-gated loop's
-# (`reports/choices/context_vector_gates_cpu`, `python -m physllm choose`).
+# ($T \log 64$ work). At equal wall-clock this variant's validation loss is lower
+# than the hidden-gated loop's (`reports/choices/context_vector_gates_cpu`,
+# `python -m physllm choose`); the leaderboard keeps the loop for now, since gates
+# that read the 128-wide input cannot be shrunk to GPT's size at the probes' width 32.
 # A LayerNorm on $c_t$ would break the linearity,
 # so this variant carries the raw state (bounded anyway: $|c_t| \le
 # \max|\delta| / (1 - \max f)$) and normalises what the FNN *reads*:

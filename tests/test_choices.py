@@ -143,9 +143,18 @@ def test_bad_choices_are_one_clear_line_and_exit_2(flags, message, tmp_path, cap
     assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
 
 
+# Choices the leaderboard has not adopted, and why (README, "Design choices"); the test
+# below fails once one is adopted, so this list cannot go stale.
+NOT_ADOPTED = {
+    "context_vector_gates_cpu": "input gates read the 128-wide input: the entry cannot be "
+    "matched to GPT's parameter count at the probes' width 32",
+}
+
+
 def test_the_leaderboard_uses_every_committed_choice():
     """Each choice in reports/choices/*/choice.json is what its leaderboard entry trains:
-    the candidate's value when it won at equal wall-clock, else the reference's."""
+    the candidate's value when it won at equal wall-clock, else the reference's, unless
+    it is listed (with its reason) as not adopted."""
     from tests.conftest import REPO
 
     found = sorted((REPO / "reports" / "choices").glob("*/choice.json"))
@@ -154,5 +163,7 @@ def test_the_leaderboard_uses_every_committed_choice():
     for path in found:
         choice = json.loads(path.read_text())
         kept = choice[choice["choice"]]  # the value of the form chosen
+        if path.parent.name in NOT_ADOPTED:
+            kept = choice["reference"]
         configs = build_configs(choice["preset"], 256, [entries[choice["entry"]]])
         assert str(getattr(configs[choice["entry"]].model_config, choice["field"])) == kept, path

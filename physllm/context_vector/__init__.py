@@ -28,9 +28,10 @@ ARCH = Architecture(
             "context_vector-fixed",
             "context_vector",
             "fixed form (LayerNorm'ed input, residual GELU FNN, tanh delta)",
-            # input-read gates (the parallel scan): lower validation loss than hidden-read
-            # gates at equal wall-clock (reports/choices/context_vector_gates_cpu)
-            {"form": "fixed", "gates": "input"},
+            # Input-read gates won at equal wall-clock (reports/choices/context_vector_gates_cpu)
+            # but are not adopted: they read the 128-wide input, so the entry cannot be
+            # matched to GPT's parameters at the probes' width 32 (README, "Design choices").
+            {"form": "fixed", "gates": "hidden"},
             match="n_hidden",
             own_shape=True,
             per_preset={"gpu": {"n_layer": 4}},
