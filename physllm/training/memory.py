@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +41,47 @@ def memory_schedule(steps: int, lr: float, seed: int = 0, log_interval: int = 10
     )
 
 
+def run_stage(
+    model,
+    params: list[torch.nn.Parameter],
+    cfg: TrainConfig,
+    step_loss: Callable[[int], tuple[torch.Tensor, Callable[[], dict[str, Any]]]],
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The memory stages' loop: ``cfg.steps`` AdamW steps on ``params`` at the schedule
+    of ``cfg`` (:func:`memory_schedule`). ``step_loss(step)`` returns the step's loss and a
+    function giving the history fields besides ``step``, ``train_loss`` and ``time_s``
+    (called only on logged steps). Returns the history; the model is left in eval mode."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # fp32: the scaler is a pass-through
+    bar = progress_bar(cfg.steps, "memory", enabled=progress)  # text in report runs
+    history, t0 = [], time.perf_counter()
+    model.train()
+    try:
+        for step in range(cfg.steps):
+            set_lr(optimizer, lr_at(step, cfg))
+            loss, fields = step_loss(step)
+            loss.backward()
+            optimizer_step(optimizer, scaler, params, cfg.grad_clip)
+            if step % cfg.log_interval == 0 or step == cfg.steps - 1:
+                history.append(
+                    {
+                        "step": step + 1,
+                        "train_loss": loss.item(),
+                        **fields(),
+                        "time_s": round(time.perf_counter() - t0, 3),
+                    }
+                )
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    finally:
+        if bar:
+            bar.close()
+    model.eval()
+    return history
+
+
 def train_memory(
     model,
     task,
@@ -60,40 +102,22 @@ def train_memory(
     read through it. ``lora_rank`` (default: the model config's) > 0 also trains LoRA
     adapters on the backbone's attention; the rest of the backbone stays frozen.
     """
-    cfg = memory_schedule(steps, lr, seed, log_interval)
     params = memory_parameters(model, lora_rank)
     backbone_grad = any(p.requires_grad for p in model.backbone.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)  # fp32: the scaler is a pass-through
     rng = random.Random(seed)
-    bar = progress_bar(steps, "memory", enabled=progress)  # text in report runs
-    history, t0 = [], time.perf_counter()
-    model.train()
-    try:
-        for step in range(steps):
-            set_lr(optimizer, lr_at(step, cfg))
-            ep = draw_episode(task, batch_size, max_facts, rng)
-            loss = episode_loss(model, ep, backbone_grad)
-            loss.backward()
-            optimizer_step(optimizer, scaler, params, cfg.grad_clip)
-            if step % log_interval == 0 or step == steps - 1:
-                history.append(
-                    {
-                        "step": step + 1,
-                        "train_loss": loss.item(),
-                        "n_facts": ep.write_ids.size(0) and len(ep.items[0]),
-                        "time_s": round(time.perf_counter() - t0, 3),
-                        **{f"aux_{k}": v for k, v in model.last_aux.items()},
-                    }
-                )
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    finally:
-        if bar:
-            bar.close()
-    model.eval()
-    return history
+
+    def step_loss(step: int):
+        ep = draw_episode(task, batch_size, max_facts, rng)
+        loss = episode_loss(model, ep, backbone_grad)
+        n_facts = ep.write_ids.size(0) and len(ep.items[0])
+        return loss, lambda: {
+            "n_facts": n_facts,
+            **{f"aux_{k}": v for k, v in model.last_aux.items()},
+        }
+
+    return run_stage(
+        model, params, memory_schedule(steps, lr, seed, log_interval), step_loss, progress
+    )
 
 
 def train_gate(
@@ -131,35 +155,28 @@ def train_gate(
     params = list((gate if only_gate else model.memory_layer).parameters())
     for p in params:
         p.requires_grad_(True)
-    cfg = memory_schedule(steps, lr, seed)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    history, t0 = [], time.perf_counter()
-    model.train()
+
+    def step_loss(step: int):
+        facts = task.facts(bank_facts, rng, "train")
+        with torch.no_grad():
+            bank = model.entries_for(
+                torch.tensor([task.encode(task.write_text(facts, rng))], device=device)
+            )
+        x, y = data.get_batch("train", batch_size, model.config.block_size, gen)
+        _, text_loss = model(x.to(device), y.to(device), memory=bank)
+        facts_loss = episode_loss(model, draw_episode(task, batch_size, 16, rng))
+        return text_loss + facts_loss, lambda: {
+            "text_loss": text_loss.item(),
+            "facts_loss": facts_loss.item(),
+        }
+
     try:
-        for step in range(steps):
-            set_lr(optimizer, lr_at(step, cfg))
-            facts = task.facts(bank_facts, rng, "train")
-            with torch.no_grad():
-                bank = model.entries_for(
-                    torch.tensor([task.encode(task.write_text(facts, rng))], device=device)
-                )
-            x, y = data.get_batch("train", batch_size, model.config.block_size, gen)
-            _, text_loss = model(x.to(device), y.to(device), memory=bank)
-            facts_loss = episode_loss(model, draw_episode(task, batch_size, 16, rng))
-            (text_loss + facts_loss).backward()
-            optimizer_step(optimizer, scaler, params, cfg.grad_clip)
-            if step % 10 == 0 or step == steps - 1:
-                history.append({"step": step + 1, "text_loss": text_loss.item(), "facts_loss": facts_loss.item(),
-                                "train_loss": (text_loss + facts_loss).item(),
-                                "time_s": round(time.perf_counter() - t0, 3)})  # fmt: skip
+        return run_stage(model, params, memory_schedule(steps, lr, seed), step_loss)
     finally:
         for p, flag in trainable.items():
             p.requires_grad_(flag)
-    model.eval()
-    return history
 
 
 def run_narrativeqa(
@@ -185,4 +202,4 @@ def run_narrativeqa(
     }
 
 
-__all__ = ["memory_schedule", "run_narrativeqa", "train_memory"]
+__all__ = ["memory_schedule", "run_narrativeqa", "run_stage", "train_gate", "train_memory"]
