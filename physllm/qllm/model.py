@@ -107,7 +107,7 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
-from physllm.lora import LoRALinear, apply_lora, effective_weight, mark_only_lora_trainable
+from physllm.lora import apply_lora, effective_weight, mark_only_lora_trainable
 from physllm.nn import (
     MLP,
     Derived,
@@ -295,16 +295,6 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.dropout = config.n_head, config.dropout
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v (B, L, C) each. Without LoRA the three weights act as one (3C, C)
-        product: one matrix multiply forward and two backward instead of three and six,
-        the same numbers (QLLM's windows are short, so per-call overhead counts)."""
-        if any(isinstance(m, LoRALinear) for m in (self.q, self.k, self.v)):
-            return self.q(x), self.k(x), self.v(x)
-        w = torch.cat([self.q.weight, self.k.weight, self.v.weight])
-        b = None if self.q.bias is None else torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        return F.linear(x, w, b).split(x.size(-1), dim=-1)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -319,9 +309,9 @@ class Attention(nn.Module):
         are the last L of the S keys), or with ``causal`` False every key."""
         B, L, C = x.shape
         hs = C // self.n_head
-        q, k, v = (
-            t.view(B, L, self.n_head, hs).transpose(1, 2) for t in self.project_qkv(x)
-        )  # (B, nh, L, hs) each
+        q = self.q(x).view(B, L, self.n_head, hs).transpose(1, 2)  # (B, nh, L, hs)
+        k = self.k(x).view(B, L, self.n_head, hs).transpose(1, 2)
+        v = self.v(x).view(B, L, self.n_head, hs).transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(k, v) if store else cache.extended(k, v)  # (B, nh, S, hs)
         if mask is None and causal:
