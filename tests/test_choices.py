@@ -11,7 +11,7 @@ import math
 import pytest
 
 from physllm.cli import main
-from physllm.experiments import choices, sweep
+from physllm.experiments import choices, gaps, sweep
 from physllm.experiments.choices import CANDIDATE, EQUAL_TIME, REFERENCE
 from physllm.experiments.leaderboard import PARAM_TOLERANCE, build_configs, select_entries
 from physllm.models import count_params
@@ -56,7 +56,7 @@ def test_equal_time_steps_come_from_the_measured_speed_and_the_gaps_pair_seeds(
         best = {REFERENCE: 1e-3, CANDIDATE: 3e-3, EQUAL_TIME: 3e-3}[entry]
         return 3.0 + abs(math.log10(lr / best)) - steps / 1000 + 0.01 * seed
 
-    monkeypatch.setattr(choices, "run_plan", fake_runs({**speeds, EQUAL_TIME: 150.0}, loss))
+    monkeypatch.setattr(gaps, "run_plan", fake_runs({**speeds, EQUAL_TIME: 150.0}, loss))
     result = choices.equal_time_choice(configs, "1e-3,3e-3", (1, 2, 3), tmp_path, log=None)
     forms = result["forms"]
     assert forms[REFERENCE]["lr"] == 1e-3 and forms[CANDIDATE]["lr"] == 3e-3
@@ -79,7 +79,7 @@ def test_the_candidate_wins_only_when_resolved_better_at_equal_time(configs, tmp
         noise = {1: 0.0, 2: 0.004, 3: -0.003}[seed] if entry == EQUAL_TIME else 0.0
         return 3.0 - steps / 1000 + noise
 
-    monkeypatch.setattr(choices, "run_plan", fake_runs(speeds, loss))
+    monkeypatch.setattr(gaps, "run_plan", fake_runs(speeds, loss))
     result = choices.equal_time_choice(configs, "1e-3", (1, 2, 3), tmp_path / "a", log=None)
     gap = result["gaps"]["equal_time"]
     assert gap["ci95_high"] < 0 and gap["verdict"] == "better"
@@ -98,7 +98,7 @@ def test_the_candidate_wins_only_when_resolved_better_at_equal_time(configs, tmp
         return 3.0 + (0.01 + 0.001 * seed if entry != REFERENCE else 0.0)
 
     same = {REFERENCE: 100.0, CANDIDATE: 100.0, EQUAL_TIME: 100.0}
-    monkeypatch.setattr(choices, "run_plan", fake_runs(same, slower))
+    monkeypatch.setattr(gaps, "run_plan", fake_runs(same, slower))
     result = choices.equal_time_choice(configs, "1e-3", (1, 2, 3), tmp_path / "b", log=None)
     assert result["forms"][EQUAL_TIME]["steps"] == 40
     assert result["gaps"]["equal_time"]["verdict"] == "worse" and result["choice"] == REFERENCE

@@ -39,10 +39,9 @@ from typing import Any
 from physllm.bench import parse_model_spec
 from physllm.data import TokenData
 from physllm.errors import PhysllmError
-from physllm.experiments.gaps import DEFAULT_LRS, SIZE, STAGES, parse_rates, stage_plan
+from physllm.experiments.gaps import DEFAULT_LRS, lr_stage, parse_rates, seeds_stage
 from physllm.experiments.leaderboard import build_configs, recipe, select_entries
 from physllm.experiments.stats import interval_cell, per_seed, verdict
-from physllm.experiments.sweep import RUNS, SweepFailed, pick_lr, read_results, run_plan
 from physllm.training import TrainConfig
 
 REFERENCE, CANDIDATE, EQUAL_TIME = "reference", "candidate", "candidate_equal_time"
@@ -110,26 +109,17 @@ def equal_time_choice(
     rates, seeds, out = parse_rates(lrs), tuple(seeds), Path(out_dir)
     if lr_seed in seeds:
         raise PhysllmError(f"the seeds must be new: {lr_seed} already picked the rates")
-    paths = {stage: out / stage / "results.csv" for stage in STAGES}
-    failed = run_plan(
-        stage_plan(configs, {n: rates for n in configs}, (lr_seed,), out / RUNS, threads),
-        paths["lr"], "lr", log,
-    )["failed"]  # fmt: skip
-    lr_rows = [r for r in read_results(paths["lr"]) if r["status"] == "ok"]
-    best = {name: pick_lr(lr_rows, name, SIZE) for name in configs}
-    speed = {name: median_speed(lr_rows, name) for name in configs}
+    best, lr_rows, failed = lr_stage(configs, rates, lr_seed, out, threads, log)
+    finished = [r for r in lr_rows if r["status"] == "ok"]
+    speed = {name: median_speed(finished, name) for name in configs}
     equal_steps = max(1, round(steps * speed[CANDIDATE] / speed[REFERENCE]))
     final = {**configs, EQUAL_TIME: dataclasses.replace(configs[CANDIDATE], steps=equal_steps)}
     best[EQUAL_TIME] = best[CANDIDATE]  # the rule picks at the shortest budget
-    plan = stage_plan(final, {n: (best[n],) for n in final}, seeds, out / RUNS, threads)
-    failed += run_plan(plan, paths["seeds"], "seeds", log)["failed"]
-    if failed:
-        raise SweepFailed(f"{failed} run(s) failed: their train.log under {out / RUNS} says why")
     mine = {(n, best[n], final[n].steps) for n in final}
     rows = [
         r
-        for r in read_results(paths["seeds"])
-        if r["status"] == "ok" and (r["entry"], r["lr"], r["steps"]) in mine
+        for r in seeds_stage(final, best, seeds, out, threads, log, failed)
+        if (r["entry"], r["lr"], r["steps"]) in mine
     ]
     gaps = {
         "equal_steps": paired(rows, CANDIDATE, REFERENCE, "val_loss"),
@@ -153,7 +143,7 @@ def equal_time_choice(
         "lrs": list(rates),
         "seeds": list(seeds),
         "lr_seed": lr_seed,
-        "results": str(paths["seeds"]),
+        "results": str(out / "seeds" / "results.csv"),
     }
 
 

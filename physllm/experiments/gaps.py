@@ -47,7 +47,6 @@ from physllm.training import TrainConfig
 SIZE = "recipe"  # the notebook's own size: one per grid
 DEFAULT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)  # the CPU protocol's rates (experiments/protocol_cpu.toml)
 DEFAULT_SEEDS = (1, 2, 3)
-STAGES = ("lr", "seeds")
 
 
 def parse_rates(text: str | float | Sequence[float]) -> tuple[float, ...]:
@@ -132,17 +131,8 @@ def seed_gaps(
     if lr_seed in seeds:
         raise PhysllmError(f"the seeds must be new: {lr_seed} already picked the rates")
     out = Path(out_dir)
-    paths = {stage: out / stage / "results.csv" for stage in STAGES}
-    failed = 0
-    plan = stage_plan(configs, {n: rates for n in configs}, (lr_seed,), out / RUNS, threads)
-    failed += run_plan(plan, paths["lr"], "lr", log)["failed"]
-    lr_rows = read_results(paths["lr"])
-    best = {name: pick_lr(lr_rows, name, SIZE) for name in configs}
-    plan = stage_plan(configs, {n: (best[n],) for n in configs}, seeds, out / RUNS, threads)
-    failed += run_plan(plan, paths["seeds"], "seeds", log)["failed"]
-    if failed:
-        raise SweepFailed(f"{failed} run(s) failed: their train.log under {out / RUNS} says why")
-    rows = [r for r in read_results(paths["seeds"]) if r["status"] == "ok"]
+    best, _, failed = lr_stage(configs, rates, lr_seed, out, threads, log)
+    rows = seeds_stage(configs, best, seeds, out, threads, log, failed)
     gaps = {name: gap_at_best(rows, name, baseline, best) for name in configs if name != baseline}
     return {
         "best_lr": best,
@@ -151,8 +141,45 @@ def seed_gaps(
         "seeds": list(seeds),
         "lr_seed": lr_seed,
         "steps": next(iter(configs.values())).steps,
-        "results": str(paths["seeds"]),
+        "results": str(out / "seeds" / "results.csv"),
     }
+
+
+def lr_stage(
+    configs: Mapping[str, TrainConfig],
+    rates: Sequence[float],
+    lr_seed: int,
+    out: Path,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[dict[str, float], list[dict[str, Any]], int]:
+    """Stage 1: every config at every rate, seed ``lr_seed``, into ``out/lr/results.csv``.
+    Returns each config's picked rate (:func:`~physllm.experiments.sweep.pick_lr`), the
+    stage's rows and how many runs failed."""
+    path = out / "lr" / "results.csv"
+    plan = stage_plan(configs, {n: rates for n in configs}, (lr_seed,), out / RUNS, threads)
+    failed = run_plan(plan, path, "lr", log)["failed"]
+    rows = read_results(path)
+    return {name: pick_lr(rows, name, SIZE) for name in configs}, rows, failed
+
+
+def seeds_stage(
+    configs: Mapping[str, TrainConfig],
+    best: Mapping[str, float],
+    seeds: Sequence[int],
+    out: Path,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = print,
+    failed: int = 0,
+) -> list[dict[str, Any]]:
+    """Stage 2: every config at its picked rate, each of ``seeds``, into
+    ``out/seeds/results.csv``; its finished rows. A :class:`SweepFailed` if a run of either
+    stage failed (``failed``: stage 1's count)."""
+    plan = stage_plan(configs, {n: (best[n],) for n in configs}, seeds, out / RUNS, threads)
+    failed += run_plan(plan, out / "seeds" / "results.csv", "seeds", log)["failed"]
+    if failed:
+        raise SweepFailed(f"{failed} run(s) failed: their train.log under {out / RUNS} says why")
+    return [r for r in read_results(out / "seeds" / "results.csv") if r["status"] == "ok"]
 
 
 def _mean(rows: Sequence[Mapping[str, Any]], entry: str, lr: float) -> float:
