@@ -72,7 +72,6 @@ from physllm.hamiltonian.integrators import (
     drift_kicks,
     force_from_potential,
     leapfrog_kicks,
-    leapfrog_steps,
 )
 from physllm.nn import CausalSelfAttention, Derived, KVCache, init_gpt2_weights
 from physllm.validation import (
@@ -237,7 +236,8 @@ class SymplecticLayer(nn.Module):
         super().__init__()
         C, H = config.n_embd, config.mlp_ratio * config.n_embd
         self.mode, self.mass, self.substeps = config.mode, config.mass, config.substeps
-        self.integrator = config.integrator
+        # both integrators step from two factors of dt (step_factors): one loop each
+        self.steps = drift_kicks if config.integrator == "position" else leapfrog_kicks
         self.ln_ctx = nn.LayerNorm(C, bias=config.bias)
         self.guide = CausalSelfAttention(config.n_embd, config.n_head, config.bias, config.dropout)
         self.local = DecayConv(C, config.decay_kernel, config.decay_init)
@@ -291,20 +291,21 @@ class SymplecticLayer(nn.Module):
             f = self.force(x, c)
             return f if steer is None else f + steer  # steering: a constant extra force
 
+        return self.steps(q, p, force, *self.step_factors(), self.substeps)
+
+    def step_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The integrator's two factors of dt for k substeps: velocity Verlet's half kick
+        dt/2k and drift dt/(k m) (:func:`leapfrog_kicks`), or position Verlet's kick dt/k
+        and half drift dt/(2 k m) (:func:`drift_kicks`)."""
         dt = self.dt / self.substeps
-        if self.integrator == "position":
-            return drift_kicks(q, p, force, dt, 0.5 * dt / self.mass, self.substeps)
-        return leapfrog_steps(q, p, force, dt, self.substeps, self.mass)
+        if self.steps is drift_kicks:
+            return dt, 0.5 * dt / self.mass
+        return 0.5 * dt, dt / self.mass
 
     def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What :meth:`step` reads from the parameters alone, computed once per decoding
-        state: the local kernel as window weights (K, C) and the integrator's two factors
-        for k substeps: velocity Verlet's half kick dt/2k and drift dt/(k m), or position
-        Verlet's kick dt/k and half drift dt/(2 k m)."""
-        dt = self.dt / self.substeps
-        if self.integrator == "position":
-            return self.local.window_weights(), dt, 0.5 * dt / self.mass
-        return self.local.window_weights(), 0.5 * dt, dt / self.mass
+        state: the local kernel as window weights (K, C) and :meth:`step_factors`."""
+        return self.local.window_weights(), *self.step_factors()
 
     def step(
         self,
@@ -339,9 +340,7 @@ class SymplecticLayer(nn.Module):
                 f = self.force(y, c)
                 return f if steer is None else f + steer
 
-        if self.integrator == "position":
-            return drift_kicks(q, p, force, first, second, self.substeps)
-        return leapfrog_kicks(q, p, force, first, second, self.substeps)
+        return self.steps(q, p, force, first, second, self.substeps)
 
 
 # --------------------------------------------------------------------------- seed parts
