@@ -676,6 +676,59 @@ def test_one_byte_steps_equal_the_general_path(kw):
     assert fast >= model.config.n_layer * 20  # the first byte and re-encodings aside
 
 
+FOLD_SETTINGS = [
+    dict(),
+    dict(phase="gain", bias=True),
+    dict(phase="none"),
+    dict(globals="seed"),
+    dict(lora_rank=2, lora_train_base=True),
+]
+
+
+@pytest.mark.parametrize("kw", FOLD_SETTINGS, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_training_folds_the_phase_into_one_qkv_product_exactly(kw):
+    """In training a phase the same at every position lives inside q, k, v's weights (one
+    product per token, made once per forward pass): the loss and every gradient equal the
+    rotate-then-three-products path (in float64: the adapters' scale amplifies float32
+    rounding); q's own layer is not called."""
+    import physllm.qllm.model as qllm_model
+
+    model = tiny(**kw).double().train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.1)
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+    calls = []
+    model.blocks[0].attn.q.register_forward_hook(lambda *_: calls.append(1))
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        _, loss = model(idx, idx)
+        loss.backward()
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    folded, folded_grads = loss_and_grads()
+    assert not calls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qllm_model.Block, "folded_qkv", lambda self: None)
+        general, general_grads = loss_and_grads()
+    assert calls
+    torch.testing.assert_close(folded, general, atol=1e-12, rtol=0)
+    assert folded_grads.keys() == general_grads.keys()
+    for name, grad in general_grads.items():
+        torch.testing.assert_close(folded_grads[name], grad, atol=1e-11, rtol=0, msg=name)
+
+
+def test_a_per_position_phase_or_lora_dropout_does_not_fold():
+    """A per-position phase is no weight, nor are adapters with dropout on their input while
+    training: those blocks keep the rotate-then-project path."""
+    assert tiny(phase_per_position=True).train().blocks[0].folded_qkv() is None
+    dropped = tiny(lora_rank=2, lora_dropout=0.1)
+    assert dropped.train().blocks[0].folded_qkv() is None
+    assert dropped.eval().blocks[0].folded_qkv() is not None
+
+
 @pytest.mark.parametrize("kw", [dict(globals="recurrent"), dict(globals="seed")])
 def test_a_cached_step_attends_with_one_query(kw):
     """After the prefill every attention call of a step has one query (the new byte) over

@@ -28,8 +28,10 @@ reparametrised W).
       z_j' = e^{i theta_j} z_j      (theta per pair, or per (position, pair))
 
   which preserves |x| exactly. A position-independent rotation feeding a
-  linear layer can be absorbed into that layer's weights; a per-position one
-  (``phase_per_position``) cannot: it acts like a learned RoPE.
+  linear layer can be absorbed into that layer's weights, q = W (R h) = (W R) h,
+  and the forward pass does so (``Block.folded_qkv``: one product instead of a
+  rotation of every token and three products; the same loss and gradients); a
+  per-position one (``phase_per_position``) cannot: it acts like a learned RoPE.
 * ``phase="none"``: identity.
 
 and two places:
@@ -107,7 +109,7 @@ from torch import nn
 
 from physllm.arch import LanguageModel, TransformerShape
 from physllm.errors import PhysllmError
-from physllm.lora import apply_lora, effective_weight, mark_only_lora_trainable
+from physllm.lora import LoRALinear, apply_lora, effective_weight, mark_only_lora_trainable
 from physllm.nn import (
     MLP,
     Derived,
@@ -134,6 +136,9 @@ PHASE_AT = ("blocks", "embeddings")
 GLOBALS = ("seed", "recurrent", "off")
 SEGMENT_MEMORY = ("carry", "reset", "none")
 COHERENCE_FORMS = ("cosine", "seed")
+
+# q, k, v's weights side by side (3C, C) and their biases (3C,) or None
+QKVWeights = tuple[torch.Tensor, torch.Tensor | None]
 
 
 @dataclass
@@ -211,11 +216,18 @@ class PhaseGain(nn.Module):
     def learned(self) -> torch.Tensor:
         return self.p  # (C,), the raw parameter the seed's coherence term reads
 
+    def gain(self) -> torch.Tensor:
+        phi = self.phases()
+        return torch.cos(phi) - torch.sin(phi)  # (C,)
+
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """x (B, L, C); ``offset`` unused (the gain is the same at every position)."""
-        phi = self.phases()
         # y_c = x_c (cos phi_c - sin phi_c)
-        return x * (torch.cos(phi) - torch.sin(phi))
+        return x * self.gain()
+
+    def fold_into(self, weight: torch.Tensor) -> torch.Tensor:
+        """W (N, C) -> W diag(g): a linear layer fed the gained input, as one weight."""
+        return weight * self.gain()
 
 
 class PhaseRotation(nn.Module):
@@ -238,12 +250,23 @@ class PhaseRotation(nn.Module):
         theta = self.theta
         if theta.dim() == 2:
             theta = theta[offset : offset + x.size(1)]
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        x1, x2 = x[..., 0::2], x[..., 1::2]  # real and imaginary parts, (B, L, C/2) each
-        # (x1 + i x2) e^{i theta} = (x1 cos - x2 sin) + i (x1 sin + x2 cos)
-        y1 = x1 * cos - x2 * sin
-        y2 = x1 * sin + x2 * cos
-        return torch.stack((y1, y2), dim=-1).flatten(-2)  # interleave back, (B, L, C)
+        return rotate_pairs(x, theta)
+
+    def fold_into(self, weight: torch.Tensor) -> torch.Tensor:
+        """W (N, C) -> W R, R the rotation (one theta per pair): a linear layer fed the
+        rotated input, as one weight. Column pair j of W R is that of W rotated by -theta_j:
+        (W R)_{:,2j} = W_{:,2j} cos + W_{:,2j+1} sin, and so on."""
+        return rotate_pairs(weight, -self.theta)
+
+
+def rotate_pairs(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """x (..., C) with channel pairs as complex numbers, times e^{i theta}, theta (..., C/2)."""
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # real and imaginary parts, (..., C/2) each
+    # (x1 + i x2) e^{i theta} = (x1 cos - x2 sin) + i (x1 sin + x2 cos)
+    y1 = x1 * cos - x2 * sin
+    y2 = x1 * sin + x2 * cos
+    return torch.stack((y1, y2), dim=-1).flatten(-2)  # interleave back, (..., C)
 
 
 class NoPhase(nn.Module):
@@ -255,6 +278,9 @@ class NoPhase(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         return x
+
+    def fold_into(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
 
 
 def make_phase(config: QLLMConfig, n_pos: int) -> nn.Module:
@@ -302,16 +328,22 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         store: bool = True,
         causal: bool = True,
+        qkv: QKVWeights | None = None,
     ) -> torch.Tensor:
         """x (B, L, C) -> (B, L, C). The keys are the ``cache``'s positions (if any) followed
         by these L, S in all; ``store`` False reads the cache without adding these L to it.
         ``mask`` (L, S) bool, True where query i may read key j; None: causal (the L queries
-        are the last L of the S keys), or with ``causal`` False every key."""
+        are the last L of the S keys), or with ``causal`` False every key. ``qkv``: q, k, v's
+        weights side by side (:meth:`Block.folded_qkv`), used instead of the three layers."""
         B, L, C = x.shape
         hs = C // self.n_head
-        q = self.q(x).view(B, L, self.n_head, hs).transpose(1, 2)  # (B, nh, L, hs)
-        k = self.k(x).view(B, L, self.n_head, hs).transpose(1, 2)
-        v = self.v(x).view(B, L, self.n_head, hs).transpose(1, 2)
+        if qkv is None:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        else:
+            q, k, v = F.linear(x, *qkv).split(C, dim=-1)
+        q = q.view(B, L, self.n_head, hs).transpose(1, 2)  # (B, nh, L, hs)
+        k = k.view(B, L, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, L, self.n_head, hs).transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(k, v) if store else cache.extended(k, v)  # (B, nh, S, hs)
         if mask is None and causal:
@@ -347,26 +379,48 @@ class Block(nn.Module):
         offset: int = 0,
         store: bool = True,
         causal: bool = True,
+        qkv: QKVWeights | None = None,
     ) -> torch.Tensor:
         """x (B, L, C) at window positions ``offset`` .. offset + L - 1; the rest as
-        :class:`Attention`'s."""
-        x = x + self.attn(self.phase(self.ln_1(x), offset), mask, cache, store, causal)
+        :class:`Attention`'s. ``qkv`` (from :meth:`folded_qkv`) has the phase inside."""
+        h = self.ln_1(x)
+        h = h if qkv is not None else self.phase(h, offset)
+        x = x + self.attn(h, mask, cache, store, causal, qkv)
         x = x + self.mlp(self.ln_2(x))
         return x
 
-    def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]:
-        """What :meth:`step` reads from the parameters: q, k, v's weights side by side
-        (3C, C) and their biases, o's weight, and whether the phase is folded into them.
-        A phase the same at every position is a linear map h -> h R^T (R^T: the phase of
-        the identity's rows) feeding linear layers, so q = W (R h) = (W R) h exactly; a
-        per-position one is applied at each step. LoRA updates are merged (eval: no dropout)."""
+    def phase_folds(self) -> bool:
+        """Whether the phase can live inside q, k, v's weights: a phase the same at every
+        position is a linear map h -> h R^T feeding linear layers, so q = W (R h) = (W R) h
+        exactly; a per-position one cannot."""
+        return not (isinstance(self.phase, PhaseRotation) and self.phase.theta.dim() == 2)
+
+    def folded_qkv(self) -> QKVWeights | None:
+        """q, k, v's weights side by side with the phase folded in, (3C, C), and their biases
+        (3C,) or None; None when the phase cannot fold (:meth:`phase_folds`) or LoRA dropout
+        acts on the input while training (then the adapters are no weight to merge). One
+        product per token instead of a rotation and three products; the same numbers and,
+        through the fold, the same gradients."""
         a = self.attn
+        dropped = self.training and isinstance(a.q, LoRALinear) and a.q.lora_dropout.p > 0
+        if dropped or not self.phase_folds():
+            return None
         w = torch.cat([effective_weight(a.q), effective_weight(a.k), effective_weight(a.v)])
         b = None if a.q.bias is None else torch.cat([a.q.bias, a.k.bias, a.v.bias])
-        fold = not (isinstance(self.phase, PhaseRotation) and self.phase.theta.dim() == 2)
-        if fold:
-            w = w @ self.phase(torch.eye(w.size(1), dtype=w.dtype, device=w.device)).T
-        return w, b, effective_weight(a.o), fold
+        return self.phase.fold_into(w), b
+
+    def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]:
+        """What :meth:`step` reads from the parameters: q, k, v's weights side by side
+        (3C, C) and their biases, o's weight, and whether the phase is folded into them
+        (:meth:`folded_qkv`; a per-position phase is applied at each step). LoRA updates
+        are merged (eval: no dropout)."""
+        a = self.attn
+        folded = self.folded_qkv()
+        if folded is None:
+            w = torch.cat([effective_weight(a.q), effective_weight(a.k), effective_weight(a.v)])
+            b = None if a.q.bias is None else torch.cat([a.q.bias, a.k.bias, a.v.bias])
+            folded = (w, b)
+        return *folded, effective_weight(a.o), self.phase_folds()
 
     def step(self, x: torch.Tensor, cache: KVCache, offset: int, constants: tuple) -> torch.Tensor:
         """:meth:`forward` for one new position x (B, 1, C) at window position ``offset``,
@@ -449,10 +503,15 @@ class QLLM(LanguageModel):
     # ---- one window: [read globals | bytes | write globals]
 
     def segment(
-        self, idx: torch.Tensor, memory: torch.Tensor | None, write: bool
+        self,
+        idx: torch.Tensor,
+        memory: torch.Tensor | None,
+        write: bool,
+        folds: list[QKVWeights | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bytes ``idx`` (B, s) after read ``memory`` (B, G, C) -> byte hidden states
-        (B, s, C) and, if ``write``, the next memory (B, G, C)."""
+        (B, s, C) and, if ``write``, the next memory (B, G, C). ``folds``: each block's
+        :meth:`Block.folded_qkv` (made once per forward pass, not once per segment)."""
         s = idx.size(1)
         parts = [self.embed(idx)]
         if self.G:
@@ -461,8 +520,9 @@ class QLLM(LanguageModel):
                 parts.append(memory + self.write_embed)
         x = self.drop(torch.cat(parts, dim=1))  # (B, G + s (+ G), C)
         mask = self.attention_mask(s, write, idx.device)
-        for block in self.blocks:
-            x = block(x, mask)
+        folds = folds or [None] * len(self.blocks)
+        for block, qkv in zip(self.blocks, folds, strict=True):
+            x = block(x, mask, qkv=qkv)
         hidden = x[:, self.G : self.G + s]
         new_memory = self.ln_mem(x[:, self.G + s :]) if write else None
         return hidden, new_memory
@@ -493,13 +553,15 @@ class QLLM(LanguageModel):
                 f"sequence of {T} is longer than block_size {self.config.block_size}"
             )
         memory = self.initial_memory(B)
+        folds = [block.folded_qkv() for block in self.blocks]
         if self.config.globals != "recurrent":
-            return self.segment(idx, memory, write=False)[0]
+            return self.segment(idx, memory, False, folds)[0]
         outs = []
         for start in range(0, T, self.S):
             # the last segment's memory would go unread; reset and none never write one
             write = self.carry and start + self.S < T
-            hidden, new_memory = self.segment(idx[:, start : start + self.S], memory, write)
+            segment = idx[:, start : start + self.S]
+            hidden, new_memory = self.segment(segment, memory, write, folds)
             outs.append(hidden)
             memory = new_memory if write else memory
         return torch.cat(outs, dim=1)
