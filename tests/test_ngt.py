@@ -450,8 +450,9 @@ def test_single_token_steps_equal_the_general_cached_path(kernel, cutoff, mass_i
             torch.testing.assert_close(logits, expected[:, -1], atol=2e-6, rtol=0)
     assert len(calls) == 13 * len(model.blocks)  # every layer of every step took it
     for fast, slow in zip(state["caches"], general["caches"]):
-        torch.testing.assert_close(fast.k[:, :, :16], slow.k[:, :, :16], atol=1e-6, rtol=0)
-        torch.testing.assert_close(fast.v[:, :, :16], slow.v[:, :, :16], atol=1e-6, rtol=0)
+        # (the step's fused W_next W_p sums in another order: a few ulp of large entries)
+        torch.testing.assert_close(fast.k[:, :, :16], slow.k[:, :, :16], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(fast.v[:, :, :16], slow.v[:, :, :16], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "seed"])

@@ -310,6 +310,15 @@ class SeedStep(NamedTuple):
     one: torch.Tensor  # (B, H, 1, 1)
 
 
+class BlockStep(NamedTuple):
+    """What a block's one-token step reads from the parameters (``NGTBlock.decode_constants``)."""
+
+    attn: GaussianStep | SeedStep
+    out_weight: torch.Tensor  # (d + C, H hs): [W_p; W_next W_p]
+    out_bias: torch.Tensor | None  # (d + C,)
+    n_embd: int  # d: where o ends and the coordinates' step begins
+
+
 class GravityAttention(nn.Module):
     """Attention whose weights come from masses and coordinates; values from the hidden state."""
 
@@ -458,8 +467,10 @@ class GravityAttention(nn.Module):
         cache: KVCache,
         constants: GaussianStep | SeedStep,
     ) -> torch.Tensor:
-        """:meth:`forward`'s output for one new position after those in ``cache`` (extended
-        in place), in eval mode: x (B, 1, d), z (B, 1, C); the token's mass and log-mass
+        """:meth:`forward`'s heads, side by side before ``c_proj`` (B, 1, H hs), for one new
+        position after those in ``cache`` (extended in place), in eval mode (the block
+        applies ``c_proj`` fused with its ``W_next``): x (B, 1, d), z (B, 1, C); the token's
+        mass and log-mass
         (B, H, 1, 1) where this layer reads them (:meth:`NGT._step`), else None;
         ``constants`` from :meth:`decode_constants`.
 
@@ -501,7 +512,7 @@ class GravityAttention(nn.Module):
             y = y[..., :hs] if const.v_pad.size(-1) else y
         else:
             y = self._seed_row(q, keys, mass, const).softmax(dim=-1) @ values
-        return F.linear(y.reshape(B, 1, H * hs), self.c_proj.weight, self.c_proj.bias)
+        return y.reshape(B, 1, H * hs)
 
     def _seed_row(
         self, q: torch.Tensor, keys: torch.Tensor, mass: torch.Tensor | None, const: SeedStep
@@ -603,6 +614,20 @@ class NGTBlock(nn.Module):
         z = self.ln_z(z + self.coord_next(o))
         return x, z, u, weights
 
+    def decode_constants(self, batch: int) -> BlockStep:
+        """What :meth:`step` reads from the parameters: the attention's constants and the
+        output projection fused with the coordinates' update. o = W_p y + b_p and
+        W_next o + b_next = (W_next W_p) y + (W_next b_p + b_next), so one product
+        [W_p; W_next W_p] y (d + C rows) gives both o and the coordinates' step."""
+        proj, nxt = self.attn.c_proj, self.coord_next
+        weight = torch.cat([proj.weight, nxt.weight @ proj.weight])  # (d + C, H hs)
+        bias = None
+        if proj.bias is not None or nxt.bias is not None:
+            b_proj = proj.weight.new_zeros(proj.out_features) if proj.bias is None else proj.bias
+            b_next = F.linear(b_proj, nxt.weight, nxt.bias)
+            bias = torch.cat([b_proj, b_next])
+        return BlockStep(self.attn.decode_constants(batch), weight, bias, proj.out_features)
+
     def step(
         self,
         x: torch.Tensor,
@@ -610,13 +635,15 @@ class NGTBlock(nn.Module):
         mass: torch.Tensor | None,
         log_mass: torch.Tensor | None,
         cache: KVCache,
-        constants: GaussianStep | SeedStep,
+        constants: BlockStep,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` for one new position (B, 1, .) after those in ``cache``, in eval
         mode, through :meth:`GravityAttention.step`, without the modules' call overhead."""
-        o = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, constants)
-        x = mlp_step(x + o, self.ln_2, self.mlp)
-        z = layer_norm(self.ln_z, z + F.linear(o, self.coord_next.weight, self.coord_next.bias))
+        attn, weight, bias, d = constants
+        y = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, attn)
+        o_and_dz = F.linear(y, weight, bias)  # [o, W_next o + b_next], (B, 1, d + C)
+        x = mlp_step(x + o_and_dz[..., :d], self.ln_2, self.mlp)
+        z = layer_norm(self.ln_z, z + o_and_dz[..., d:])
         return x, z
 
 
@@ -739,8 +766,9 @@ class NGT(LanguageModel):
         token's work per layer: its coordinates, value and scores against the cached keys;
         one token in eval mode goes through :meth:`_step`, the same numbers in fewer ops.
 
-        Per token and layer that is 6 matrix products to GPT's 4 (NGT has no q, k but the
-        coordinates' P and W_next; its MLP is wider to match GPT's parameters), the coordinate
+        Per token and layer that is 5 matrix products to GPT's 4 (NGT has no q, k but the
+        coordinates' P, and W_next rides on the output projection, :meth:`NGTBlock.
+        decode_constants`; its MLP is wider to match GPT's parameters), the coordinate
         LayerNorm, and for the seed kernel an explicit score row (its d2 product, the score's
         elementwise ops, the cutoff, a softmax and the weighted sum) where GPT's is one fused
         attention call.
@@ -769,10 +797,10 @@ class NGT(LanguageModel):
     def decode_constants(self, batch: int) -> tuple:
         """What :meth:`_step` reads from the parameters alone: the vocabulary's masses and
         log-masses, (V, H, 1, 1) (the same for every head, so a token's is a query's shape
-        at one index), and each layer's :meth:`GravityAttention.decode_constants`."""
+        at one index), and each block's :meth:`NGTBlock.decode_constants`."""
         vocab = torch.arange(self.config.vocab_size, device=self.wte.weight.device)
         mass = self.masses(vocab).view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, 1)
-        layers = [b.attn.decode_constants(batch) for b in self.blocks]
+        layers = [b.decode_constants(batch) for b in self.blocks]
         return mass, mass.clamp_min(1e-20).log(), layers
 
     def _step(self, idx: torch.Tensor, caches: list[KVCache], pos: int, derived: Derived):
