@@ -141,6 +141,29 @@ def test_the_train_command_rebuilds_the_run_config_exactly():
         assert make_config(values.pop("model"), None, **values).to_dict() == cfg.to_dict()
 
 
+def test_a_recorded_run_of_another_model_config_is_refused_but_not_for_a_later_stage(tmp_path):
+    """A run folder whose record holds another model config is an error (the spec changed
+    under the same out_dir), except in the Hopfield memory's own training settings, which
+    `train` never reads: the language-model run is the same."""
+    spec = sweep.SweepSpec(entries=["hopfield"], sizes={"s": {"n_embd": 32, "n_layer": 1}})
+    run, cfg = next((r, c) for r, c in sweep.plan_runs(spec, 256) if r.entry == "hopfield")
+    record = {"config": sweep.comparable(cfg)}
+    run_dir = tmp_path / run.run_id
+    run_dir.mkdir()
+
+    def saved_with(**model) -> None:
+        config = {**record["config"], "model_config": {**cfg.model_config.to_dict(), **model}}
+        (run_dir / sweep.RUN_RECORD).write_text(json.dumps({"config": config}))
+
+    saved_with()
+    sweep.check_record(run_dir, cfg)
+    saved_with(memory_steps=cfg.model_config.memory_steps + 50, memory_lr=0.5)
+    sweep.check_record(run_dir, cfg)
+    saved_with(n_slots=cfg.model_config.n_slots * 2)
+    with pytest.raises(PhysllmError, match="n_slots"):
+        sweep.check_record(run_dir, cfg)
+
+
 def test_the_sweep_sets_seed_lr_and_the_same_schedule_rule_for_every_entry():
     spec = sweep.SweepSpec(entries="all", seeds=[5], lrs=[3e-4, 3e-3], steps=[100, 2000])
     plan = sweep.plan_runs(spec, 256)

@@ -572,7 +572,8 @@ def comparable(cfg: TrainConfig) -> dict[str, Any]:
 
 def check_record(run_dir: Path, cfg: TrainConfig) -> None:
     """A PhysllmError if ``run_dir`` holds a run of another config than ``cfg`` (the spec
-    changed under the same out_dir). Fields only one side has are not compared."""
+    changed under the same out_dir). Fields only one side has are not compared, nor the
+    model's ``stage_fields`` (settings of a later stage that `train` never reads)."""
     try:
         saved = json.loads((run_dir / RUN_RECORD).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -580,7 +581,12 @@ def check_record(run_dir: Path, cfg: TrainConfig) -> None:
     ours = comparable(cfg)
     diff = [k for k in ours if k in saved and saved[k] != ours[k] and k != "model_config"]
     model_ours, model_saved = ours["model_config"], saved.get("model_config", {})
-    diff += [k for k in model_ours if k in model_saved and model_saved[k] != model_ours[k]]
+    later = getattr(cfg.model_config, "stage_fields", ())
+    diff += [
+        k
+        for k in model_ours
+        if k in model_saved and model_saved[k] != model_ours[k] and k not in later
+    ]
     if diff:
         raise PhysllmError(
             f"{run_dir} was run with other values of {', '.join(diff[:4])} than the spec gives now; "

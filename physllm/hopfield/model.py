@@ -114,6 +114,10 @@ class HopfieldConfig(TransformerShape):
     memory_facts: int = 16  # facts per episode at most (the number is drawn per step)
     lora_rank: int = 0  # LoRA on the backbone during memory training (0: off)
 
+    # read by the memory's own training (notebook 05, the probes), never by `train`: a
+    # sweep's language-model run does not depend on them (experiments.sweep.check_record)
+    stage_fields = ("memory_steps", "memory_lr", "memory_batch", "memory_facts")
+
     field_rules = {
         "backbone": Rule(
             lambda v: v == "gpt" or (v.startswith("hf:") and len(v) > 3),
