@@ -30,12 +30,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, where ``platform.processor``
+    says only ``x86_64``), or the architecture where none is found."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return f"{value.strip()}, {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: torch.device) -> str:
-    """``cuda (GPU name)`` or ``cpu (processor, cores, threads)``: what reports print."""
+    """``cuda (GPU name)`` or ``cpu (processor, cores, threads)``: what reports print. Two
+    CPU boxes of one architecture can differ several-fold in speed: the model name says which."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    cpu = platform.processor() or platform.machine()
-    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def set_threads(threads: int) -> None:

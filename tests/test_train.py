@@ -327,3 +327,17 @@ def test_batch_source_state_round_trip(model, small_text_file):
     assert torch.equal(again.next_batch()[0], expected)
     loss, _ = evaluate_loss(net, data, 2, "val", batch_size=2)
     assert loss == evaluate_loss(net, data, 2, "val", batch_size=2)[0]  # the same batches
+
+
+def test_the_cpu_is_described_by_its_model_name(tmp_path):
+    """Reports and benches name the processor, not just the architecture: two x86_64 boxes
+    can differ several-fold in speed."""
+    import platform
+
+    from physllm.env import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: Acme\nmodel name\t: Acme Fast 9000\n")
+    assert cpu_model(str(info)) == f"Acme Fast 9000, {platform.machine()}"
+    missing = cpu_model(str(tmp_path / "absent"))
+    assert missing == (platform.processor() or platform.machine())
