@@ -73,6 +73,7 @@ combine = "gated"  # add | gated | concat
 key_window = 16  # hidden states each key and query sees
 key_encoder = "pool"  # pool: content-pooled trigrams, any offset | conv: weights per offset
 recency = False  # a learned recency term in the read's logits (section 2): the latest of equal matches wins
+bind_heads = False  # one softmax over the slots for all heads: a slot must match in every head (name and attribute)
 eval_facts = 16  # facts written in call 1 of the recall tables
 recall_seeds = 3  # seeds of the memory stage and of the facts drawn (each one retrains stage 2)
 recall_trials = 2  # call-1/call-2 trials per seed and task (eval_facts questions each)
@@ -349,7 +350,8 @@ show_source(KNNLM.log_probs)
 overrides = {"steps": steps} if steps is not None else {}
 cfg = make_config("hopfield", "cpu", corpus=corpus, tokenizer=tokenizer, device=device, seed=seed, threads=threads,
                   out_dir=str(out_dir / "backbone"), n_updates=n_updates, combine=combine,
-                  key_window=key_window, key_encoder=key_encoder, recency=recency, **overrides)
+                  key_window=key_window, key_encoder=key_encoder, recency=recency, bind_heads=bind_heads,
+                  **overrides)
 mcfg = cfg.model_config
 if memory_steps is None:
     memory_steps = steps if steps is not None else mcfg.memory_steps
@@ -809,6 +811,7 @@ path = write_metrics(
         "train_task": {"templates": "train", "interference": True, "distractors": 2, "max_entities": story_entities,
                        "generated_wordings": story_wordings},
         "recency": recency,
+        "bind_heads": bind_heads,
         "steps": story_steps,
         "batch_size": story_batch,
         "train_loss": [h[-1]["train_loss"] for h in story_histories],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
@@ -136,6 +137,36 @@ def test_recency_makes_the_latest_of_two_equal_writes_win():
     assert state.order.tolist() == [[0, 1]]  # the bank's write order is the state's order
     assert layer.recency_bias(state)[..., 1].gt(layer.recency_bias(state)[..., 0]).all()
     assert tiny_model().memory_layer.recency_bias(state) is None  # off by default
+
+
+def test_bound_heads_pick_the_slot_that_matches_in_every_head():
+    """Slot 0 matches the probe in head 0 only (the name), slot 1 in head 1 only (the
+    attribute), slot 2 partly in both. Heads read alone go to slots 0 and 1; bound
+    (``bind_heads``) every head reads slot 2, with one distribution and a falling energy."""
+    h = torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(3))
+    reads = {}
+    for bind in (False, True):
+        layer = tiny_model(bind_heads=bind, n_updates=3).memory_layer
+        with torch.no_grad():
+            layer.log_beta.fill_(math.log(10.0))
+            q = layer.state_pattern(h)[0, :, 0]  # (H, dk), unit RMS per head
+            other = torch.randn(2, 2, 16)  # (slot, H, dk), made orthogonal to q per head
+            other = other - (other * q).sum(-1, keepdim=True) / q.pow(2).sum(-1, keepdim=True) * q
+            other = torch.nn.functional.rms_norm(other, (16,))
+            both = torch.nn.functional.rms_norm(0.6 * q + 0.8 * other[1], (16,))
+            keys = torch.stack(
+                [torch.stack([q[0], other[0, 1]]), torch.stack([other[0, 0], q[1]]), both]
+            )
+            values = torch.randn(3, 2, 16)  # (slot, H, dv)
+            mem = MemoryState(keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+                              torch.ones(1, 3, dtype=torch.bool))  # fmt: skip
+            _, reads[bind] = layer.read(h, mem)
+    alone, bound = reads[False]["association"][0, :, 0], reads[True]["association"][0, :, 0]
+    assert alone[0].argmax() == 0 and alone[1].argmax() == 1  # (H, S): each head its own slot
+    assert (bound[:, 2] > 0.99).all() and torch.equal(bound[0], bound[1])
+    energies = reads[True]["energies"][:, 0, 0, 0]  # (steps + 1,)
+    assert (energies[1:] <= energies[:-1] + 1e-5).all()
+    assert not tiny_model().config.bind_heads  # off by default
 
 
 def test_writes_persist_across_calls_and_reset_empties():
@@ -764,6 +795,7 @@ def decode_all(model, idx: torch.Tensor, prefill: int, chunk: int) -> tuple[torc
         dict(n_layer=2, mem_layer=0, combine="concat", n_updates=2),  # blocks after the read
         dict(key_window=1, key_ngram=1, combine="add"),
         dict(key_encoder="conv"),  # weights per offset
+        dict(bind_heads=True, n_updates=2),  # one read for all heads
         dict(key_encoder="conv", key_window=1, n_layer=2, mem_layer=0),
     ],
 )

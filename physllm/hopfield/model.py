@@ -104,6 +104,10 @@ class HopfieldConfig(TransformerShape):
     # a learned recency term per head in the read's logits (the latest of equal matches wins);
     # off by default: on stories it learned gamma ~ 0 and changed no result (notebook 05)
     recency: bool = False
+    # one softmax over the slots for all heads, their logits summed: a slot must match in
+    # every head (one head pooling the name, another the attribute), which binds name and
+    # attribute; False: each head picks its own slots (stories: other people's values win)
+    bind_heads: bool = False
     mem_layer: int = -1  # read after this backbone block (-1: after the last); gpt only
     n_slots: int = 4096  # one slot per written token: about 150 facts of 27 characters
     replacement: str = "fifo"  # fifo | least_used: which slot a write overwrites when full
@@ -376,6 +380,7 @@ class HopfieldMemory(nn.Module):
             )
         self.H, self.dk, self.dv = H, dk, n_embd // H
         self.n_updates, self.combine = config.n_updates, config.combine
+        self.bind_heads = config.bind_heads
         self.norm = nn.LayerNorm(n_embd)
         encoder = (config.key_encoder, n_embd, H, dk, config.key_window, config.key_ngram)
         self.write_key = key_encoder(*encoder)  # W_k
@@ -438,6 +443,42 @@ class HopfieldMemory(nn.Module):
         normed hidden states, (B, w - 1, C)."""
         return self.read_query.tail(self.norm(h), past)
 
+    def _head_retrieve(
+        self, q: torch.Tensor, memory: MemoryState, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each head its own read: q (B, H, Q, dk) -> (r (B, H, Q, dv), association (B, H,
+        Q, S), energies (steps + 1, B, H, Q)), :func:`~physllm.hopfield.functional.retrieve`."""
+        return hopfield_fn.retrieve(
+            q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values, bias
+        )
+
+    def _bound_retrieve(
+        self, q: torch.Tensor, memory: MemoryState, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All heads one read (``bind_heads``), shapes as :meth:`_head_retrieve`'s. The
+        heads' patterns, each scaled by sqrt(beta_h / H), are laid side by side, so
+
+            p = softmax(sum_h beta_h / H  k_h . q_h + b)      one distribution, (B, Q, S)
+            r_h = V_h p                                        every head reads it
+
+        and a slot wins only where every head matches: a person's other attribute (name
+        head only) and another person's same attribute (attribute head only) both lose to
+        the slot that matches both. The 1/H keeps an exact match's logit at beta * dk, as
+        one head's. The Hopfield update runs on the scaled joint patterns (beta = 1), so the
+        energy still never rises."""
+        B, H, Q, dk = q.shape
+        scale = (self.beta / H).sqrt().view(1, H, 1, 1)
+
+        def joint(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, d) -> (B, 1, N, H * d)
+            return x.transpose(1, 2).reshape(x.size(0), 1, x.size(2), -1)
+
+        r, assoc, energies = hopfield_fn.retrieve(
+            joint(q * scale), joint(memory.keys * scale), 1.0, self.n_updates, memory.valid,
+            joint(memory.values), None if bias is None else bias.sum(1, keepdim=True),
+        )  # fmt: skip
+        r = r.view(B, Q, H, self.dv).transpose(1, 2)  # (B, H, Q, dv)
+        return r, assoc.expand(B, H, Q, -1), energies.expand(-1, B, H, Q)
+
     def read(
         self, h: torch.Tensor, memory: MemoryState, past: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
@@ -453,9 +494,8 @@ class HopfieldMemory(nn.Module):
             .reshape(Bm, self.H, -1, self.dk)
         )
         bias = self.recency_bias(memory)  # (Bm, H, 1, S) or None
-        r, assoc, energies = hopfield_fn.retrieve(
-            q, memory.keys, self.beta, self.n_updates, memory.valid, memory.values, bias
-        )
+        retrieve = self._bound_retrieve if self.bind_heads else self._head_retrieve
+        r, assoc, energies = retrieve(q, memory, bias)  # r (Bm, H, g*T, dv)
         r = r.view(Bm, self.H, Bq // Bm, T, self.dv).permute(0, 2, 3, 1, 4).reshape(Bq, T, C)
         m = self.out(r)  # (B', T, C)
         if self.combine == "add":
