@@ -193,6 +193,61 @@ def _measure_training(
     return row, model
 
 
+def interleaved_train_speeds(cfg: BenchConfig) -> dict[str, float]:
+    """Training tokens/s of every model, all in this one process taking their steps in
+    turn (a step of each, ``steps`` times): a slow spell of a shared machine slows every
+    model alike. One over the median step; the best of ``repeats`` rounds. Compiled models
+    (``cfg.compile``) are compiled in an untimed first step."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    steps = {}
+    for spec in cfg.models:
+        torch.manual_seed(0)
+        name, mcfg = model_config_for(spec, cfg)
+        model = build_model(name, mcfg).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        shape = (cfg.batch_size, cfg.block_size)
+        x, y = (torch.randint(0, mcfg.vocab_size, shape, device=device) for _ in range(2))
+        steps[spec] = _train_step(torch.compile(model) if cfg.compile else model, opt, x, y)
+    for step in steps.values():
+        for _ in range(max(cfg.warmup, 1)):
+            step()
+    tokens = cfg.batch_size * cfg.block_size
+    speeds: dict[str, float] = {}
+    for _ in range(cfg.repeats):
+        times: dict[str, list[float]] = {spec: [] for spec in steps}
+        for _ in range(cfg.steps):
+            for spec, step in steps.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[spec].append(time.perf_counter() - t0)
+        for spec, ts in times.items():
+            speeds[spec] = max(tokens / sorted(ts)[len(ts) // 2], speeds.get(spec, 0.0))
+    return speeds
+
+
+def _train_step(model, opt, x: torch.Tensor, y: torch.Tensor):
+    def step() -> None:
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _interleaved_train_child(specs: str, cfg: BenchConfig, queue) -> None:
+    try:
+        queue.put({"speeds": interleaved_train_speeds(cfg)})
+    except Exception as err:  # report, do not hang the parent
+        queue.put({"model": specs, "error": f"{type(err).__name__}: {err}"})
+
+
 def _child(spec: str, cfg: BenchConfig, queue) -> None:
     try:
         queue.put(measure_training(spec, cfg))
@@ -213,8 +268,13 @@ def run_isolated(func, spec: str, cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
-    """Best of ``repeats`` interleaved rounds per model, with ratios against gpt."""
+def run_bench(
+    cfg: BenchConfig, child=_child, speeds=_interleaved_train_child
+) -> list[dict[str, Any]]:
+    """Peak memory, FLOPs and a timing per model, each in a fresh process (best of
+    ``repeats`` rounds); then tokens/s from one process where every model takes its steps
+    in turn (:func:`interleaved_train_speeds`; the fresh processes' own timing is kept as
+    ``tokens_per_sec_isolated``). Ratios against gpt."""
     for spec in cfg.models:
         model_config_for(spec, cfg)  # fail fast on a bad name or override
     best: dict[str, dict[str, Any]] = {}
@@ -227,6 +287,12 @@ def run_bench(cfg: BenchConfig, child=_child) -> list[dict[str, Any]]:
                 best[spec] = row
             else:
                 prev["peak_mem_mb"] = max(prev["peak_mem_mb"], row["peak_mem_mb"])
+    timing = run_isolated(speeds, ",".join(cfg.models), cfg)["speeds"]
+    for spec, row in best.items():
+        row["tokens_per_sec_isolated"] = row["tokens_per_sec"]
+        row["tokens_per_sec"] = timing[spec]
+        row["ms_per_step"] = 1000 * cfg.batch_size * cfg.block_size / timing[spec]
+        row["achieved_flops"] = row["flops_per_token"] * timing[spec]
     rows = [best[s] for s in cfg.models]
     ref = best.get("gpt", rows[0])
     for row in rows:
@@ -254,7 +320,9 @@ def format_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str:
     ref = rows[0]["reference"] if rows else "gpt"
     lines = [
         f"# training step (fwd+bwd+AdamW), batch {cfg.batch_size} x block {cfg.block_size}, "
-        f"{cfg.n_layer} layers, width {cfg.n_embd}, best of {cfg.repeats} interleaved rounds of {cfg.steps} steps"
+        f"{cfg.n_layer} layers, width {cfg.n_embd}; tokens/s: every model in one process taking "
+        f"its steps in turn, 1 / median step, best of {cfg.repeats} rounds of {cfg.steps} steps; "
+        f"peak memory: each model in its own process"
         + (", every model torch.compile'd (compiled in the untimed warmup)" if cfg.compile else ""),
         f"# hardware: {hardware(cfg)}; ratios against {ref}",
         "# MFLOP/tok: training (fwd+bwd) FLOPs per token, matrix products incl. attention, "
@@ -307,20 +375,8 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     (length,) = parse_lengths(cfg.lengths)
-    torch.manual_seed(0)
-    name, mcfg = model_config_for(spec, cfg)
-    model = build_model(name, mcfg).to(device).eval()
-    gen = torch.Generator().manual_seed(0)
-    prefill = max(1, length - cfg.timed_tokens)
-    logits, state, done = None, None, 0
-    while done < prefill:
-        n = min(cfg.prefill_chunk, prefill - done)
-        ids = torch.randint(mcfg.vocab_size, (1, n), generator=gen).to(device)
-        logits, state = model.decode_step(ids, state)
-        done += n
-    timed = length - done
-    token = logits.argmax(dim=-1, keepdim=True)
-    logits, state = model.decode_step(token, state)  # warm-up step, not timed
+    model = _decoder(spec, cfg, device)
+    logits, state, timed = _prefill(model, length, cfg)
     import gc
 
     gc.collect()
@@ -355,6 +411,72 @@ def measure_generation(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+def _decoder(spec: str, cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
+    """The model of ``spec`` at the benchmark's shape, seed 0, in eval mode."""
+    torch.manual_seed(0)
+    name, mcfg = model_config_for(spec, cfg)
+    return build_model(name, mcfg).to(device).eval()
+
+
+@torch.no_grad()
+def _prefill(
+    model: torch.nn.Module, length: int, cfg: BenchConfig
+) -> tuple[torch.Tensor, Any, int]:
+    """Build a context of ``length - timed_tokens`` random tokens (seed 0) through the
+    model's cache in chunks of ``prefill_chunk``, then one untimed warm-up step. Returns
+    the last logits, the state and how many of the length's tokens remain to be timed."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    prefill = max(1, length - cfg.timed_tokens)
+    logits, state, done = None, None, 0
+    while done < prefill:
+        n = min(cfg.prefill_chunk, prefill - done)
+        ids = torch.randint(model.config.vocab_size, (1, n), generator=gen).to(device)
+        logits, state = model.decode_step(ids, state)
+        done += n
+    token = logits.argmax(dim=-1, keepdim=True)
+    logits, state = model.decode_step(token, state)  # warm-up step, not timed
+    return logits, state, length - done
+
+
+@torch.no_grad()
+def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
+    """Tokens/s of every model at every length, all decoding in this one process with their
+    steps taken in turn (a step of each model, then the next token): a slow spell of a
+    shared machine slows every model alike, so the ratios between them hold where
+    measurements in separate processes, minutes apart, do not. Per model and length, one
+    over the median step of ``timed_tokens - 1`` greedy steps; the best of ``repeats``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    models = {spec: _decoder(spec, cfg, device) for spec in cfg.models}
+    speeds: dict[tuple[str, int], float] = {}
+    for length in parse_lengths(cfg.lengths):
+        for _ in range(cfg.repeats):
+            running = {spec: list(_prefill(model, length, cfg)) for spec, model in models.items()}
+            times: dict[str, list[float]] = {spec: [] for spec in models}
+            for _ in range(min(r[2] for r in running.values()) - 1):
+                for spec, model in models.items():
+                    logits, state, _ = running[spec]
+                    t0 = time.perf_counter()
+                    logits, state = model.decode_step(logits.argmax(dim=-1, keepdim=True), state)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[spec].append(time.perf_counter() - t0)
+                    running[spec][:2] = logits, state
+            for spec, steps in times.items():
+                speed = 1.0 / sorted(steps)[len(steps) // 2]
+                speeds[spec, length] = max(speed, speeds.get((spec, length), 0.0))
+    return speeds
+
+
+def _interleaved_child(specs: str, cfg: BenchConfig, queue) -> None:
+    try:
+        queue.put({"speeds": interleaved_decode_speeds(cfg)})
+    except Exception as err:  # report, do not hang the parent
+        queue.put({"model": ",".join(cfg.models), "error": f"{type(err).__name__}: {err}"})
+
+
 def _generation_child(spec: str, cfg: BenchConfig, queue) -> None:
     try:
         queue.put(measure_generation(spec, cfg))
@@ -370,13 +492,17 @@ def generation_config(cfg: BenchConfig) -> BenchConfig:
     return dataclasses.replace(cfg, block_size=max(cfg.block_size, longest))
 
 
-def run_generation_bench(cfg: BenchConfig, child=_generation_child) -> list[dict[str, Any]]:
-    """Every model at every length, each in a fresh process; best tokens/s of ``repeats``.
+def run_generation_bench(
+    cfg: BenchConfig, child=_generation_child, speeds=_interleaved_child
+) -> list[dict[str, Any]]:
+    """Every model at every length: peak memory and cache size each in a fresh process
+    (the most of ``repeats``), tokens/s from one process where every model decodes in turn
+    (:func:`interleaved_decode_speeds`; what the fresh processes timed is kept as
+    ``tokens_per_sec_isolated``).
 
     Rows also carry each model's growth from its shortest length:
     ``mem_growth`` (peak memory ratio) and ``speed_ratio`` (tokens/s ratio), and
-    ``reference_ratio``: tokens/s over gpt's (or the first model's) at the same length,
-    measured in the same interleaved rounds.
+    ``reference_ratio``: tokens/s over gpt's (or the first model's) at the same length.
     """
     cfg = generation_config(cfg)
     for spec in cfg.models:
@@ -393,6 +519,11 @@ def run_generation_bench(cfg: BenchConfig, child=_generation_child) -> list[dict
                     if prev["tokens_per_sec"] > row["tokens_per_sec"]:
                         row.update({k: prev[k] for k in ("tokens_per_sec", "ms_per_token")})
                 best[(spec, length)] = row
+    timing = run_isolated(speeds, ",".join(cfg.models), cfg)["speeds"]
+    for (spec, length), row in best.items():
+        row["tokens_per_sec_isolated"] = row["tokens_per_sec"]
+        row["tokens_per_sec"] = timing[spec, length]
+        row["ms_per_token"] = 1000 / timing[spec, length]
     rows = []
     ref = "gpt" if "gpt" in cfg.models else cfg.models[0]
     for spec in cfg.models:
@@ -412,9 +543,11 @@ def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str
     ref = rows[0]["reference"] if rows else "gpt"
     lines = [
         f"# streaming generation, batch 1: context built to each length through the cache, then "
-        f"{cfg.timed_tokens} tokens decoded one at a time (tokens/s: 1 / median step); best of {cfg.repeats}",
+        f"{cfg.timed_tokens} tokens decoded one at a time; tokens/s: 1 / median step, every model "
+        f"in one process taking its steps in turn (a busy machine slows all alike); best of {cfg.repeats}",
         f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware(cfg)}",
-        f"# peak memory: {rows[0]['peak_scope'] if rows else ''}; growth and speed vs each model's "
+        f"# peak memory: each model in its own process, {rows[0]['peak_scope'] if rows else ''}; "
+        f"growth and speed vs each model's "
         f"shortest length; x {ref}: tokens/s over {ref}'s at the same length",
         f"{'model':<28} {'length':>7} {'params':>10} {'tokens/s':>9} {'x ' + ref:>8} {'speed x':>8} "
         f"{'peak MB':>9} {'growth':>7} {'cache KB':>10}",
