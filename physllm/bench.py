@@ -193,11 +193,16 @@ def _measure_training(
     return row, model
 
 
+# training steps a model takes in a row before the next model's turn (as DECODE_TURN: the
+# first step of a turn finds the model's weights, gradients and optimizer state cold)
+TRAIN_TURN = 3
+
+
 def interleaved_train_speeds(cfg: BenchConfig) -> dict[str, float]:
-    """Training tokens/s of every model, all in this one process taking their steps in
-    turn (a step of each, ``steps`` times): a slow spell of a shared machine slows every
-    model alike. One over the median step; the best of ``repeats`` rounds. Compiled models
-    (``cfg.compile``) are compiled in an untimed first step."""
+    """Training tokens/s of every model, all in this one process taking turns of
+    :data:`TRAIN_TURN` steps (``steps`` in all per round): a slow spell of a shared machine
+    slows every model alike. One over the median step; the best of ``repeats`` rounds.
+    Compiled models (``cfg.compile``) are compiled in an untimed first step."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -217,15 +222,16 @@ def interleaved_train_speeds(cfg: BenchConfig) -> dict[str, float]:
     speeds: dict[str, float] = {}
     for _ in range(cfg.repeats):
         times: dict[str, list[float]] = {spec: [] for spec in steps}
-        for _ in range(cfg.steps):
+        for start in range(0, cfg.steps, TRAIN_TURN):
             for spec, step in steps.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[spec].append(time.perf_counter() - t0)
+                for _ in range(min(TRAIN_TURN, cfg.steps - start)):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[spec].append(time.perf_counter() - t0)
         for spec, ts in times.items():
             speeds[spec] = max(tokens / sorted(ts)[len(ts) // 2], speeds.get(spec, 0.0))
     return speeds
@@ -439,13 +445,20 @@ def _prefill(
     return logits, state, length - done
 
 
+# decoding steps a model takes in a row before the next model's turn: short enough that a
+# slow spell of the machine (seconds) falls on every model, long enough that a model's
+# weights and cache are back in the CPU's caches after its first step (one step each in
+# turn put 8 models' working sets through the caches at every token)
+DECODE_TURN = 16
+
+
 @torch.no_grad()
 def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
-    """Tokens/s of every model at every length, all decoding in this one process with their
-    steps taken in turn (a step of each model, then the next token): a slow spell of a
-    shared machine slows every model alike, so the ratios between them hold where
-    measurements in separate processes, minutes apart, do not. Per model and length, one
-    over the median step of ``timed_tokens - 1`` greedy steps; the best of ``repeats``."""
+    """Tokens/s of every model at every length, all decoding in this one process, taking
+    turns of :data:`DECODE_TURN` steps: a slow spell of a shared machine slows every model
+    alike, so the ratios between them hold where measurements in separate processes,
+    minutes apart, do not. Per model and length, one over the median step of
+    ``timed_tokens - 1`` greedy steps; the best of ``repeats``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -455,14 +468,17 @@ def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
         for _ in range(cfg.repeats):
             running = {spec: list(_prefill(model, length, cfg)) for spec, model in models.items()}
             times: dict[str, list[float]] = {spec: [] for spec in models}
-            for _ in range(min(r[2] for r in running.values()) - 1):
+            n_steps = min(r[2] for r in running.values()) - 1
+            for start in range(0, n_steps, DECODE_TURN):
                 for spec, model in models.items():
                     logits, state, _ = running[spec]
-                    t0 = time.perf_counter()
-                    logits, state = model.decode_step(logits.argmax(dim=-1, keepdim=True), state)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times[spec].append(time.perf_counter() - t0)
+                    for _ in range(min(DECODE_TURN, n_steps - start)):
+                        t0 = time.perf_counter()
+                        token = logits.argmax(dim=-1, keepdim=True)
+                        logits, state = model.decode_step(token, state)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        times[spec].append(time.perf_counter() - t0)
                     running[spec][:2] = logits, state
             for spec, steps in times.items():
                 speed = 1.0 / sorted(steps)[len(steps) // 2]

@@ -16,8 +16,8 @@ def tiny(**kw) -> BenchConfig:
 
 
 def test_interleaved_speeds_cover_every_model_and_length_and_take_each_models_steps():
-    """Every model decodes timed_tokens - 1 timed steps at every length, in turn: the decode
-    calls alternate between the models."""
+    """Every model decodes timed_tokens - 1 timed steps at every length, in turns of
+    DECODE_TURN steps: the decode calls alternate between the models."""
     cfg = bench.generation_config(tiny())
     calls = []
     with pytest.MonkeyPatch.context() as mp:
@@ -31,13 +31,15 @@ def test_interleaved_speeds_cover_every_model_and_length_and_take_each_models_st
                 return _original(self, idx, state)
 
             mp.setattr(cls, "decode_step", counted)
+        mp.setattr(bench, "DECODE_TURN", 2)
         speeds = interleaved_decode_speeds(cfg)
     assert set(speeds) == {(s, n) for s in SPECS for n in (16, 40)}
     assert all(v > 0 for v in speeds.values())
     one_token = [name for name, n in calls if n == 1]
-    # per length: a warm-up step each, then 5 timed steps each, alternating
+    # per length: a warm-up step each, then 5 timed steps each, in turns of 2
     timed = one_token[2:12]
-    assert timed == ["gpt", "context_vector"] * 5
+    gpt, cv = "gpt", "context_vector"
+    assert timed == [gpt, gpt, cv, cv, gpt, gpt, cv, cv, gpt, cv]
 
 
 def test_the_table_speeds_are_the_interleaved_ones_and_memory_the_isolated_ones():
