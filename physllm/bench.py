@@ -149,19 +149,7 @@ def _measure_training(
     torch.manual_seed(0)
     reset_peak_rss()
     baseline = _rss_mb() if baseline is None else baseline
-    name, mcfg = model_config_for(spec, cfg)
-    model = build_model(name, mcfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-    y = torch.randint(0, mcfg.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-    run = torch.compile(model) if cfg.compile else model
-
-    def step() -> None:
-        _, loss = run(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    model, step = _trainer(spec, cfg, device)
     for _ in range(max(cfg.warmup, 1 if cfg.compile else 0)):  # compiling is not timed
         step()
     if device.type == "cuda":
@@ -209,12 +197,7 @@ def interleaved_train_speeds(cfg: BenchConfig) -> dict[str, float]:
     steps = {}
     for spec in cfg.models:
         torch.manual_seed(0)
-        name, mcfg = model_config_for(spec, cfg)
-        model = build_model(name, mcfg).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        shape = (cfg.batch_size, cfg.block_size)
-        x, y = (torch.randint(0, mcfg.vocab_size, shape, device=device) for _ in range(2))
-        steps[spec] = _train_step(torch.compile(model) if cfg.compile else model, opt, x, y)
+        steps[spec] = _trainer(spec, cfg, device)[1]
     for step in steps.values():
         for _ in range(max(cfg.warmup, 1)):
             step()
@@ -237,14 +220,23 @@ def interleaved_train_speeds(cfg: BenchConfig) -> dict[str, float]:
     return speeds
 
 
-def _train_step(model, opt, x: torch.Tensor, y: torch.Tensor):
+def _trainer(spec: str, cfg: BenchConfig, device: torch.device):
+    """The model of ``spec`` at the benchmark's shape in train mode, and one training step
+    (fwd+bwd+AdamW) on a fixed random batch, compiled if ``cfg.compile``."""
+    name, mcfg = model_config_for(spec, cfg)
+    model = build_model(name, mcfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    shape = (cfg.batch_size, cfg.block_size)
+    x, y = (torch.randint(0, mcfg.vocab_size, shape, device=device) for _ in range(2))
+    run = torch.compile(model) if cfg.compile else model
+
     def step() -> None:
-        _, loss = model(x, y)
+        _, loss = run(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step
+    return model, step
 
 
 def _interleaved_train_child(specs: str, cfg: BenchConfig, queue) -> None:
