@@ -405,22 +405,23 @@ class Block(nn.Module):
         dropped = self.training and isinstance(a.q, LoRALinear) and a.q.lora_dropout.p > 0
         if dropped or not self.phase_folds():
             return None
+        w, b = self.qkv_weights()
+        return self.phase.fold_into(w), b
+
+    def qkv_weights(self) -> QKVWeights:
+        """q, k, v's weights side by side (3C, C), LoRA merged, and their biases or None."""
+        a = self.attn
         w = torch.cat([effective_weight(a.q), effective_weight(a.k), effective_weight(a.v)])
         b = None if a.q.bias is None else torch.cat([a.q.bias, a.k.bias, a.v.bias])
-        return self.phase.fold_into(w), b
+        return w, b
 
     def decode_constants(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]:
         """What :meth:`step` reads from the parameters: q, k, v's weights side by side
         (3C, C) and their biases, o's weight, and whether the phase is folded into them
         (:meth:`folded_qkv`; a per-position phase is applied at each step). LoRA updates
         are merged (eval: no dropout)."""
-        a = self.attn
-        folded = self.folded_qkv()
-        if folded is None:
-            w = torch.cat([effective_weight(a.q), effective_weight(a.k), effective_weight(a.v)])
-            b = None if a.q.bias is None else torch.cat([a.q.bias, a.k.bias, a.v.bias])
-            folded = (w, b)
-        return *folded, effective_weight(a.o), self.phase_folds()
+        qkv = self.folded_qkv() or self.qkv_weights()
+        return *qkv, effective_weight(self.attn.o), self.phase_folds()
 
     def step(self, x: torch.Tensor, cache: KVCache, offset: int, constants: tuple) -> torch.Tensor:
         """:meth:`forward` for one new position x (B, 1, C) at window position ``offset``,
