@@ -314,9 +314,10 @@ class BlockStep(NamedTuple):
     """What a block's one-token step reads from the parameters (``NGTBlock.decode_constants``)."""
 
     attn: GaussianStep | SeedStep
-    out_weight: torch.Tensor  # (d + C, H hs): [W_p; W_next W_p]
-    out_bias: torch.Tensor | None  # (d + C,)
+    out_weight: torch.Tensor  # (d + C, H hs): [W_p; W_next W_p]; the last block's (d, H hs): W_p
+    out_bias: torch.Tensor | None  # (d + C,) or (d,)
     n_embd: int  # d: where o ends and the coordinates' step begins
+    moves_coords: bool  # False for the last block: no later layer reads its z
 
 
 class GravityAttention(nn.Module):
@@ -614,19 +615,24 @@ class NGTBlock(nn.Module):
         z = self.ln_z(z + self.coord_next(o))
         return x, z, u, weights
 
-    def decode_constants(self, batch: int) -> BlockStep:
+    def decode_constants(self, batch: int, moves_coords: bool = True) -> BlockStep:
         """What :meth:`step` reads from the parameters: the attention's constants and the
         output projection fused with the coordinates' update. o = W_p y + b_p and
         W_next o + b_next = (W_next W_p) y + (W_next b_p + b_next), so one product
-        [W_p; W_next W_p] y (d + C rows) gives both o and the coordinates' step."""
+        [W_p; W_next W_p] y (d + C rows) gives both o and the coordinates' step.
+        ``moves_coords`` False (the last block, whose z no layer reads): W_p alone, and
+        :meth:`step` leaves z where it was."""
         proj, nxt = self.attn.c_proj, self.coord_next
+        attn, d = self.attn.decode_constants(batch), proj.out_features
+        if not moves_coords:
+            return BlockStep(attn, proj.weight, proj.bias, d, moves_coords=False)
         weight = torch.cat([proj.weight, nxt.weight @ proj.weight])  # (d + C, H hs)
         bias = None
         if proj.bias is not None or nxt.bias is not None:
             b_proj = proj.weight.new_zeros(proj.out_features) if proj.bias is None else proj.bias
             b_next = F.linear(b_proj, nxt.weight, nxt.bias)
             bias = torch.cat([b_proj, b_next])
-        return BlockStep(self.attn.decode_constants(batch), weight, bias, proj.out_features)
+        return BlockStep(attn, weight, bias, d, moves_coords=True)
 
     def step(
         self,
@@ -638,13 +644,15 @@ class NGTBlock(nn.Module):
         constants: BlockStep,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` for one new position (B, 1, .) after those in ``cache``, in eval
-        mode, through :meth:`GravityAttention.step`, without the modules' call overhead."""
-        attn, weight, bias, d = constants
+        mode, through :meth:`GravityAttention.step`, without the modules' call overhead.
+        After the last block (``constants.moves_coords`` False) z is returned unmoved."""
+        attn, weight, bias, d, moves_coords = constants
         y = self.attn.step(layer_norm(self.ln_1, x), z, mass, log_mass, cache, attn)
-        o_and_dz = F.linear(y, weight, bias)  # [o, W_next o + b_next], (B, 1, d + C)
-        x = mlp_step(x + o_and_dz[..., :d], self.ln_2, self.mlp)
-        z = layer_norm(self.ln_z, z + o_and_dz[..., d:])
-        return x, z
+        if not moves_coords:
+            return mlp_step(x + F.linear(y, weight, bias), self.ln_2, self.mlp), z
+        # [o, W_next o + b_next], (B, 1, d) and (B, 1, C): one split, two views
+        o, dz = F.linear(y, weight, bias).split([d, z.size(-1)], dim=-1)
+        return mlp_step(x + o, self.ln_2, self.mlp), layer_norm(self.ln_z, z + dz)
 
 
 def matched_mlp_hidden(config: NGTConfig) -> int:
@@ -769,7 +777,7 @@ class NGT(LanguageModel):
         Per token and layer that is 5 matrix products to GPT's 4 (NGT has no q, k but the
         coordinates' P, and W_next rides on the output projection, :meth:`NGTBlock.
         decode_constants`; its MLP is wider to match GPT's parameters), the coordinate
-        LayerNorm, and for the seed kernel an explicit score row (its d2 product, the score's
+        LayerNorm (not in the last layer, whose coordinates no layer reads), and for the seed kernel an explicit score row (its d2 product, the score's
         elementwise ops, the cutoff, a softmax and the weighted sum) where GPT's is one fused
         attention call.
         """
@@ -800,7 +808,8 @@ class NGT(LanguageModel):
         at one index), and each block's :meth:`NGTBlock.decode_constants`."""
         vocab = torch.arange(self.config.vocab_size, device=self.wte.weight.device)
         mass = self.masses(vocab).view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, 1)
-        layers = [b.decode_constants(batch) for b in self.blocks]
+        last = len(self.blocks) - 1  # its coordinates' update is read by no layer
+        layers = [b.decode_constants(batch, i < last) for i, b in enumerate(self.blocks)]
         return mass, mass.clamp_min(1e-20).log(), layers
 
     def _step(self, idx: torch.Tensor, caches: list[KVCache], pos: int, derived: Derived):
