@@ -446,35 +446,47 @@ DECODE_TURN = 16
 
 @torch.no_grad()
 def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
-    """Tokens/s of every model at every length, all decoding in this one process, taking
-    turns of :data:`DECODE_TURN` steps: a slow spell of a shared machine slows every model
-    alike, so the ratios between them hold where measurements in separate processes,
-    minutes apart, do not. Per model and length, one over the median step of
-    ``timed_tokens - 1`` greedy steps; the best of ``repeats``."""
+    """Tokens/s of every model at every length, all decoding in this one process: each
+    (model, length) pair keeps its own decoding state and the pairs take turns of
+    :data:`DECODE_TURN` steps, so a slow spell of a shared machine slows every model at
+    every length alike. Both the ratios between models and each model's speed at its
+    longest length over its shortest then hold where measurements in separate processes,
+    or one length after another, do not. A pair whose timed steps run out before the
+    longest's starts again from a fresh context (untimed), so every pair is timed across
+    the whole round. Per pair, one over the median step; the best of ``repeats`` rounds."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     models = {spec: _decoder(spec, cfg, device) for spec in cfg.models}
+    pairs = [(spec, length) for length in parse_lengths(cfg.lengths) for spec in models]
     speeds: dict[tuple[str, int], float] = {}
-    for length in parse_lengths(cfg.lengths):
-        for _ in range(cfg.repeats):
-            running = {spec: list(_prefill(model, length, cfg)) for spec, model in models.items()}
-            times: dict[str, list[float]] = {spec: [] for spec in models}
-            n_steps = min(r[2] for r in running.values()) - 1
-            for start in range(0, n_steps, DECODE_TURN):
-                for spec, model in models.items():
-                    logits, state, _ = running[spec]
-                    for _ in range(min(DECODE_TURN, n_steps - start)):
-                        t0 = time.perf_counter()
-                        token = logits.argmax(dim=-1, keepdim=True)
-                        logits, state = model.decode_step(token, state)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        times[spec].append(time.perf_counter() - t0)
-                    running[spec][:2] = logits, state
-            for spec, steps in times.items():
-                speed = 1.0 / sorted(steps)[len(steps) // 2]
-                speeds[spec, length] = max(speed, speeds.get((spec, length), 0.0))
+    for _ in range(cfg.repeats):
+        running = {pair: list(_prefill(models[pair[0]], pair[1], cfg)) for pair in pairs}
+        # timed steps per context: what each length leaves (at least one), the same for
+        # every model
+        budget = {
+            n: max(1, min(r[2] for (_, m), r in running.items() if m == n) - 1) for _, n in pairs
+        }
+        left = {pair: budget[pair[1]] for pair in pairs}
+        times: dict[tuple[str, int], list[float]] = {pair: [] for pair in pairs}
+        for _ in range(-(-max(budget.values()) // DECODE_TURN)):
+            for pair in pairs:
+                model = models[pair[0]]
+                if left[pair] == 0:  # a fresh context for the next turns, untimed
+                    running[pair] = list(_prefill(model, pair[1], cfg))
+                    left[pair] = budget[pair[1]]
+                logits, state, _ = running[pair]
+                for _ in range(min(DECODE_TURN, left[pair])):
+                    t0 = time.perf_counter()
+                    token = logits.argmax(dim=-1, keepdim=True)
+                    logits, state = model.decode_step(token, state)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[pair].append(time.perf_counter() - t0)
+                left[pair] -= min(DECODE_TURN, left[pair])
+                running[pair][:2] = logits, state
+        for pair, steps in times.items():
+            speeds[pair] = max(1.0 / sorted(steps)[len(steps) // 2], speeds.get(pair, 0.0))
     return speeds
 
 
@@ -504,8 +516,8 @@ def run_generation_bench(
     cfg: BenchConfig, child=_generation_child, speeds=_interleaved_child
 ) -> list[dict[str, Any]]:
     """Every model at every length: peak memory and cache size each in a fresh process
-    (the most of ``repeats``), tokens/s from one process where every model decodes in turn
-    (:func:`interleaved_decode_speeds`; what the fresh processes timed is kept as
+    (the most of ``repeats``), tokens/s from one process where every model decodes at every
+    length in turn (:func:`interleaved_decode_speeds`; what the fresh processes timed is kept as
     ``tokens_per_sec_isolated``).
 
     Rows also carry each model's growth from its shortest length:
@@ -552,7 +564,8 @@ def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str
     lines = [
         f"# streaming generation, batch 1: context built to each length through the cache, then "
         f"{cfg.timed_tokens} tokens decoded one at a time; tokens/s: 1 / median step, every model "
-        f"in one process taking its steps in turn (a busy machine slows all alike); best of {cfg.repeats}",
+        f"at every length in one process, taking its steps in turn (a busy machine slows all "
+        f"alike); best of {cfg.repeats}",
         f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware(cfg)}",
         f"# peak memory: each model in its own process, {rows[0]['peak_scope'] if rows else ''}; "
         f"growth and speed vs each model's "

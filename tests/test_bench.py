@@ -12,12 +12,12 @@ SPECS = ["gpt", "context_vector:gates=input"]
 
 def tiny(**kw) -> BenchConfig:
     shape = dict(n_layer=1, n_head=1, n_embd=16, vocab_size=32, timed_tokens=6, threads=1)
-    return BenchConfig(models=SPECS, lengths="16,40", repeats=1, **{**shape, **kw})
+    return BenchConfig(models=SPECS, repeats=1, **{"lengths": "16,40", **shape, **kw})
 
 
 def test_interleaved_speeds_cover_every_model_and_length_and_take_each_models_steps():
     """Every model decodes timed_tokens - 1 timed steps at every length, in turns of
-    DECODE_TURN steps: the decode calls alternate between the models."""
+    DECODE_TURN steps: the decode calls alternate between the models and the lengths."""
     cfg = bench.generation_config(tiny())
     calls = []
     with pytest.MonkeyPatch.context() as mp:
@@ -36,10 +36,31 @@ def test_interleaved_speeds_cover_every_model_and_length_and_take_each_models_st
     assert set(speeds) == {(s, n) for s in SPECS for n in (16, 40)}
     assert all(v > 0 for v in speeds.values())
     one_token = [name for name, n in calls if n == 1]
-    # per length: a warm-up step each, then 5 timed steps each, in turns of 2
-    timed = one_token[2:12]
+    # a warm-up step for each (model, length), then 5 timed steps each, in turns of 2
+    # that go round the models at 16 and then at 40
+    timed = one_token[4:]
     gpt, cv = "gpt", "context_vector"
-    assert timed == [gpt, gpt, cv, cv, gpt, gpt, cv, cv, gpt, cv]
+    assert timed == [gpt, gpt, cv, cv] * 4 + [gpt, cv] * 2
+
+
+def test_a_short_context_is_timed_again_from_a_fresh_start_while_longer_ones_run():
+    """A length whose timed steps run out first (here 1 step at length 2, 5 at 40) starts
+    again from a fresh context, untimed, so it is timed beside the others all round."""
+    cfg = bench.generation_config(tiny(lengths="2,40"))
+    prefilled = []
+    original = bench._prefill
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "DECODE_TURN", 2)
+        mp.setattr(
+            bench,
+            "_prefill",
+            lambda model, length, c: prefilled.append(length) or original(model, length, c),
+        )
+        speeds = interleaved_decode_speeds(cfg)
+    assert set(speeds) == {(s, n) for s in SPECS for n in (2, 40)}
+    # 3 turns (5 steps of length 40 in turns of 2): length 2's pairs start 3 times each
+    assert prefilled.count(40) == len(SPECS)
+    assert prefilled.count(2) == 3 * len(SPECS)
 
 
 def test_the_table_speeds_are_the_interleaved_ones_and_memory_the_isolated_ones():
