@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import random
 import time
 import typing
 from dataclasses import dataclass, field
@@ -453,13 +454,15 @@ def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
     longest length over its shortest then hold where measurements in separate processes,
     or one length after another, do not. A pair whose timed steps run out before the
     longest's starts again from a fresh context (untimed), so every pair is timed across
-    the whole round. Per pair, one over the median step; the best of ``repeats`` rounds."""
+    the whole round, and the pairs go round in a new random order every time. Per pair,
+    one over the median of its steps in all ``repeats`` rounds."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     models = {spec: _decoder(spec, cfg, device) for spec in cfg.models}
     pairs = [(spec, length) for length in parse_lengths(cfg.lengths) for spec in models]
-    speeds: dict[tuple[str, int], float] = {}
+    pooled: dict[tuple[str, int], list[float]] = {}
+    order = random.Random(0)
     for _ in range(cfg.repeats):
         running = {pair: list(_prefill(models[pair[0]], pair[1], cfg)) for pair in pairs}
         # timed steps per context: what each length leaves (at least one), the same for
@@ -470,7 +473,9 @@ def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
         left = {pair: budget[pair[1]] for pair in pairs}
         times: dict[tuple[str, int], list[float]] = {pair: [] for pair in pairs}
         for _ in range(-(-max(budget.values()) // DECODE_TURN)):
-            for pair in pairs:
+            # in a new order every time round: a pair never sits at one phase of a load
+            # that comes and goes periodically (another job's steps)
+            for pair in order.sample(pairs, len(pairs)):
                 model = models[pair[0]]
                 if left[pair] == 0:  # a fresh context for the next turns, untimed
                     running[pair] = list(_prefill(model, pair[1], cfg))
@@ -486,8 +491,10 @@ def interleaved_decode_speeds(cfg: BenchConfig) -> dict[tuple[str, int], float]:
                 left[pair] -= min(DECODE_TURN, left[pair])
                 running[pair][:2] = logits, state
         for pair, steps in times.items():
-            speeds[pair] = max(1.0 / sorted(steps)[len(steps) // 2], speeds.get(pair, 0.0))
-    return speeds
+            pooled.setdefault(pair, []).extend(steps)
+    # one median over every round's steps: the best of several rounds' medians would
+    # favour whichever pair had one lucky round
+    return {pair: 1.0 / sorted(steps)[len(steps) // 2] for pair, steps in pooled.items()}
 
 
 def _interleaved_child(specs: str, cfg: BenchConfig, queue) -> None:
@@ -565,7 +572,7 @@ def format_generation_table(rows: list[dict[str, Any]], cfg: BenchConfig) -> str
         f"# streaming generation, batch 1: context built to each length through the cache, then "
         f"{cfg.timed_tokens} tokens decoded one at a time; tokens/s: 1 / median step, every model "
         f"at every length in one process, taking its steps in turn (a busy machine slows all "
-        f"alike); best of {cfg.repeats}",
+        f"alike), the median over {cfg.repeats} rounds",
         f"# {cfg.n_layer} layers, width {cfg.n_embd}, gpt block {cfg.block_size}; hardware: {hardware(cfg)}",
         f"# peak memory: each model in its own process, {rows[0]['peak_scope'] if rows else ''}; "
         f"growth and speed vs each model's "

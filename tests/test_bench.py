@@ -36,11 +36,14 @@ def test_interleaved_speeds_cover_every_model_and_length_and_take_each_models_st
     assert set(speeds) == {(s, n) for s in SPECS for n in (16, 40)}
     assert all(v > 0 for v in speeds.values())
     one_token = [name for name, n in calls if n == 1]
-    # a warm-up step for each (model, length), then 5 timed steps each, in turns of 2
-    # that go round the models at 16 and then at 40
+    # a warm-up step for each (model, length), then 5 timed steps each: two rounds of turns
+    # of 2 steps, each (model, length) once a round in some order, then one of 1 step
     timed = one_token[4:]
-    gpt, cv = "gpt", "context_vector"
-    assert timed == [gpt, gpt, cv, cv] * 4 + [gpt, cv] * 2
+    assert len(timed) == 2 * 8 + 4
+    turns = [timed[i : i + 2] for i in range(0, 16, 2)] + [[name] for name in timed[16:]]
+    assert all(len(set(turn)) == 1 for turn in turns)
+    for round_turns in (turns[:4], turns[4:8], turns[8:]):
+        assert sorted(turn[0] for turn in round_turns) == ["context_vector"] * 2 + ["gpt"] * 2
 
 
 def test_a_short_context_is_timed_again_from_a_fresh_start_while_longer_ones_run():
