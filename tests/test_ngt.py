@@ -449,6 +449,9 @@ def test_single_token_steps_equal_the_general_cached_path(kernel, cutoff, mass_i
                 expected, _ = model._run(x[:, t : t + 1], False, general["caches"], start=t)
             torch.testing.assert_close(logits, expected[:, -1], atol=2e-6, rtol=0)
     assert len(calls) == 13 * len(model.blocks)  # every layer of every step took it
+    # the last block's coordinates are read by no layer: its step does not move them
+    moves = [layer.moves_coords for layer in state["derived"].values[2]]
+    assert moves == [True] * (len(model.blocks) - 1) + [False]
     for fast, slow in zip(state["caches"], general["caches"]):
         # (the step's fused W_next W_p sums in another order: a few ulp of large entries)
         torch.testing.assert_close(fast.k[:, :, :16], slow.k[:, :, :16], atol=1e-6, rtol=1e-6)

@@ -24,8 +24,8 @@ run decode_cpu --all --mode generate --lengths 64,256,1024 --repeats 3 --threads
 # Training (fwd+bwd+AdamW): the leaderboard's shape (block 64, batch 12), and block 256, batch 8.
 run train_cpu_block64 --all --repeats 3 --threads 1
 run train_cpu_block256 --all --block-size 256 --batch-size 8 --repeats 3 --threads 1
-# The hidden-gated context vector (the fused per-token loop; the leaderboard's fixed entry now
-# trains input gates) against GPT at the leaderboard's shape, its width matched as the entry's was.
+# The hidden-gated context vector (the fused per-token loop: the leaderboard's fixed entry, whose
+# gates still read h) alone against GPT at the leaderboard's shape, its width matched as the entry's.
 run train_cpu_block64_hidden_gates --models gpt,context_vector:n_hidden=448+n_layer=1+carry_state=True --block-size 64 --batch-size 12 --repeats 3 --threads 1
 # The input-gated context vector (parallel scan) against GPT at block 1024, its hidden width
 # chosen to match GPT's parameters there (951,424; GPT's positions grow with the block).
